@@ -1,0 +1,1 @@
+"""Data sources (phantom, KiTS23, MM-WHS, folder) and their conversion to nnU-Net raw datasets."""

@@ -1,0 +1,121 @@
+"""Atomic file output and checked image input.
+
+Every stage writes its outputs to a temporary name in the destination folder and renames it
+when complete, so that a killed job never leaves a half-written file or folder behind that a
+later run would mistake for a result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from nnrobustloss.errors import InputDataError
+
+
+def _tmp_sibling(path: Path, suffix_keep: bool = True) -> Path:
+    """Return a unique temporary path in ``path``'s folder that keeps its full suffix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    name = path.name
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.getpid()}-", suffix=f"-{name}" if suffix_keep else "",
+                               dir=path.parent)
+    os.close(fd)
+    os.unlink(tmp)
+    return Path(tmp)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary file path; on success rename it to ``path``, on error delete it.
+
+    The temporary name ends with the final file name, so format detection by extension
+    (``.nii.gz``, ``.csv``, ``.png``) works on it.
+    """
+    final = Path(path)
+    tmp = _tmp_sibling(final)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a fresh temporary folder; on success it replaces ``path`` (removed first if present).
+
+    On error the temporary folder is removed and an existing ``path`` is left untouched.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-{final.name}-", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Atomically write ``text`` (UTF-8) to ``path``, creating parent folders."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Atomically write ``obj`` as indented JSON to ``path``."""
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """Read a JSON file, raising :class:`InputDataError` naming the file when missing or invalid."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputDataError(f"{p}: file not found. Run the stage that writes it first.")
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise InputDataError(f"{p}: not valid JSON ({e}). Delete it and rerun its stage.") from e
+
+
+def read_image(path: str | os.PathLike[str]) -> sitk.Image:
+    """Read a medical image with SimpleITK; a missing or unreadable file raises InputDataError."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputDataError(f"{p}: file not found. Check the source path in the config.")
+    try:
+        return sitk.ReadImage(str(p))
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[-1] if str(e).strip() else "unknown reason"
+        raise InputDataError(f"{p}: cannot be read as an image ({first}). "
+                             "Replace the file with a valid NIfTI/NRRD/MHA image.") from e
+
+
+def write_image(image: sitk.Image, path: str | os.PathLike[str]) -> None:
+    """Atomically write a SimpleITK image (compressed when the extension asks for it)."""
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=True)
+
+
+def array_to_image(array: np.ndarray, like: sitk.Image | None = None,
+                   spacing_zyx: tuple[float, ...] | None = None) -> sitk.Image:
+    """Wrap a (z, y, x) array as an image, copying geometry from ``like`` or using ``spacing_zyx``."""
+    img = sitk.GetImageFromArray(array)
+    if like is not None:
+        img.CopyInformation(like)
+    elif spacing_zyx is not None:
+        img.SetSpacing(tuple(float(s) for s in spacing_zyx[::-1]))
+    return img

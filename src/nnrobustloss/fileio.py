@@ -119,3 +119,20 @@ def array_to_image(array: np.ndarray, like: sitk.Image | None = None,
     elif spacing_zyx is not None:
         img.SetSpacing(tuple(float(s) for s in spacing_zyx[::-1]))
     return img
+
+
+def geometry_mismatch(a: sitk.Image, b: sitk.Image, tol: float = 1e-4) -> str | None:
+    """Describe how two images' grids differ (size, spacing, origin, direction), or None if equal.
+
+    Spacing and direction are compared with relative/absolute tolerance ``tol``; origins in mm with
+    absolute tolerance ``max(tol, 1e-3)``.
+    """
+    if a.GetSize() != b.GetSize():
+        return f"size {a.GetSize()} vs {b.GetSize()}"
+    if not np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=tol, atol=tol):
+        return f"spacing {a.GetSpacing()} vs {b.GetSpacing()}"
+    if not np.allclose(a.GetOrigin(), b.GetOrigin(), rtol=0, atol=max(tol, 1e-3)):
+        return f"origin {a.GetOrigin()} vs {b.GetOrigin()}"
+    if not np.allclose(a.GetDirection(), b.GetDirection(), rtol=0, atol=tol):
+        return f"direction {a.GetDirection()} vs {b.GetDirection()}"
+    return None

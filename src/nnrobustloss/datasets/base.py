@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import SimpleITK as sitk
 
@@ -14,13 +14,15 @@ class CaseData:
 
     ``image`` is the (single-channel) intensity image; ``reference`` the reference labels;
     ``noisy`` the labels used for training, or ``None`` when the task derives them by
-    synthetic noise (KiTS23). Label images hold the task's label values (0 = background).
-    All three share one geometry (size, spacing, origin, direction).
+    synthetic noise (KiTS23). ``files`` names the file behind each role ("image", "reference",
+    "noisy") so that a validation error can name it. Label images hold the task's label values
+    (0 = background). All three share one geometry (size, spacing, origin, direction).
     """
 
     image: sitk.Image
     reference: sitk.Image
     noisy: sitk.Image | None
+    files: dict[str, str] = field(default_factory=dict)  # role -> path, for error messages
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,164 @@
+"""File-based data sources: KiTS23, MM-WHS CT and the generic two-annotator folder layout.
+
+Each reader lists the cases of a source folder and returns :class:`SourceCase` objects that load
+lazily; listing checks that the folder exists and holds cases, loading reads and label-maps the
+files. Geometry, label values and intensities are validated by the writer
+(:mod:`nnrobustloss.datasets.raw`), which knows the task's declared labels.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from nnrobustloss.datasets.base import CaseData, SourceCase
+from nnrobustloss.errors import InputDataError
+from nnrobustloss.fileio import read_image
+
+#: MM-WHS label values -> task labels (LV 1, RV 2, LA 3, RA 4, myocardium 5); the ascending
+#: aorta (820) and pulmonary artery (850) become background.
+MMWHS_LABEL_MAP: dict[int, int] = {0: 0, 500: 1, 600: 2, 420: 3, 550: 4, 205: 5, 820: 0, 850: 0}
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+
+
+def _stem(path: Path) -> str:
+    """File name without an image suffix (``case_1.nii.gz`` -> ``case_1``)."""
+    for suffix in IMAGE_SUFFIXES:
+        if path.name.endswith(suffix):
+            return path.name[: -len(suffix)]
+    return path.stem
+
+
+def _require_dir(path: Path, what: str) -> None:
+    if not path.is_dir():
+        raise InputDataError(f"{path}: {what} folder not found. Check the source path in the config.")
+
+
+def remap_labels(label: sitk.Image, mapping: Mapping[int, int], path: str) -> sitk.Image:
+    """Map label values through ``mapping``; a value not in it raises InputDataError naming ``path``.
+
+    The output is uint8 with the input's geometry.
+    """
+    arr = sitk.GetArrayViewFromImage(label)
+    values = np.unique(arr)
+    unknown = [int(v) for v in values if int(v) not in mapping or float(v) != int(v)]
+    if unknown:
+        raise InputDataError(
+            f"{path}: unexpected label values {unknown}; this source maps only "
+            f"{sorted(mapping)}. Fix the file or extend label_map in the config.")
+    lut = np.zeros(int(values.max()) + 1 if values.size else 1, dtype=np.uint8)
+    for src, dst in mapping.items():
+        if src < lut.size:
+            lut[src] = dst
+    out = sitk.GetImageFromArray(lut[arr.astype(np.int64)])
+    out.CopyInformation(label)
+    return out
+
+
+def kits23_source(path: str | os.PathLike[str], case_prefix: str = "") -> list[SourceCase]:
+    """KiTS23 cases from ``path/case_XXXXX/{imaging,segmentation}.nii.gz`` (official layout).
+
+    Labels: 0 background, 1 kidney, 2 tumor, 3 cyst. The returned cases carry reference labels
+    only (``noisy`` is None): the task's boundary-noise step derives the noisy labels.
+    """
+    root = Path(path)
+    _require_dir(root, "KiTS23 dataset")
+    case_dirs = sorted(d for d in root.iterdir() if d.is_dir() and d.name.startswith("case_"))
+    if not case_dirs:
+        raise InputDataError(f"{root}: no case_XXXXX folders found. Point the KiTS23 source at "
+                             "the kits23 repository's dataset/ folder.")
+
+    def loader(d: Path):
+        def load() -> CaseData:
+            img_p, seg_p = d / "imaging.nii.gz", d / "segmentation.nii.gz"
+            return CaseData(image=read_image(img_p), reference=read_image(seg_p), noisy=None,
+                            files={"image": str(img_p), "reference": str(seg_p)})
+        return load
+
+    return [SourceCase(case_id=f"{case_prefix}{d.name}", origin=str(d), load=loader(d))
+            for d in case_dirs]
+
+
+def mmwhs_source(path: str | os.PathLike[str], case_prefix: str = "mmwhs_",
+                 label_map: Mapping[int, int] | None = None) -> list[SourceCase]:
+    """MM-WHS CT cases from ``path/*_image.nii.gz`` with ``*_label.nii.gz`` beside each.
+
+    Label values are mapped with :data:`MMWHS_LABEL_MAP` (or ``label_map``); the mapped labels are
+    both the noisy and the reference labels of the task (their own inter-rater noise).
+    """
+    root = Path(path)
+    _require_dir(root, "MM-WHS")
+    images = sorted(root.glob("*_image.nii.gz"))
+    if not images:
+        raise InputDataError(f"{root}: no *_image.nii.gz files found. Point the MM-WHS source at "
+                             "the ct_train folder (ct_train_1001_image.nii.gz, ...).")
+    mapping = dict(label_map) if label_map is not None else MMWHS_LABEL_MAP
+
+    def loader(img_p: Path):
+        def load() -> CaseData:
+            lab_p = img_p.with_name(img_p.name.replace("_image.nii.gz", "_label.nii.gz"))
+            label = remap_labels(read_image(lab_p), mapping, str(lab_p))
+            return CaseData(image=read_image(img_p), reference=label, noisy=label,
+                            files={"image": str(img_p), "reference": str(lab_p),
+                                   "noisy": str(lab_p)})
+        return load
+
+    out = []
+    for img_p in images:
+        case = img_p.name[: -len("_image.nii.gz")]
+        out.append(SourceCase(case_id=f"{case_prefix}{case}", origin=str(img_p),
+                              load=loader(img_p)))
+    return out
+
+
+def folder_source(path: str | os.PathLike[str], case_prefix: str = "",
+                  label_map: Mapping[int, int] | None = None) -> list[SourceCase]:
+    """Two-annotator folder: ``images/``, ``labels_noisy/``, ``labels_reference/``, one file per case.
+
+    A case ``X`` is ``images/X.nii.gz`` (or ``X_0000.nii.gz``) with ``labels_noisy/X.nii.gz`` and
+    ``labels_reference/X.nii.gz``; any of the suffixes in :data:`IMAGE_SUFFIXES` is accepted.
+    ``label_map`` optionally maps the label values of both label files.
+    """
+    root = Path(path)
+    _require_dir(root, "source")
+    for sub in ("images", "labels_noisy", "labels_reference"):
+        _require_dir(root / sub, f"'{sub}'")
+    images = sorted(p for p in (root / "images").iterdir()
+                    if p.is_file() and p.name.endswith(IMAGE_SUFFIXES))
+    if not images:
+        raise InputDataError(f"{root / 'images'}: no image files found "
+                             f"(expected one of {', '.join(IMAGE_SUFFIXES)}).")
+
+    def find_label(folder: Path, case: str) -> Path:
+        for suffix in IMAGE_SUFFIXES:
+            p = folder / f"{case}{suffix}"
+            if p.is_file():
+                return p
+        raise InputDataError(f"{folder / (case + '.nii.gz')}: label file of case '{case}' not "
+                             f"found. Every image in {root / 'images'} needs a label file here.")
+
+    def loader(img_p: Path, case: str):
+        def load() -> CaseData:
+            noisy_p = find_label(root / "labels_noisy", case)
+            ref_p = find_label(root / "labels_reference", case)
+            noisy, ref = read_image(noisy_p), read_image(ref_p)
+            if label_map is not None:
+                noisy = remap_labels(noisy, label_map, str(noisy_p))
+                ref = remap_labels(ref, label_map, str(ref_p))
+            return CaseData(image=read_image(img_p), reference=ref, noisy=noisy,
+                            files={"image": str(img_p), "reference": str(ref_p),
+                                   "noisy": str(noisy_p)})
+        return load
+
+    out = []
+    for img_p in images:
+        case = _stem(img_p)
+        case = case[: -len("_0000")] if case.endswith("_0000") else case
+        out.append(SourceCase(case_id=f"{case_prefix}{case}", origin=str(img_p),
+                              load=loader(img_p, case)))
+    return out

@@ -1,0 +1,279 @@
+"""Voxel selection of the co-teaching family: CoT, CoT+ and StoCoT (DESIGN.md section 3).
+
+Two peers A and B see the same mini-batch. Each peer computes a keep-mask from its own
+predictions; its **partner** is then updated on the kept voxels only (masked per-voxel terms and
+the mask as nnU-Net's Dice ``loss_mask``, see :mod:`nnrobustloss.losses`). An "instance" is a
+voxel ranked over the whole mini-batch, separately at every deep-supervision level. Every mask
+returned here is bool ``[B, 1, *spatial]``, the shape nnU-Net's ``loss_mask`` expects; it is
+never broadcast against a ``[B, *spatial]`` loss (the public StoCoT segmentation code multiplies
+a ``[B, 1, H, W]`` mask with a ``[B, H, W]`` loss, which mixes the samples of a batch).
+
+References and what is deliberately not copied:
+
+- Han et al. 2018 (Co-teaching, code bhanML/Co-teaching): keep the ``int((1 - R) N)`` smallest
+  CE losses; their update divides a loss that is already a mean by ``num_remember`` again
+  (double normalisation); here the partner's kept voxels are averaged once.
+- Yu et al. 2019 (Co-teaching+, code xingruiyu/coteaching_plus ``loss.py``): before
+  ``init_epoch`` plain co-teaching; afterwards each network ranks **its own** CE on the samples
+  where the two networks' argmax predictions disagree and keeps ``int((1 - R) n_disagree)`` of
+  them for its partner; with no disagreement all samples are used. Their code applies softmax
+  to the logits and then ``F.cross_entropy`` (which applies log-softmax again): a double softmax
+  that we do not copy; we rank the plain CE -log softmax(z)_y.
+- de Vos et al. 2023 (StoCoT, code qurAI-amsterdam/stochastic-coteaching): keep a sample when
+  the peer's softmax probability of the labelled class exceeds ``ramp * theta``, theta ~
+  Beta(alpha, beta). Their segmentation code (``code_segmentation_cmr/losses.py``) draws a
+  16x16 grid of thresholds per sample and tiles it periodically over the 128x128 image
+  (``repeat(1, 1, 8, 8)``) to save sampling time: ``mode="tiled"`` reproduces that, with a 16^d
+  grid tiled periodically over d spatial dims. They compare with ``>``; DESIGN says "at least",
+  so we keep ``p >= ramp * theta`` (identical with probability one for ramp > 0).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from nnrobustloss.losses import InvalidHyperParameter
+
+__all__ = [
+    "STOCOT_MODES",
+    "TILE",
+    "cot_plus_mask",
+    "label_probability",
+    "ramp",
+    "sample_beta",
+    "small_loss_mask",
+    "stocot_mask",
+    "stocot_thresholds",
+]
+
+STOCOT_MODES = ("random", "tiled")
+TILE = 16
+"""Side of the StoCoT threshold grid in ``mode="tiled"`` (de Vos et al.'s segmentation code)."""
+
+
+def ramp(epoch: int, delay: int, gradual: int) -> float:
+    """Selection schedule in [0, 1]: 0 before ``delay``, then linear to 1 over ``gradual`` epochs.
+
+    ``ramp(e) = 0`` for ``e < delay``, ``min(1, (e - delay) / gradual)`` for ``e >= delay``
+    (``gradual = 0``: a step to 1 at ``e = delay``). Epochs count from 0 as nnU-Net's
+    ``current_epoch``. This is the schedule of the StoCoT authors' code (``rate_schedule[delay:
+    delay + gradual] = linspace(0, 1, gradual, endpoint=False)``): with delay 20 and gradual 20
+    the ramp is 0 up to epoch 20, 0.5 at epoch 30 and 1 from epoch 40 on, so a 50-epoch tuning
+    trial (epochs 0..49) reaches the full rate at epoch 40.
+    """
+    if delay < 0 or gradual < 0:
+        raise InvalidHyperParameter(f"coteaching.delay={delay!r} and coteaching.gradual="
+                                    f"{gradual!r} must be >= 0 epochs; fix the config")
+    if epoch < delay:
+        return 0.0
+    if gradual == 0:
+        return 1.0
+    return min(1.0, (epoch - delay) / gradual)
+
+
+def _check_rate(forget_rate: float) -> float:
+    r = float(forget_rate)
+    if not (0.0 <= r <= 1.0):
+        raise InvalidHyperParameter(f"forget rate R={forget_rate!r} must lie in [0, 1] (search "
+                                    "space [0, 0.1]); fix the method's params")
+    return r
+
+
+def _keep_smallest(flat: Tensor, n_keep: int) -> Tensor:
+    """Bool mask of the ``n_keep`` smallest entries of 1-D ``flat``, ties broken by index.
+
+    The same set as ``torch.sort(flat, stable=True).indices[:n_keep]`` in O(N): find the
+    ``n_keep``-th smallest value v, keep everything below v and the first entries equal to v
+    (by index) until ``n_keep`` are kept.
+    """
+    n = flat.numel()
+    if n_keep <= 0:
+        return torch.zeros(n, dtype=torch.bool, device=flat.device)
+    if n_keep >= n:
+        return torch.ones(n, dtype=torch.bool, device=flat.device)
+    v = flat.kthvalue(n_keep).values
+    less = flat < v
+    equal = flat == v
+    need = n_keep - less.sum()  # >= 1 entries equal to v are still needed
+    return less | (equal & (equal.cumsum(0) <= need))
+
+
+def small_loss_mask(per_voxel_loss: Tensor, forget_rate: float) -> Tensor:
+    """Co-teaching selection: keep the ``floor((1 - R) N)`` voxels with the smallest loss.
+
+    ``per_voxel_loss`` ``[B, *spatial]`` (finite; detached inside), ranked over the whole
+    mini-batch, ``N = B * prod(spatial)``; ties broken by flat index (as a stable sort).
+    ``forget_rate`` R in [0, 1] is the current rate R(e) = R * ramp(e). Returns bool
+    ``[B, 1, *spatial]``.
+    """
+    r = _check_rate(forget_rate)
+    loss = per_voxel_loss.detach()
+    n = loss.numel()
+    n_keep = math.floor((1.0 - r) * n)
+    keep = _keep_smallest(loss.reshape(-1), n_keep)
+    return keep.view(loss.shape).unsqueeze(1)
+
+
+def _as_labels(pred: Tensor, shape: torch.Size) -> Tensor:
+    """Argmax predictions ``[B, *sp]`` from labels ``[B, *sp]``/``[B, 1, *sp]`` or logits."""
+    if pred.shape == shape:
+        return pred
+    if pred.ndim == len(shape) + 1 and pred.shape[0] == shape[0] and pred.shape[2:] == shape[1:]:
+        if pred.shape[1] == 1 and not pred.is_floating_point():
+            return pred[:, 0]
+        return pred.argmax(1)  # logits or probabilities [B, K, *sp]
+    raise ValueError(f"prediction shape {tuple(pred.shape)} does not match loss shape "
+                     f"{tuple(shape)}")
+
+
+def cot_plus_mask(per_voxel_loss: Tensor, pred_self: Tensor, pred_partner: Tensor,
+                  forget_rate: float, epoch: int, delay: int) -> Tensor:
+    """Co-teaching+ selection of one peer (Yu et al. 2019), bool ``[B, 1, *spatial]``.
+
+    ``per_voxel_loss`` ``[B, *spatial]``: this peer's own CE against the noisy label (what is
+    ranked); ``pred_self`` / ``pred_partner``: the two peers' argmax labels ``[B, *spatial]`` (or
+    ``[B, 1, *spatial]`` integer, or ``[B, K, *spatial]`` logits/probabilities, argmax taken).
+    Before ``epoch >= delay``: :func:`small_loss_mask`. Afterwards: among the ``n`` voxels where
+    the argmax predictions disagree, keep the ``floor((1 - R) n)`` with the smallest loss (ties
+    by index) and drop all agreeing voxels; if the peers agree everywhere, keep all voxels. The
+    mask is for the partner's update.
+    """
+    r = _check_rate(forget_rate)
+    if epoch < delay:
+        return small_loss_mask(per_voxel_loss, r)
+    loss = per_voxel_loss.detach()
+    a = _as_labels(pred_self.detach(), loss.shape)
+    b = _as_labels(pred_partner.detach(), loss.shape)
+    disagree = (a != b).reshape(-1)
+    idx = disagree.nonzero().squeeze(1)
+    n_dis = idx.numel()
+    if n_dis == 0:
+        return torch.ones((loss.shape[0], 1, *loss.shape[1:]), dtype=torch.bool,
+                          device=loss.device)
+    keep_sub = _keep_smallest(loss.reshape(-1)[idx], math.floor((1.0 - r) * n_dis))
+    keep = torch.zeros(loss.numel(), dtype=torch.bool, device=loss.device)
+    keep[idx[keep_sub]] = True
+    return keep.view(loss.shape).unsqueeze(1)
+
+
+def label_probability(logits: Tensor, target: Tensor) -> Tensor:
+    """Softmax probability of the labelled class, float32 ``[B, *spatial]``, detached.
+
+    ``logits`` ``[B, K, *spatial]``; ``target`` integer labels ``[B, 1, *spatial]`` (or
+    ``[B, *spatial]``). Computed in float32 outside autocast.
+    """
+    if target.ndim == logits.ndim:
+        target = target[:, 0]
+    if target.shape != (logits.shape[0], *logits.shape[2:]):
+        raise ValueError(f"target shape {tuple(target.shape)} does not match logits "
+                         f"{tuple(logits.shape)}")
+    with torch.no_grad(), torch.autocast(device_type=logits.device.type, enabled=False):
+        p = torch.softmax(logits.detach().float(), 1)
+        return p.gather(1, target.long().unsqueeze(1)).squeeze(1)
+
+
+def _check_beta_params(alpha: float, beta: float) -> tuple[float, float]:
+    a, b = float(alpha), float(beta)
+    if not (math.isfinite(a) and math.isfinite(b) and a > 0 and b > 0):
+        raise InvalidHyperParameter(f"StoCoT Beta parameters a={alpha!r}, b={beta!r} must be > 0 "
+                                    "(search space [0.5, 8]); fix the method's params")
+    return a, b
+
+
+def _sample_gamma(n: int, shape_k: float, generator: torch.Generator,
+                  device: torch.device) -> Tensor:
+    """``n`` Gamma(shape_k, 1) draws (float64) by Marsaglia & Tsang (2000), only from ``generator``.
+
+    For k >= 1: d = k - 1/3, c = 1/sqrt(9d); x ~ N(0,1), v = (1 + c x)^3, u ~ U(0,1); accept
+    d v when v > 0 and log u < x^2/2 + d - d v + d log v. Rejected entries are redrawn in rounds
+    (each round draws exactly as many normals and uniforms as entries remain), so the result is a
+    deterministic function of the generator state. For k < 1: Gamma(k+1) * U^(1/k).
+    """
+    boost = shape_k < 1.0
+    k = shape_k + 1.0 if boost else shape_k
+    d = k - 1.0 / 3.0
+    c = 1.0 / math.sqrt(9.0 * d)
+    out = torch.empty(n, dtype=torch.float64, device=device)
+    todo = torch.arange(n, device=device)
+    while todo.numel() > 0:
+        m = todo.numel()
+        x = torch.randn(m, generator=generator, dtype=torch.float64, device=device)
+        u = torch.rand(m, generator=generator, dtype=torch.float64, device=device)
+        v = (1.0 + c * x) ** 3
+        ok = v > 0
+        logv = torch.log(torch.where(ok, v, torch.ones_like(v)))
+        ok &= torch.log(u) < 0.5 * x * x + d - d * v + d * logv
+        out[todo[ok]] = d * v[ok]
+        todo = todo[~ok]
+    if boost:
+        u = torch.rand(n, generator=generator, dtype=torch.float64, device=device)
+        out = out * u.pow(1.0 / shape_k)
+    return out
+
+
+def sample_beta(shape: tuple[int, ...] | torch.Size, alpha: float, beta: float,
+                generator: torch.Generator) -> Tensor:
+    """I.i.d. Beta(alpha, beta) draws of ``shape`` (float32, on the generator's device).
+
+    Beta = X / (X + Y) with X ~ Gamma(alpha), Y ~ Gamma(beta) from :func:`_sample_gamma`
+    (Marsaglia-Tsang), using only ``generator``: the same generator state gives the same draws
+    (``torch.distributions.Beta`` cannot take a generator). X is drawn completely before Y.
+    """
+    a, b = _check_beta_params(alpha, beta)
+    n = math.prod(shape)
+    device = generator.device
+    x = _sample_gamma(n, a, generator, device)
+    y = _sample_gamma(n, b, generator, device)
+    s = x + y
+    theta = torch.where(s > 0, x / torch.where(s > 0, s, torch.ones_like(s)),
+                        torch.full_like(s, a / (a + b)))
+    return theta.to(torch.float32).view(tuple(shape))
+
+
+def stocot_thresholds(shape: tuple[int, ...] | torch.Size, alpha: float, beta: float,
+                      generator: torch.Generator, mode: str = "random") -> Tensor:
+    """The Beta(alpha, beta) thresholds theta for a ``[B, *spatial]`` probability map.
+
+    ``mode="random"``: one i.i.d. draw per voxel. ``mode="tiled"``: per sample, a grid of
+    ``min(16, size)`` draws along each spatial axis, tiled periodically over the patch (the
+    authors' segmentation code). Returns float32 ``shape`` on the generator's device.
+    """
+    if mode not in STOCOT_MODES:
+        raise InvalidHyperParameter(f"coteaching.stocot_thresholds={mode!r} is unknown; use one "
+                                    f"of {STOCOT_MODES}")
+    shape = tuple(shape)
+    if mode == "random":
+        return sample_beta(shape, alpha, beta, generator)
+    b, spatial = shape[0], shape[1:]
+    grid = tuple(min(TILE, s) for s in spatial)
+    tile = sample_beta((b, *grid), alpha, beta, generator)
+    reps = tuple(-(-s // g) for s, g in zip(spatial, grid, strict=True))
+    tiled = tile.repeat(1, *reps)
+    return tiled[(slice(None), *(slice(0, s) for s in spatial))]
+
+
+def stocot_mask(prob_of_label: Tensor, ramp_value: float, alpha: float, beta: float,
+                generator: torch.Generator, mode: str = "random") -> Tensor:
+    """StoCoT selection (de Vos et al. 2023) from the peer's probability of the labelled class.
+
+    ``prob_of_label`` ``[B, *spatial]`` in [0, 1] (:func:`label_probability` of the peer that
+    selects), ``ramp_value`` = ramp(e) in [0, 1]. Keeps a voxel when
+    ``prob_of_label >= ramp_value * theta``, theta from :func:`stocot_thresholds` with
+    ``generator`` (which must live on ``prob_of_label``'s device). With ``ramp_value == 0`` all
+    voxels are kept and no thresholds are drawn (the generator is not advanced), as in the
+    authors' code. Returns bool ``[B, 1, *spatial]``.
+    """
+    rv = float(ramp_value)
+    if not (0.0 <= rv <= 1.0):
+        raise ValueError(f"ramp_value={ramp_value!r} must lie in [0, 1]")
+    _check_beta_params(alpha, beta)
+    p = prob_of_label.detach()
+    if rv == 0.0:
+        if mode not in STOCOT_MODES:
+            stocot_thresholds(p.shape, alpha, beta, generator, mode)  # raises
+        return torch.ones((p.shape[0], 1, *p.shape[1:]), dtype=torch.bool, device=p.device)
+    theta = stocot_thresholds(p.shape, alpha, beta, generator, mode)
+    return (p >= rv * theta.to(p.device)).unsqueeze(1)

@@ -296,12 +296,14 @@ def _svls_kernel_cpu(sigma: float, kind: str, ndim: int) -> Tensor:
     grids = torch.meshgrid(*([offsets] * ndim), indexing="ij")
     d2 = sum(g**2 for g in grids)
     kernel = torch.exp(-d2 / (2.0 * sigma**2))
-    kernel = kernel / kernel.sum()
     if kind == "islam":
+        # Their order (normalise, centre := 1 - centre, renormalise) done on the unnormalised
+        # Gaussian: the centre becomes the plain sum of the neighbour weights, avoiding the
+        # cancellation in 1 - centre for small sigma; the result is the same kernel.
         centre = (1,) * ndim
-        kernel[centre] = 1.0 - kernel[centre]  # the sum of the neighbour weights
-        kernel = kernel / kernel.sum()  # = 2 (1 - centre): centre weight becomes 1/2
-    return kernel
+        kernel[centre] = 0.0
+        kernel[centre] = kernel.sum()
+    return kernel / kernel.sum()
 
 
 def svls_kernel(sigma: float, kind: str = "islam", ndim: int = 3) -> Tensor:

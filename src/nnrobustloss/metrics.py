@@ -1,0 +1,419 @@
+"""Segmentation metrics: Dice, average symmetric surface distance (ASD) and surface Dice.
+
+The numbers are those of the surface-distance package (DeepMind, Nikolov et al. 2021) that the
+KiTS23 evaluation uses: surface elements ("surfels") sit on the corner lattice of the voxel grid,
+one per 2x2x2 neighbourhood that is neither empty nor full, with the marching-cubes area of
+surface-distance's lookup table; the distance of a surfel is the Euclidean distance (in mm) to
+the nearest surfel of the other surface. The computation is organised for speed:
+
+- the label maps are cropped once to the joint foreground bounding box (every region is a set
+  of non-zero labels, so nothing outside it matters) and each region again to its own box;
+- the crop is padded by one empty voxel on every side, which reproduces surface-distance's
+  zero padding, so objects touching the volume border get the same closed surface;
+- nearest surfels come from a KD-tree over the other surface's surfels (cost grows with the
+  surface, not the volume), surfels shared by both surfaces have distance 0 without a query,
+  and the distance is recomputed from the integer lattice offset exactly as
+  ``scipy.ndimage.distance_transform_edt`` does, so thresholds at the tolerance agree too.
+
+Empty masks follow the KiTS23 evaluation: both empty gives Dice 1 and surface Dice 1 (ASD 0),
+exactly one empty gives Dice 0 and surface Dice 0 with ASD NaN.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.spatial import cKDTree
+from surface_distance import lookup_tables
+
+from nnrobustloss.errors import ConfigError, InputDataError
+from nnrobustloss.fileio import atomic_path, read_image
+
+METRIC_NAMES: tuple[str, ...] = ("dice", "asd", "surface_dice")
+"""Metrics computed per region, in the order they are written to the tidy CSV."""
+
+CSV_COLUMNS: tuple[str, ...] = ("task", "method", "fold", "case", "region", "metric", "value")
+"""Columns of the tidy metrics CSV ``metrics/<Task>/<Method>/fold<k>.csv``."""
+
+KITS23_REGIONS: dict[str, list[int]] = {
+    "Kidney+Tumor+Cyst": [1, 2, 3],
+    "Tumor+Cyst": [2, 3],
+    "Tumor": [2],
+}
+"""The hierarchical evaluation regions of KiTS23 (label 1 kidney, 2 tumor, 3 cyst)."""
+
+KITS23_TOLERANCES_MM: dict[str, float] = {
+    "Kidney+Tumor+Cyst": 1.0331,
+    "Tumor+Cyst": 1.1329,
+    "Tumor": 1.1498,
+}
+"""Surface-Dice tolerances (mm) of the official KiTS23 evaluation, per region."""
+
+GEOMETRY_ATOL = 1e-4
+"""Largest difference of spacing, origin and direction accepted between prediction and reference."""
+
+# surface-distance's 2x2x2 neighbourhood code: bit weight of each corner of the cell.
+_KERNEL = np.asarray(lookup_tables.ENCODE_NEIGHBOURHOOD_3D_KERNEL, dtype=np.uint8)
+
+
+def build_regions(labels: Mapping[str, int],
+                  extra_regions: Mapping[str, Sequence[int]] | None = None) -> dict[str, list[int]]:
+    """Return the evaluation regions of a task: one per foreground class, then the extra ones.
+
+    ``labels`` is the task's ``{class name: label value}`` (as in ``dataset.json``); value 0 is
+    the background and gets no region. ``extra_regions`` are hierarchical regions
+    ``{name: [label values]}`` (e.g. :data:`KITS23_REGIONS`). The result keeps that order:
+    ``{class: [value], ..., extra: [values], ...}``. A name used twice raises ConfigError.
+    """
+    regions: dict[str, list[int]] = {}
+    for name, value in labels.items():
+        if int(value) != 0:
+            regions[str(name)] = [int(value)]
+    for name, values in (extra_regions or {}).items():
+        if name in regions:
+            raise ConfigError(f"regions.{name}: the name is already used by a class of the task's "
+                              "labels. Rename the extra region.")
+        vals = [int(v) for v in values]
+        if not vals:
+            raise ConfigError(f"regions.{name}: empty list of label values. Give at least one.")
+        regions[str(name)] = vals
+    return regions
+
+
+def tolerance_for(region: str, tolerance_mm: float | Mapping[str, float]) -> float:
+    """Surface-Dice tolerance (mm) of ``region``: the number itself, or the region's entry.
+
+    A mapping may hold a ``"default"`` entry used for regions it does not name; a region with
+    neither raises ConfigError.
+    """
+    if isinstance(tolerance_mm, Mapping):
+        if region in tolerance_mm:
+            value = tolerance_mm[region]
+        elif "default" in tolerance_mm:
+            value = tolerance_mm["default"]
+        else:
+            raise ConfigError(f"tolerance_mm: no tolerance for region '{region}'. Add "
+                              f"'{region}: <mm>' (or 'default: <mm>') to the task's tolerance_mm.")
+    else:
+        value = tolerance_mm
+    value = float(value)
+    if not value >= 0:
+        raise ConfigError(f"tolerance_mm: {value} for region '{region}' must be a number "
+                          ">= 0 (mm).")
+    return value
+
+
+def _check_inputs(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> tuple[float, ...]:
+    """Validate array shapes/dtypes and the spacing; return the spacing as floats."""
+    if pred.shape != ref.shape:
+        raise InputDataError(f"prediction shape {pred.shape} differs from reference shape "
+                             f"{ref.shape}. Resample the prediction to the reference grid.")
+    if pred.ndim != 3:
+        raise InputDataError(f"label arrays must be 3D (z, y, x), got {pred.ndim}D.")
+    for name, arr in (("prediction", pred), ("reference", ref)):
+        if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
+            raise InputDataError(f"{name} labels have dtype {arr.dtype}; integer labels expected.")
+    sp = tuple(float(s) for s in spacing)
+    if len(sp) != 3 or not all(math.isfinite(s) and s > 0 for s in sp):
+        raise InputDataError(f"spacing {tuple(spacing)} must be three positive numbers "
+                             "(mm, z y x).")
+    return sp
+
+
+def _bbox(mask_or_labels: Sequence[np.ndarray]) -> tuple[slice, ...] | None:
+    """Joint bounding box (slices) of the non-zero voxels of 3D arrays, None if all are zero."""
+    # Project along z first: one pass over each array, then the small (y, x) map.
+    proj = np.logical_or.reduce([a.any(axis=0) for a in mask_or_labels])
+    if not proj.any():
+        return None
+    ys = np.flatnonzero(proj.any(axis=1))
+    xs = np.flatnonzero(proj.any(axis=0))
+    ysl, xsl = slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1)
+    zproj = np.logical_or.reduce([a[:, ysl, xsl].any(axis=(1, 2)) for a in mask_or_labels])
+    zs = np.flatnonzero(zproj)
+    return slice(zs[0], zs[-1] + 1), ysl, xsl
+
+
+def _surfels(mask: np.ndarray, area_table: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Surfels of a mask padded by one empty voxel on every side.
+
+    Returns the border map on the corner lattice (shape = mask shape - 1, bool), the lattice
+    indices of the surfels (N, 3) and their areas (N,) in mm^2, in C order.
+    """
+    m = mask.view(np.uint8)
+    n0, n1, n2 = (s - 1 for s in m.shape)
+    code = np.zeros((n0, n1, n2), dtype=np.uint8)
+    tmp = np.empty_like(code)
+    for kz in (0, 1):
+        for ky in (0, 1):
+            for kx in (0, 1):
+                np.multiply(m[kz:kz + n0, ky:ky + n1, kx:kx + n2], _KERNEL[kz, ky, kx], out=tmp)
+                code |= tmp
+    border = (code != 0) & (code != 255)
+    idx = np.nonzero(border)
+    areas = area_table[code[idx]]
+    return border, np.stack(idx, axis=1), areas
+
+
+def _offsets_within(spacing: np.ndarray, n_target: int = 400
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lattice offsets within a radius of the origin, sorted by their physical distance.
+
+    The radius (mm) is chosen so that about ``n_target`` offsets lie inside it, but at least
+    the largest spacing. Returns (offsets (M, 3) int, distances (M,) mm, half-widths (3,) int);
+    distances are computed as scipy's distance transform does (offset * spacing, squared,
+    summed over axes in order, sqrt) so that they are bit-identical to surface-distance's.
+    """
+    radius = max(float(np.cbrt(n_target * 3.0 * np.prod(spacing) / (4.0 * np.pi))),
+                 float(spacing.max()))
+    half = np.floor(radius / spacing).astype(np.int64)
+    grids = np.meshgrid(*(np.arange(-h, h + 1) for h in half), indexing="ij")
+    offsets = np.stack([g.ravel() for g in grids], axis=1)
+    dist = _lattice_distance(offsets, spacing)
+    inside = dist <= radius
+    order = np.argsort(dist[inside], kind="stable")
+    return offsets[inside][order], dist[inside][order], half
+
+
+def _lattice_distance(delta: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """Euclidean length (mm) of integer lattice offsets (N, 3), as scipy's EDT computes it."""
+    d = delta.astype(np.float64) * spacing
+    np.multiply(d, d, out=d)
+    return np.sqrt(np.add.reduce(d, axis=1))
+
+
+def _nearest_distances(points: np.ndarray, target_border: np.ndarray, target_points: np.ndarray,
+                       spacing: np.ndarray) -> np.ndarray:
+    """Distance (mm) from each lattice point (N, 3) to the nearest surfel of the target surface.
+
+    First a lattice search: the offsets within a small radius are tried in order of increasing
+    distance, so the first hit is the exact nearest surfel (anything outside the radius is
+    farther). Most surfels of a realistic prediction are resolved within a few offsets. The
+    rest are found with a KD-tree over the target surfels; their distance is then recomputed
+    from the integer offset, so both paths give the numbers of scipy's distance transform.
+    """
+    dist = np.empty(len(points))
+    if len(points) == 0:
+        return dist
+    offsets, off_dist, half = _offsets_within(spacing)
+    shape = np.asarray(target_border.shape)
+    padded = np.zeros(tuple(int(v) for v in shape + 2 * half), dtype=bool)
+    inner = tuple(slice(int(h), int(h + n)) for h, n in zip(half, shape, strict=True))
+    padded[inner] = target_border
+    flat = padded.ravel()
+    # int32 linear indices halve the memory traffic of the gathers below
+    itype = np.int32 if flat.size < 2**31 - 1 else np.int64
+    strides = np.array([padded.shape[1] * padded.shape[2], padded.shape[2], 1], dtype=itype)
+    lin = ((points + half) @ strides).astype(itype)
+    off_lin = (offsets @ strides).astype(itype)
+    todo = np.arange(len(points))
+    buf = np.empty(len(points), dtype=itype)
+    hitbuf = np.empty(len(points), dtype=bool)
+    for k in range(len(off_lin)):
+        n = lin.size
+        idx = np.add(lin, off_lin[k], out=buf[:n])
+        hit = np.take(flat, idx, out=hitbuf[:n])
+        if hit.any():
+            dist[todo[hit]] = off_dist[k]
+            miss = ~hit
+            todo, lin = todo[miss], lin[miss]
+            if todo.size == 0:
+                return dist
+    far = points[todo]
+    tree = cKDTree(target_points * spacing, balanced_tree=False, compact_nodes=False)
+    _, nearest = tree.query(far * spacing, k=1)
+    dist[todo] = _lattice_distance(target_points[nearest] - far, spacing)
+    return dist
+
+
+def _surface_metrics(mask_gt: np.ndarray, mask_pred: np.ndarray, spacing: np.ndarray,
+                     area_table: np.ndarray, tolerance: float) -> tuple[float, float]:
+    """ASD (mm) and surface Dice of two non-empty masks padded by one empty voxel."""
+    border_gt, pts_gt, area_gt = _surfels(mask_gt, area_table)
+    border_pr, pts_pr, area_pr = _surfels(mask_pred, area_table)
+    d_gt = _nearest_distances(pts_gt, border_pr, pts_pr, spacing)
+    d_pr = _nearest_distances(pts_pr, border_gt, pts_gt, spacing)
+    total = area_gt.sum() + area_pr.sum()
+    asd = (np.dot(d_gt, area_gt) + np.dot(d_pr, area_pr)) / total
+    sdice = (area_gt[d_gt <= tolerance].sum() + area_pr[d_pr <= tolerance].sum()) / total
+    return float(asd), float(sdice)
+
+
+def _region_mask(labels: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Boolean mask of the voxels whose label is one of ``values``."""
+    if values.size == 1:
+        return labels == values[0]
+    if labels.dtype in (np.uint8, np.uint16):
+        # a lookup table is several times faster than np.isin for small unsigned labels
+        lut = np.zeros(65536 if labels.dtype == np.uint16 else 256, dtype=bool)
+        lut[values[(values >= 0) & (values < lut.size)]] = True
+        return lut[labels]
+    return np.isin(labels, values)
+
+
+def _padded(mask: np.ndarray) -> np.ndarray:
+    """The mask with one empty voxel added on every side (bool copy)."""
+    out = np.zeros(tuple(s + 2 for s in mask.shape), dtype=bool)
+    out[1:-1, 1:-1, 1:-1] = mask
+    return out
+
+
+def evaluate_case(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float],
+                  regions: Mapping[str, Sequence[int]],
+                  tolerance_mm: float | Mapping[str, float]) -> dict[str, dict[str, float]]:
+    """Dice, ASD and surface Dice of one case, per region.
+
+    pred, ref: integer label arrays of the same shape (z, y, x); spacing: voxel size in mm in
+    the same axis order; regions: ``{name: [label values]}`` (a class is a region of one
+    label); tolerance_mm: surface-Dice tolerance in mm, one number or ``{region: mm}``.
+
+    Returns ``{region: {"dice", "asd", "surface_dice"}}`` as floats, regions in the given order:
+    Dice and surface Dice in [0, 1], ASD in mm = (sum of gt->pred surfel distances x gt surfel
+    areas + sum of pred->gt distances x pred areas) / (total gt + pred surfel area). Both masks
+    empty: 1, 0, 1; exactly one empty: Dice 0, ASD NaN, surface Dice 0. Equal to the
+    surface-distance package (``compute_surface_distances``) up to floating-point rounding.
+    """
+    sp = _check_inputs(pred, ref, spacing)
+    spacing_arr = np.asarray(sp, dtype=np.float64)
+    area_table = lookup_tables.create_table_neighbour_code_to_surface_area(sp)
+    label_sets = {name: np.unique(np.asarray(list(vals), dtype=np.int64))
+                  for name, vals in regions.items()}
+    for name, vals in label_sets.items():
+        if vals.size == 0:
+            raise ConfigError(f"regions.{name}: empty list of label values. Give at least one.")
+
+    # Every region made of non-zero labels lies inside the joint foreground box: crop once.
+    if any((vals == 0).any() for vals in label_sets.values()):
+        crop_pred, crop_ref = pred, ref
+    else:
+        box = _bbox([pred, ref])
+        if box is None:
+            crop_pred = crop_ref = np.zeros((1, 1, 1), dtype=np.uint8)
+        else:
+            crop_pred, crop_ref = pred[box], ref[box]
+
+    results: dict[str, dict[str, float]] = {}
+    for name, vals in label_sets.items():
+        tol = tolerance_for(name, tolerance_mm)
+        m_pred, m_ref = _region_mask(crop_pred, vals), _region_mask(crop_ref, vals)
+        n_pred, n_ref = int(np.count_nonzero(m_pred)), int(np.count_nonzero(m_ref))
+        if n_pred == 0 and n_ref == 0:
+            results[name] = {"dice": 1.0, "asd": 0.0, "surface_dice": 1.0}
+            continue
+        if n_pred == 0 or n_ref == 0:
+            results[name] = {"dice": 0.0, "asd": float("nan"), "surface_dice": 0.0}
+            continue
+        dice = 2.0 * np.count_nonzero(m_pred & m_ref) / (n_pred + n_ref)
+        box = _bbox([m_pred, m_ref])
+        assert box is not None
+        asd, sdice = _surface_metrics(_padded(m_ref[box]), _padded(m_pred[box]), spacing_arr,
+                                      area_table, tol)
+        results[name] = {"dice": float(dice), "asd": asd, "surface_dice": sdice}
+    return results
+
+
+def _check_geometry(pred_path: Path, ref_path: Path, pred_img, ref_img) -> None:  # noqa: ANN001
+    """Raise InputDataError naming both files when size, spacing, origin or direction differ."""
+    checks = (("size", pred_img.GetSize(), ref_img.GetSize()),
+              ("spacing", pred_img.GetSpacing(), ref_img.GetSpacing()),
+              ("origin", pred_img.GetOrigin(), ref_img.GetOrigin()),
+              ("direction", pred_img.GetDirection(), ref_img.GetDirection()))
+    for what, a, b in checks:
+        if len(a) != len(b) or not np.allclose(a, b, rtol=0.0, atol=GEOMETRY_ATOL):
+            raise InputDataError(
+                f"{pred_path}: {what} {tuple(a)} differs from {what} {tuple(b)} of the reference "
+                f"{ref_path}. The prediction must be on the reference image grid; re-run the "
+                "predict stage for this case.")
+
+
+def _evaluate_files(job: tuple[str, str, str, dict[str, list[int]], float | dict[str, float]]
+                    ) -> tuple[str, dict[str, dict[str, float]]]:
+    """Worker: read a prediction/reference pair, check geometry, evaluate (picklable)."""
+    import SimpleITK as sitk
+
+    case, pred_file, ref_file, regions, tolerance_mm = job
+    pred_path, ref_path = Path(pred_file), Path(ref_file)
+    pred_img, ref_img = read_image(pred_path), read_image(ref_path)
+    _check_geometry(pred_path, ref_path, pred_img, ref_img)
+    pred = sitk.GetArrayFromImage(pred_img)
+    ref = sitk.GetArrayFromImage(ref_img)
+    for path, arr in ((pred_path, pred), (ref_path, ref)):
+        if not np.issubdtype(arr.dtype, np.integer):
+            if not np.array_equal(arr, np.round(arr)):
+                raise InputDataError(f"{path}: voxel values are not integer labels. "
+                                     "Write label maps with integer values.")
+            arr = arr.astype(np.int64)
+        if path == pred_path:
+            pred = arr
+        else:
+            ref = arr
+    spacing = tuple(float(s) for s in ref_img.GetSpacing()[::-1])
+    return case, evaluate_case(pred, ref, spacing, regions, tolerance_mm)
+
+
+def evaluate_folder(pred_dir: str | os.PathLike[str], reference_dir: str | os.PathLike[str],
+                    case_ids: Iterable[str], task: str, method: str, fold: int,
+                    regions: Mapping[str, Sequence[int]],
+                    tolerance_mm: float | Mapping[str, float],
+                    out_csv: str | os.PathLike[str], n_workers: int = 1) -> pd.DataFrame:
+    """Evaluate the predictions of one fold against the reference labels; write the tidy CSV.
+
+    Reads ``<pred_dir>/<case>.nii.gz`` and ``<reference_dir>/<case>.nii.gz`` for every case id,
+    checks that both share size, spacing, origin and direction (within 1e-4), evaluates them
+    with :func:`evaluate_case` (in ``n_workers`` processes when > 1, with a progress bar) and
+    writes ``out_csv`` atomically with columns task, method, fold, case, region, metric, value
+    (metric in dice, asd, surface_dice; rows ordered by case, region, metric; NaN as "NaN").
+    A missing file or a geometry mismatch raises InputDataError naming the file(s).
+    Returns the written table.
+    """
+    from tqdm import tqdm
+
+    pred_dir, reference_dir = Path(pred_dir), Path(reference_dir)
+    cases = [str(c) for c in case_ids]
+    regions_plain = {str(k): [int(v) for v in vals] for k, vals in regions.items()}
+    tol_plain: float | dict[str, float] = (
+        {str(k): float(v) for k, v in tolerance_mm.items()}
+        if isinstance(tolerance_mm, Mapping) else float(tolerance_mm))
+    for name in regions_plain:  # fail on a bad tolerance before reading any image
+        tolerance_for(name, tol_plain)
+    jobs = []
+    for case in cases:
+        pred_file = pred_dir / f"{case}.nii.gz"
+        ref_file = reference_dir / f"{case}.nii.gz"
+        if not pred_file.is_file():
+            raise InputDataError(f"{pred_file}: prediction not found for case {case} "
+                                 f"({task}/{method}/fold{fold}). Run the predict stage first.")
+        if not ref_file.is_file():
+            raise InputDataError(f"{ref_file}: reference label not found for case {case}. "
+                                 "Run the convert stage first.")
+        jobs.append((case, str(pred_file), str(ref_file), regions_plain, tol_plain))
+
+    desc = f"evaluate {task}/{method}/fold{fold}"
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    if n_workers > 1 and len(jobs) > 1:
+        # spawn: safe with the threads torch/tqdm may have started in this process
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Pool(min(n_workers, len(jobs))) as pool:
+            for case, res in tqdm(pool.imap_unordered(_evaluate_files, jobs), total=len(jobs),
+                                  desc=desc, unit="case"):
+                results[case] = res
+    else:
+        for job in tqdm(jobs, desc=desc, unit="case"):
+            case, res = _evaluate_files(job)
+            results[case] = res
+
+    rows = [(task, method, int(fold), case, region, metric, values[metric])
+            for case in cases
+            for region, values in results[case].items()
+            for metric in METRIC_NAMES]
+    df = pd.DataFrame(rows, columns=list(CSV_COLUMNS))
+    df["value"] = df["value"].astype(np.float64)
+    with atomic_path(out_csv) as tmp:
+        df.to_csv(tmp, index=False, na_rep="NaN")
+    return df

@@ -1,0 +1,43 @@
+"""nnU-Net trainers of the study, one per method (DESIGN.md section 3).
+
+| method | trainer |
+| --- | --- |
+| Baseline, BaselineRef | :class:`nnUNetTrainer_Baseline` (nnU-Net's CE + Dice) |
+| APL1, APL2, SVLS | ``nnUNetTrainer_APL1``, ``nnUNetTrainer_APL2``, ``nnUNetTrainer_SVLS`` |
+| CoT, CoT+ | ``nnUNetTrainer_CoT``, ``nnUNetTrainer_CoTPlus`` (two peers) |
+| StoCoT, HRL | ``nnUNetTrainer_StoCoT``, ``nnUNetTrainer_HRL`` (two peers) |
+
+All share :class:`RobustTrainerMixin` (settings, explicit folders, training pseudo Dice,
+progress.csv, epoch callback, exact resumption). Build and run them with
+:func:`nnrobustloss.training.train`; load a trained network for prediction with
+:func:`nnrobustloss.trainers.inference.build_predictor`.
+"""
+
+from nnrobustloss.trainers.base import RobustTrainerMixin, TrainerSettings
+from nnrobustloss.trainers.coteaching import (
+    CoTeachingTrainer,
+    nnUNetTrainer_CoT,
+    nnUNetTrainer_CoTPlus,
+    nnUNetTrainer_HRL,
+    nnUNetTrainer_StoCoT,
+)
+from nnrobustloss.trainers.single import (
+    nnUNetTrainer_APL1,
+    nnUNetTrainer_APL2,
+    nnUNetTrainer_Baseline,
+    nnUNetTrainer_SVLS,
+)
+
+__all__ = [
+    "CoTeachingTrainer",
+    "RobustTrainerMixin",
+    "TrainerSettings",
+    "nnUNetTrainer_APL1",
+    "nnUNetTrainer_APL2",
+    "nnUNetTrainer_Baseline",
+    "nnUNetTrainer_CoT",
+    "nnUNetTrainer_CoTPlus",
+    "nnUNetTrainer_HRL",
+    "nnUNetTrainer_SVLS",
+    "nnUNetTrainer_StoCoT",
+]

@@ -1,0 +1,304 @@
+"""Two-peer trainers of the co-teaching family: CoT, CoT+, StoCoT and HRL (DESIGN.md section 3).
+
+Peers A (nnU-Net's ``self.network``) and B (``self.network_b``) see the same mini-batch. Each has
+its own SGD optimiser and poly-LR schedule (built by nnU-Net's ``configure_optimizers``), its own
+grad scaler (CUDA only) and its own gradient clipping. At every deep-supervision level with a
+non-zero weight, the keep-mask for each peer comes from its **partner**, computed under
+``no_grad`` from detached outputs:
+
+- CoT: the partner keeps the floor((1 - R ramp(e)) N) voxels of the mini-batch with the smallest
+  partner CE (:func:`~nnrobustloss.selection.small_loss_mask`).
+- CoT+: the same rule among the voxels where the peers' argmax predictions disagree once
+  e >= delay (:func:`~nnrobustloss.selection.cot_plus_mask`).
+- StoCoT: keep where the partner's softmax probability of the label is >= ramp(e) theta,
+  theta ~ Beta(a, b) from the trainer's seeded ``torch.Generator`` (mask for A drawn first,
+  then for B); the generator state is checkpointed.
+- HRL: StoCoT masks; each peer's loss is :class:`~nnrobustloss.losses.HRLLoss` (APL2 on SVLS
+  targets) instead of CE + Dice.
+
+Each peer's loss is nnU-Net's deep-supervision sum of the per-level masked loss (CE over kept
+voxels, Dice with the mask as ``loss_mask``). ``train_loss`` in progress.csv and nnU-Net's log is
+peer A's loss; progress.csv also has both peers' losses, the kept voxel fraction of each peer at
+full resolution and ramp(e). Validation and inference use peer A. Checkpoints keep peer A under
+nnU-Net's keys and add ``network_weights_peer_b``, ``optimizer_state_peer_b``,
+``grad_scaler_state_peer_b`` and ``selection_generator_state``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from torch import GradScaler, Tensor, nn
+
+from nnrobustloss.errors import ConfigError
+from nnrobustloss.losses import CEDiceLoss, HRLLoss, per_voxel_ce
+from nnrobustloss.selection import (
+    cot_plus_mask,
+    label_probability,
+    ramp,
+    small_loss_mask,
+    stocot_mask,
+)
+from nnrobustloss.trainers.base import RobustTrainerMixin, TrainerSettings, unwrap
+from nnrobustloss.trainers.progress import mean_or_nan
+
+GENERATOR_SEED_OFFSET = 7919
+"""The StoCoT generator is seeded with ``seed + 7919`` so that its stream differs from torch's
+global stream seeded with ``seed``."""
+
+Masks = list[Tensor | None]
+
+
+class CoTeachingTrainer(RobustTrainerMixin, nnUNetTrainer):
+    """Base of the two-peer trainers; subclasses implement :meth:`select_level`."""
+
+    method_id = "CoT"
+    accepted_methods: tuple[str, ...] = ()
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):  # noqa: B008
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.is_ddp:
+            raise ConfigError("co-teaching trainers do not support DDP (multi-GPU) training; "
+                              "train on one device.")
+        self.network_b: nn.Module | None = None
+        self.optimizer_b: torch.optim.Optimizer | None = None
+        self.lr_scheduler_b: Any = None
+        self.grad_scaler_b = GradScaler("cuda") if self.device.type == "cuda" else None
+        self.selection_generator = torch.Generator(device=self.device)
+        self.selection_generator.manual_seed(self.settings.seed + GENERATOR_SEED_OFFSET)
+
+    def configure(self, settings: TrainerSettings, epoch_callback: Any = None) -> None:
+        """As the mixin, and seed the selection generator with ``seed + 7919``."""
+        super().configure(settings, epoch_callback)
+        self.selection_generator.manual_seed(self.settings.seed + GENERATOR_SEED_OFFSET)
+
+    # ------------------------------------------------------------------ setup
+    def _build_loss(self) -> nn.Module:
+        self._require_no_ignore_label()
+        return self._wrap_deep_supervision(CEDiceLoss(soft_dice_kwargs=self._soft_dice_kwargs()))
+
+    def initialize(self) -> None:
+        """nnU-Net's initialize (peer A, its optimiser, the loss), then peer B and its optimiser."""
+        super().initialize()
+        net_a = self.network
+        # peer B: same architecture, its own random initialisation (torch's global RNG)
+        self.network_b = self.build_network_architecture(
+            self.plans_manager, self.configuration_manager, self.num_input_channels,
+            self.label_manager.num_segmentation_heads, self.enable_deep_supervision,
+        ).to(self.device)
+        # nnU-Net's configure_optimizers reads self.network: let it build B's optimiser too
+        self.network = self.network_b
+        try:
+            self.optimizer_b, self.lr_scheduler_b = self.configure_optimizers()
+        finally:
+            self.network = net_a
+
+    def on_train_start(self) -> None:
+        """nnU-Net's start, with deep supervision switched on in both peers."""
+        super().on_train_start()
+        unwrap(self.network_b).decoder.deep_supervision = self.enable_deep_supervision
+
+    def on_train_epoch_start(self) -> None:
+        """Both peers to train mode, both LR schedules stepped to the current epoch."""
+        super().on_train_epoch_start()
+        self.network_b.train()
+        self.lr_scheduler_b.step(self.current_epoch)
+
+    # ------------------------------------------------------------------ selection
+    def ramp_value(self) -> float:
+        """ramp(e) of the current epoch with the configured delay and gradual epochs."""
+        s = self.settings
+        return ramp(self.current_epoch, s.coteaching_delay, s.coteaching_gradual)
+
+    def select_level(self, logits_a: Tensor, logits_b: Tensor,
+                     target: Tensor) -> tuple[Tensor, Tensor]:
+        """(mask for A's update, mask for B's update) of one level; bool ``[B, 1, *sp]``."""
+        raise NotImplementedError
+
+    def select(self, out_a: Sequence[Tensor], out_b: Sequence[Tensor],
+               target: Sequence[Tensor], weights: Sequence[float]) -> tuple[Masks, Masks]:
+        """Masks for every level with a non-zero deep-supervision weight (None elsewhere)."""
+        masks_a: Masks = []
+        masks_b: Masks = []
+        with torch.no_grad():
+            for la, lb, t, w in zip(out_a, out_b, target, weights, strict=True):
+                if w == 0:
+                    masks_a.append(None)
+                    masks_b.append(None)
+                    continue
+                ma, mb = self.select_level(la.detach(), lb.detach(), t)
+                masks_a.append(ma)
+                masks_b.append(mb)
+        return masks_a, masks_b
+
+    # ------------------------------------------------------------------ training
+    def _level_weights(self, n_levels: int) -> list[float]:
+        wf = getattr(self.loss, "weight_factors", None)
+        return list(wf) if wf is not None else [1.0] * n_levels
+
+    def _peer_loss(self, output: Sequence[Tensor], target: Sequence[Tensor],
+                   masks: Masks) -> Tensor:
+        if self.enable_deep_supervision:
+            return self.loss(list(output), list(target), masks)
+        return self.loss(output[0], target[0], masks[0])
+
+    def train_step(self, batch: dict) -> dict:
+        """One co-teaching step: both forwards, partner masks, two masked updates."""
+        data, target = self._batch_to_device(batch)
+        targets = target if isinstance(target, list) else [target]
+        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer_b.zero_grad(set_to_none=True)
+        with self._autocast():
+            out_a = self.network(data)
+            out_b = self.network_b(data)
+        del data
+        outs_a = list(out_a) if isinstance(out_a, (list, tuple)) else [out_a]
+        outs_b = list(out_b) if isinstance(out_b, (list, tuple)) else [out_b]
+        masks_a, masks_b = self.select(outs_a, outs_b, targets, self._level_weights(len(outs_a)))
+        with self._autocast():
+            loss_a = self._peer_loss(outs_a, targets, masks_a)
+            loss_b = self._peer_loss(outs_b, targets, masks_b)
+        self._optimizer_step(loss_a, self.network, self.optimizer, self.grad_scaler)
+        self._optimizer_step(loss_b, self.network_b, self.optimizer_b, self.grad_scaler_b)
+        self._accumulate_pseudo_dice(outs_a, targets)
+        return {
+            "loss": loss_a.detach().cpu().numpy(),
+            "loss_b": float(loss_b.detach().cpu()),
+            "kept_a": _kept_fraction(masks_a[0]),
+            "kept_b": _kept_fraction(masks_b[0]),
+        }
+
+    def on_train_epoch_end(self, train_outputs: list[dict]) -> None:
+        """Mixin bookkeeping plus per-peer losses, kept fractions and ramp(e)."""
+        super().on_train_epoch_end(train_outputs)
+        self._epoch_extras.update({
+            "train_loss_peer_a": mean_or_nan(float(o["loss"]) for o in train_outputs),
+            "train_loss_peer_b": mean_or_nan(o["loss_b"] for o in train_outputs),
+            "kept_fraction_peer_a": mean_or_nan(o["kept_a"] for o in train_outputs),
+            "kept_fraction_peer_b": mean_or_nan(o["kept_b"] for o in train_outputs),
+            "ramp": self.ramp_value(),
+        })
+
+    # ------------------------------------------------------------------ checkpoints
+    def _checkpoint_extras(self) -> dict[str, Any]:
+        extras = super()._checkpoint_extras()
+        extras.update({
+            "network_weights_peer_b": unwrap(self.network_b).state_dict(),
+            "optimizer_state_peer_b": self.optimizer_b.state_dict(),
+            "grad_scaler_state_peer_b": self.grad_scaler_b.state_dict()
+            if self.grad_scaler_b is not None else None,
+            "selection_generator_state": self.selection_generator.get_state(),
+        })
+        return extras
+
+    def _load_checkpoint_extras(self, checkpoint: Mapping[str, Any]) -> None:
+        super()._load_checkpoint_extras(checkpoint)
+        if "network_weights_peer_b" not in checkpoint:
+            raise ConfigError("checkpoint has no peer B (network_weights_peer_b): it was not "
+                              "written by a co-teaching trainer; cannot continue "
+                              f"{type(self).__name__}.")
+        unwrap(self.network_b).load_state_dict(checkpoint["network_weights_peer_b"])
+        self.optimizer_b.load_state_dict(checkpoint["optimizer_state_peer_b"])
+        scaler_state = checkpoint.get("grad_scaler_state_peer_b")
+        if self.grad_scaler_b is not None and scaler_state is not None:
+            self.grad_scaler_b.load_state_dict(scaler_state)
+        if checkpoint.get("selection_generator_state") is not None:
+            self.selection_generator.set_state(checkpoint["selection_generator_state"].cpu())
+
+
+def _kept_fraction(mask: Tensor | None) -> float:
+    return 1.0 if mask is None else float(mask.float().mean().cpu())
+
+
+class nnUNetTrainer_CoT(CoTeachingTrainer):
+    """Co-teaching (Han et al. 2018): the partner's small-loss voxels; parameter ``forget_rate``."""
+
+    method_id = "CoT"
+    accepted_methods = ("CoT",)
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):  # noqa: B008
+        super().__init__(plans, configuration, fold, dataset_json, device)
+
+    def forget_rate(self) -> float:
+        """R(e) = R * ramp(e)."""
+        return self.settings.params["forget_rate"] * self.ramp_value()
+
+    def select_level(self, logits_a: Tensor, logits_b: Tensor,
+                     target: Tensor) -> tuple[Tensor, Tensor]:
+        r = self.forget_rate()
+        mask_a = small_loss_mask(per_voxel_ce(logits_b, target), r)  # B chooses for A
+        mask_b = small_loss_mask(per_voxel_ce(logits_a, target), r)  # A chooses for B
+        return mask_a, mask_b
+
+
+class nnUNetTrainer_CoTPlus(nnUNetTrainer_CoT):
+    """Co-teaching+ (Yu et al. 2019): small-loss voxels among the disagreeing ones after delay."""
+
+    method_id = "CoTPlus"
+    accepted_methods = ("CoTPlus",)
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):  # noqa: B008
+        super().__init__(plans, configuration, fold, dataset_json, device)
+
+    def select_level(self, logits_a: Tensor, logits_b: Tensor,
+                     target: Tensor) -> tuple[Tensor, Tensor]:
+        r = self.forget_rate()
+        e, delay = self.current_epoch, self.settings.coteaching_delay
+        pred_a, pred_b = logits_a.argmax(1), logits_b.argmax(1)
+        mask_a = cot_plus_mask(per_voxel_ce(logits_b, target), pred_b, pred_a, r, e, delay)
+        mask_b = cot_plus_mask(per_voxel_ce(logits_a, target), pred_a, pred_b, r, e, delay)
+        return mask_a, mask_b
+
+
+class nnUNetTrainer_StoCoT(CoTeachingTrainer):
+    """Stochastic co-teaching (de Vos et al. 2023); hyper-parameters ``a``, ``b`` of Beta(a, b)."""
+
+    method_id = "StoCoT"
+    accepted_methods = ("StoCoT",)
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):  # noqa: B008
+        super().__init__(plans, configuration, fold, dataset_json, device)
+
+    def select_level(self, logits_a: Tensor, logits_b: Tensor,
+                     target: Tensor) -> tuple[Tensor, Tensor]:
+        s = self.settings
+        rv = self.ramp_value()
+        a, b = s.params["a"], s.params["b"]
+        g, mode = self.selection_generator, s.stocot_thresholds
+        mask_a = stocot_mask(label_probability(logits_b, target), rv, a, b, g, mode)
+        mask_b = stocot_mask(label_probability(logits_a, target), rv, a, b, g, mode)
+        return mask_a, mask_b
+
+
+class nnUNetTrainer_HRL(nnUNetTrainer_StoCoT):
+    """HRL: StoCoT peers, each trained with APL2 on SVLS soft targets (``a, b, w, sigma``)."""
+
+    method_id = "HRL"
+    accepted_methods = ("HRL",)
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):  # noqa: B008
+        super().__init__(plans, configuration, fold, dataset_json, device)
+
+    def _build_loss(self) -> nn.Module:
+        self._require_no_ignore_label()
+        s = self.settings
+        return self._wrap_deep_supervision(HRLLoss(
+            s.params["w"], s.params["sigma"], kernel=s.svls_kernel, hard_dice=s.svls_hard_dice,
+            soft_dice_kwargs=self._soft_dice_kwargs()))
+
+
+__all__ = [
+    "CoTeachingTrainer",
+    "nnUNetTrainer_CoT",
+    "nnUNetTrainer_CoTPlus",
+    "nnUNetTrainer_HRL",
+    "nnUNetTrainer_StoCoT",
+]

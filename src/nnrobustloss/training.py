@@ -1,0 +1,243 @@
+"""Train one method on one fold of a preprocessed dataset (the ``train`` stage).
+
+:func:`train` builds the method's trainer from the plans and ``dataset.json`` of the preprocessed
+dataset, points it at explicit folders (no nnU-Net environment variables needed), applies the
+settings, resumes from ``checkpoint_latest.pth`` when present and runs nnU-Net's training loop
+with nnU-Net's data loading, augmentation, deep supervision, optimiser and checkpoints. The fold
+split is nnU-Net's own ``do_split`` reading ``splits_final.json`` of the preprocessed dataset.
+A finished run (``checkpoint_final.pth`` present) returns at once; to retrain, delete the output
+folder. :func:`train_from_config` maps the pipeline config onto :func:`train` for the CLI.
+
+Reproducibility: with ``nnUNet_n_proc_DA=0`` (single-threaded augmentation) on the CPU a run is
+a deterministic function of its settings, and a run killed after epoch k and continued is
+identical to one that never stopped (the checkpoint holds the RNG states). nnU-Net's
+multi-process augmenter seeds its workers from the OS, and CUDA kernels may be
+non-deterministic, so these cases reproduce statistically only.
+
+Adding a new loss
+-----------------
+1. Write the per-resolution loss as an ``nn.Module`` with ``forward(logits, target, mask=None)``
+   in :mod:`nnrobustloss.losses` (logits ``[B, K, *sp]``, integer target ``[B, 1, *sp]``; see
+   ``MaskedCompoundLoss``, whose subclasses only implement ``terms``).
+2. Subclass the mixin and nnU-Net's trainer, repeating nnU-Net's ``__init__`` signature, and
+   build the loss in ``_build_loss`` (hyper-parameters come from ``self.settings.params``)::
+
+       class nnUNetTrainer_MyLoss(RobustTrainerMixin, nnUNetTrainer):
+           method_id = "MyLoss"
+           accepted_methods = ("MyLoss",)
+
+           def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                        device: torch.device = torch.device('cuda')):
+               super().__init__(plans, configuration, fold, dataset_json, device)
+
+           def _build_loss(self):
+               return self._wrap_deep_supervision(
+                   MyLoss(self.settings.params["t"], soft_dice_kwargs=self._soft_dice_kwargs()))
+
+   For a two-peer method subclass ``CoTeachingTrainer`` and implement ``select_level``.
+   Export the class from :mod:`nnrobustloss.trainers`.
+3. Register it in :data:`nnrobustloss.methods.METHODS`:
+   ``MethodSpec("MyLoss", "My loss", "nnrobustloss.trainers:nnUNetTrainer_MyLoss", False,
+   (FloatParam("t", 0.1, 1.0),), True)`` and add ``MyLoss`` to ``methods`` in the config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nnrobustloss.errors import ConfigError, InputDataError
+from nnrobustloss.fileio import read_json
+from nnrobustloss.methods import get_method
+from nnrobustloss.trainers.base import EpochCallback, TrainerSettings
+
+CHECKPOINT_FINAL = "checkpoint_final.pth"
+CHECKPOINT_LATEST = "checkpoint_latest.pth"
+NNUNET_DEFAULTS = {"epochs": 1000, "iterations_per_epoch": 250, "val_iterations_per_epoch": 50}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """"auto" -> CUDA when available, else CPU; "cpu"/"cuda" as given (ConfigError without CUDA)."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        return torch.device("cpu")
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("device=cuda but PyTorch sees no CUDA device. Use device: auto or "
+                              "cpu, or install a CUDA build of PyTorch.")
+        return torch.device("cuda")
+    raise ConfigError(f"device={device!r}: use auto, cpu or cuda.")
+
+
+def build_settings(method: str, params: Mapping[str, Any] | None = None,
+                   epochs: int | None = None, iterations_per_epoch: int | None = None,
+                   val_iterations_per_epoch: int | None = None,
+                   coteaching: Mapping[str, Any] | None = None,
+                   svls: Mapping[str, Any] | None = None, seed: int = 0) -> TrainerSettings:
+    """Validated :class:`TrainerSettings`; None means nnU-Net's (or the paper's) default.
+
+    ``coteaching`` keys: delay, gradual, stocot_thresholds; ``svls`` keys: kernel, hard_dice.
+    Unknown keys raise ConfigError.
+    """
+    co = dict(coteaching or {})
+    sv = dict(svls or {})
+    for name, given, known in (("coteaching", co, {"delay", "gradual", "stocot_thresholds"}),
+                               ("svls", sv, {"kernel", "hard_dice"})):
+        extra = sorted(set(given) - known)
+        if extra:
+            raise ConfigError(f"{name}: unknown key(s) {', '.join(extra)}; known: "
+                              f"{', '.join(sorted(known))}.")
+    defaults = TrainerSettings(method=method)
+    return TrainerSettings(
+        method=method,
+        params=dict(params or {}),
+        num_epochs=NNUNET_DEFAULTS["epochs"] if epochs is None else epochs,
+        num_iterations_per_epoch=NNUNET_DEFAULTS["iterations_per_epoch"]
+        if iterations_per_epoch is None else iterations_per_epoch,
+        num_val_iterations_per_epoch=NNUNET_DEFAULTS["val_iterations_per_epoch"]
+        if val_iterations_per_epoch is None else val_iterations_per_epoch,
+        coteaching_delay=co.get("delay", defaults.coteaching_delay),
+        coteaching_gradual=co.get("gradual", defaults.coteaching_gradual),
+        stocot_thresholds=co.get("stocot_thresholds", defaults.stocot_thresholds),
+        svls_kernel=sv.get("kernel", defaults.svls_kernel),
+        svls_hard_dice=sv.get("hard_dice", defaults.svls_hard_dice),
+        seed=seed,
+    ).validated()
+
+
+def _check_preprocessed(pre: Path, plans_identifier: str, configuration: str,
+                        fold: int) -> tuple[dict, dict]:
+    plans = read_json(pre / f"{plans_identifier}.json")
+    dataset_json = read_json(pre / "dataset.json")
+    if configuration not in plans.get("configurations", {}):
+        raise ConfigError(f"{pre / (plans_identifier + '.json')}: no configuration "
+                          f"{configuration!r} (has {', '.join(plans.get('configurations', {}))}).")
+    splits = read_json(pre / "splits_final.json")
+    if not isinstance(fold, int) or isinstance(fold, bool) or not 0 <= fold < len(splits):
+        # nnU-Net would silently invent a random 80:20 split for a missing fold
+        raise ConfigError(f"fold {fold!r}: {pre / 'splits_final.json'} defines folds "
+                          f"0..{len(splits) - 1}. Pick one of them or rerun the splits stage.")
+    return plans, dataset_json
+
+
+def _check_resume_settings(out: Path, settings: TrainerSettings) -> None:
+    path = out / "settings.json"
+    if not path.is_file():
+        return
+    old = read_json(path)
+    new = settings.to_dict()
+    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if diff:
+        raise ConfigError(f"{path}: the unfinished run in {out} used different settings "
+                          f"({', '.join(diff)}). Delete {out} to start over with the new "
+                          "settings, or rerun with the old ones.")
+
+
+def train(preprocessed_dataset_dir: str | os.PathLike[str], method: str, fold: int,
+          output_dir: str | os.PathLike[str], params: Mapping[str, Any] | None = None,
+          epochs: int | None = None, iterations_per_epoch: int | None = None,
+          val_iterations_per_epoch: int | None = None,
+          coteaching: Mapping[str, Any] | None = None, svls: Mapping[str, Any] | None = None,
+          seed: int = 0, device: str | torch.device = "auto",
+          plans_identifier: str = "nnUNetPlans", configuration: str = "3d_fullres",
+          epoch_callback: EpochCallback | None = None,
+          continue_training: bool = True) -> Path:
+    """Train ``method`` on ``fold`` of ``preprocessed_dataset_dir``; return ``output_dir``.
+
+    ``preprocessed_dataset_dir``: nnU-Net preprocessed dataset folder (``<plans_identifier>.json``,
+    ``dataset.json``, ``splits_final.json``, the configuration's data). ``params``: the method's
+    hyper-parameters (missing ones take :func:`nnrobustloss.methods.default_params`). Epoch and
+    iteration counts default to nnU-Net's (1000, 250, 50). ``coteaching`` = {delay, gradual,
+    stocot_thresholds}, ``svls`` = {kernel, hard_dice} (defaults 20, 20, random, islam, False).
+    ``epoch_callback(epoch, metrics)`` runs after every epoch's checkpoint; ``metrics`` is the
+    progress.csv row (``train_pseudo_dice_ema`` is the tuning objective); an exception it raises
+    stops training and propagates. Returns at once when ``checkpoint_final.pth`` exists; resumes
+    from ``checkpoint_latest.pth`` when ``continue_training`` (else starts over).
+    """
+    spec = get_method(method)
+    out = Path(output_dir)
+    if (out / CHECKPOINT_FINAL).is_file():
+        return out
+    pre = Path(preprocessed_dataset_dir)
+    if not pre.is_dir():
+        raise InputDataError(f"{pre}: preprocessed dataset folder not found. Run the plan stage "
+                             "first.")
+    settings = build_settings(spec.id, params, epochs, iterations_per_epoch,
+                              val_iterations_per_epoch, coteaching, svls, seed)
+    plans, dataset_json = _check_preprocessed(pre, plans_identifier, configuration, fold)
+    latest = out / CHECKPOINT_LATEST
+    resume = continue_training and latest.is_file()
+    if resume:
+        _check_resume_settings(out, settings)
+    trainer_cls = spec.load_trainer_class()
+    plans["continue_training"] = resume  # nnU-Net 2.8.1 pops this key in __init__
+    trainer = trainer_cls(plans=plans, configuration=configuration, fold=fold,
+                          dataset_json=dataset_json, device=resolve_device(device))
+    trainer.set_output_paths(out, pre)
+    trainer.configure(settings, epoch_callback)
+    if resume:
+        trainer.load_checkpoint(str(latest))
+    trainer.run_training()
+    return out
+
+
+def parse_params(text: str | None) -> dict[str, Any]:
+    """``--params`` value: a JSON object, or the path of a JSON file holding one."""
+    if text is None or text == "":
+        return {}
+    p = Path(text)
+    if not text.lstrip().startswith("{") and p.is_file():
+        obj = read_json(p)
+    else:
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"--params {text!r}: not a JSON object or an existing JSON file "
+                              f"({e}). Example: --params '{{\"w\": 0.5}}'.") from e
+    if not isinstance(obj, dict):
+        raise ConfigError(f"--params {text!r}: must be a JSON object such as {{\"w\": 0.5}}.")
+    return obj
+
+
+def train_from_config(config: Mapping[str, Any], task: str, method: str, fold: int,
+                      params: Mapping[str, Any] | None = None, epochs: int | None = None,
+                      epoch_callback: EpochCallback | None = None) -> Path:
+    """Run :func:`train` with the paths and budgets of the pipeline config (DESIGN section 2).
+
+    Reads ``results_dir``, ``seed``, ``device``, ``tasks.<task>.dataset_id`` /
+    ``reference_dataset_id`` (BaselineRef trains on the reference dataset),
+    ``planning.configuration``, ``training.*``, ``coteaching.*`` and ``svls.*``; writes to
+    ``<results_dir>/training/<task>/<method>/fold<k>/``. ``epochs`` overrides
+    ``training.epochs``.
+    """
+    from nnrobustloss.datasets.raw import dataset_name
+
+    spec = get_method(method)
+    tasks = config.get("tasks", {})
+    if task not in tasks:
+        raise ConfigError(f"tasks.{task}: unknown task; the config defines "
+                          f"{', '.join(tasks) or 'none'}.")
+    tcfg = tasks[task]
+    root = Path(config.get("results_dir", "results"))
+    ds_id = tcfg["reference_dataset_id"] if spec.uses_reference else tcfg["dataset_id"]
+    pre = root / "preprocessed" / dataset_name(ds_id, task, reference=spec.uses_reference)
+    tr = config.get("training", {})
+    return train(
+        pre, spec.id, fold, root / "training" / task / spec.id / f"fold{fold}",
+        params=params,
+        epochs=epochs if epochs is not None else tr.get("epochs"),
+        iterations_per_epoch=tr.get("iterations_per_epoch"),
+        val_iterations_per_epoch=tr.get("val_iterations_per_epoch"),
+        coteaching=config.get("coteaching"), svls=config.get("svls"),
+        seed=int(config.get("seed", 0)), device=config.get("device", "auto"),
+        configuration=config.get("planning", {}).get("configuration", "3d_fullres"),
+        epoch_callback=epoch_callback,
+    )

@@ -135,6 +135,47 @@ def test_soft_versions_equal_hard_versions_for_one_hot_targets():
     assert torch.equal(soft_ngce(z, q, 0.4), ngce(z, y, 0.4))
 
 
+def _naive_terms(z, y, q, w, delta=1e-4):
+    """Plain autograd versions of every formula, straight from DESIGN.md section 3."""
+    p = torch.softmax(z, 1)
+    logp = torch.log_softmax(z, 1)
+    k = z.shape[1]
+    onehot = F.one_hot(y[:, 0], k).movedim(-1, 1).to(z.dtype)
+    ce_j = -logp
+    gce_j = (1 - p**w) / w
+    return {
+        "nce": lambda: nce(z, y) - ((onehot * ce_j).sum(1) / ce_j.sum(1)),
+        "rce": lambda: rce(z, y, delta) - (-(p * torch.log(onehot.clamp_min(delta))).sum(1)),
+        "gce": lambda: gce(z, y, w) - (onehot * gce_j).sum(1),
+        "ngce": lambda: ngce(z, y, w) - ((onehot * gce_j).sum(1) / gce_j.sum(1)),
+        "soft_ce": lambda: soft_ce(z, q) - (-(q * logp).sum(1)),
+        "soft_rce": lambda: soft_rce(z, q, delta) - (-(p * q.clamp_min(delta).log()).sum(1)),
+        "soft_ngce": lambda: soft_ngce(z, q, w) - ((1 - (q * p**w).sum(1)) / (k - (p**w).sum(1))),
+    }
+
+
+@pytest.mark.parametrize("name", ["nce", "rce", "gce", "ngce", "soft_ce", "soft_rce", "soft_ngce"])
+@pytest.mark.parametrize("w", [0.3, 1.0])
+def test_fused_gradients_equal_autograd_of_the_formulas(name, w):
+    # in float64: value and gradient of each fused term minus its plain autograd formula are 0
+    g = torch.Generator().manual_seed(4)
+    z = (2 * torch.randn((2, 4, 3, 2, 2), generator=g, dtype=torch.float64)).requires_grad_(True)
+    y = torch.randint(0, 4, (2, 1, 3, 2, 2), generator=g)
+    q = torch.softmax(3 * torch.randn((2, 4, 3, 2, 2), generator=g, dtype=torch.float64), 1)
+    q[0, :, 0] = F.one_hot(y[0, 0, 0], 4).movedim(-1, 0).double()  # soft and one-hot voxels
+    diff = _naive_terms(z, y, q, w)[name]()
+    assert diff.abs().max().item() < 1e-12
+    weights = torch.rand(diff.shape, generator=g, dtype=torch.float64)
+    (grad,) = torch.autograd.grad((diff * weights).sum(), z)
+    assert grad.abs().max().item() < 1e-12
+    fused = {"nce": lambda t: nce(t, y), "rce": lambda t: rce(t, y),
+             "gce": lambda t: gce(t, y, w), "ngce": lambda t: ngce(t, y, w),
+             "soft_ce": lambda t: soft_ce(t, q), "soft_rce": lambda t: soft_rce(t, q),
+             "soft_ngce": lambda t: soft_ngce(t, q, w)}[name]
+    assert torch.autograd.gradcheck(lambda t: fused(t).mul(weights).sum(), (z.detach().clone()
+                                                                          .requires_grad_(),))
+
+
 def test_gradients_are_finite_for_saturated_logits():
     # p of the label underflows to 0 in float32: p**w would have an infinite derivative
     z = torch.tensor([[200.0, -200.0, 0.0], [0.0, 0.0, 0.0]]).T[None, :, :, None]
@@ -223,6 +264,21 @@ def test_svls_targets_hand_values_2d_with_replicate_padding():
     q = svls_targets(y, 2, sigma)
     assert q[0, 1, 0, 0].item() == pytest.approx(0.5 + 2 * face + diag, abs=1e-6)
     assert torch.allclose(q.sum(1), torch.ones(1, 3, 3), atol=1e-6)
+
+
+@pytest.mark.parametrize("kernel", ["islam", "gaussian"])
+@pytest.mark.parametrize("sigma", [0.2, 1.0, 2.0])
+def test_svls_targets_equal_a_replicate_padded_convolution_with_the_kernel(kernel, sigma):
+    g = torch.Generator().manual_seed(8)
+    for shape in [(2, 1, 5, 6, 7), (2, 1, 1, 4, 3), (3, 1, 6, 5)]:
+        y = torch.randint(0, 3, shape, generator=g)
+        ndim = len(shape) - 2
+        onehot = F.one_hot(y[:, 0], 3).movedim(-1, 1).double()
+        k = svls_kernel(sigma, kernel, ndim)
+        conv = F.conv3d if ndim == 3 else F.conv2d
+        ref = conv(F.pad(onehot, (1, 1) * ndim, mode="replicate"),
+                   k.expand(3, 1, *k.shape).contiguous(), groups=3)
+        assert torch.allclose(svls_targets(y, 3, sigma, kernel).double(), ref, atol=1e-6)
 
 
 @pytest.mark.parametrize("kernel", ["islam", "gaussian"])

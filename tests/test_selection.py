@@ -7,12 +7,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy import stats
+from scipy import special, stats
 
 from nnrobustloss.errors import ConfigError
 from nnrobustloss.selection import (
     cot_plus_mask,
     label_probability,
+    predicted_labels,
     ramp,
     sample_beta,
     small_loss_mask,
@@ -77,6 +78,26 @@ def test_small_loss_mask_keeps_smallest_with_stable_ties(rate):
         assert loss[mask[:, 0]].max() <= loss[~mask[:, 0]].min()
 
 
+@pytest.mark.parametrize("kind", ["uniform", "ties", "sorted", "reversed", "constant", "zeros"])
+def test_small_loss_mask_on_large_batches_equals_a_stable_sort(kind):
+    # above 65536 voxels the k-th value is found from a bracketing sample; the set must not change
+    g = torch.Generator().manual_seed(4)
+    loss = torch.rand((2, 40, 40, 41), generator=g)
+    if kind == "ties":
+        loss = (loss * 7).floor()
+    elif kind == "sorted":
+        loss = loss.reshape(-1).sort().values.view(loss.shape)
+    elif kind == "reversed":
+        loss = loss.reshape(-1).sort(descending=True).values.view(loss.shape)
+    elif kind == "constant":
+        loss = torch.full_like(loss, 0.25)
+    elif kind == "zeros":
+        loss = torch.where(loss < 0.95, 0.0, loss)  # saturated CE: most losses exactly 0
+    for rate in (0.0, 0.02, 0.1, 0.5):
+        n_keep = math.floor((1 - rate) * loss.numel())
+        assert torch.equal(small_loss_mask(loss, rate), _reference_small_loss(loss, n_keep))
+
+
 def test_small_loss_is_ranked_over_the_whole_batch_not_per_sample():
     loss = torch.stack([torch.full((4, 4), 0.1), torch.full((4, 4), 2.0)])  # [2, 4, 4]
     mask = small_loss_mask(loss, 0.5)
@@ -127,6 +148,14 @@ def test_cot_plus_keeps_only_disagreeing_small_loss_voxels(rate):
     assert torch.equal(cot_plus_mask(loss, logits_a, b.unsqueeze(1), rate, 10, 5), mask)
 
 
+def test_predicted_labels_equals_argmax_including_ties():
+    g = torch.Generator().manual_seed(6)
+    logits = torch.randint(0, 3, (2, 4, 5, 6, 7), generator=g).float()  # many ties
+    assert torch.equal(predicted_labels(logits), logits.argmax(1))
+    logits = torch.randn((3, 2, 9, 9), generator=g)
+    assert torch.equal(predicted_labels(logits), logits.argmax(1))
+
+
 def test_cot_plus_without_disagreement_keeps_everything():
     loss = torch.rand(2, 4, 4)
     a = torch.zeros(2, 4, 4, dtype=torch.long)
@@ -154,6 +183,21 @@ def test_sample_beta_has_the_beta_distribution(a, b):
     ks = stats.kstest(x.double().numpy(), stats.beta(a, b).cdf)
     assert ks.pvalue > 1e-3
     assert x.mean().item() == pytest.approx(a / (a + b), abs=0.01)
+
+
+@pytest.mark.parametrize(("a", "b"), [(0.5, 8.0), (8.0, 0.5), (2.0, 2.0)])
+def test_sample_beta_is_the_beta_quantile_of_the_generators_uniforms(a, b):
+    # independent computation: the same uniforms u; the draw must lie between scipy's exact
+    # quantiles at the two table nodes around u (up to float32 rounding), so its CDF is within
+    # 1/65536 of u
+    x = sample_beta((20_000,), a, b, torch.Generator().manual_seed(12)).double().numpy()
+    u = torch.rand(20_000, generator=torch.Generator().manual_seed(12)).double().numpy()
+    node = np.floor(u * 65_536)
+    lo = special.betaincinv(a, b, node / 65_536)
+    hi = special.betaincinv(a, b, (node + 1) / 65_536)
+    assert (x >= lo - 1e-7).all() and (x <= hi + 1e-7).all()
+    exact = special.betaincinv(a, b, u)
+    assert np.abs(x - exact).mean() < 1e-4
 
 
 def test_sample_beta_is_deterministic_per_seed():

@@ -18,10 +18,12 @@ Formulas and where they come from (checked against the authors' public code):
     which is what ``rce`` computes (their ``clamp(p, 1e-7)`` changes the value by at most
     (K-1) * 1e-7 * 9.2 and is not copied).
   * ``NormalizedGeneralizedCrossEntropy``: ``(1 - p_y^q) / (K - sum_j p_j^q)`` with p clamped at
-    1e-7 = our ``ngce`` with DESIGN's w for their q (GCE(y) / sum_j GCE(j); the 1/w cancels). We
-    keep their 1e-7 floor before ``p ** w``: the derivative w p^(w-1) is infinite at p = 0.
+    1e-7 = our ``ngce`` with DESIGN's w for their q (GCE(y) / sum_j GCE(j); the 1/w cancels).
+    Their floor only guards autograd's derivative w p^(w-1), infinite at p = 0; our fused
+    backward uses w p^w (delta - p), finite everywhere, so p^w = exp(w log_softmax(z)) is exact
+    and unfloored (values differ from theirs only where p < 1e-7).
 - Zhang & Sabuncu 2018, "Generalized Cross Entropy Loss": L_q = (1 - p_y^q) / q = our ``gce``
-  (same 1e-7 floor, as in the GCE class of the APL code).
+  (the GCE class of the APL code computes the same, with the same 1e-7 floor).
 - Islam & Glocker 2021, "Spatially Varying Label Smoothing", code mobarakol/SVLS ``svls.py``
   (``get_svls_filter_3d``): a 3x3x3 Gaussian exp(-d^2 / (2 sigma^2)) is normalised, its centre is
   replaced by the sum of the 26 neighbour weights (1 - centre) and the kernel is renormalised
@@ -62,7 +64,6 @@ from nnrobustloss.errors import ConfigError
 __all__ = [
     "DEFAULT_DELTA",
     "DEFAULT_SOFT_DICE_KWARGS",
-    "PROB_FLOOR",
     "SVLS_KERNELS",
     "APL1Loss",
     "APL2Loss",
@@ -85,9 +86,6 @@ __all__ = [
 
 DEFAULT_DELTA = 1e-4
 """Ma et al.'s constant replacing the zeros of the one-hot target inside the log of RCE."""
-
-PROB_FLOOR = 1e-7
-"""Floor on p before ``p ** w`` (as the APL/GCE code does): keeps the gradient finite at p = 0."""
 
 DEFAULT_SOFT_DICE_KWARGS: dict[str, Any] = {
     "batch_dice": False,
@@ -169,35 +167,168 @@ def _no_autocast(t: Tensor) -> torch.autocast:
 # --------------------------------------------------------------------------------------------
 # per-voxel terms (float32, [B, *spatial])
 # --------------------------------------------------------------------------------------------
+#
+# The terms are computed by two fused autograd functions with hand-derived gradients (checked
+# against autograd in float64 by the tests). With p = softmax(z), l = log p, u_k = w p_k^w and
+# d p_k / d z_j = p_k (delta_jk - p_j), every gradient has the form
+#     dT/dz_j = alpha p_j + beta u_j + gamma + [j = y] eta     (per-voxel coefficients),
+# which costs a few passes over [B, K, *sp] instead of autograd's chain of intermediates, and
+# keeps d(p^w)/dz = w p^w (delta - p) finite even where p underflows to 0 (autograd's
+# w p^(w-1) dp is 0 * inf there, which is why the APL code floors p at 1e-7; we need no floor
+# and compute p^w = exp(w log_softmax(z)) exactly).
 
 
 def _gather(t: Tensor, y: Tensor) -> Tensor:
     return t.gather(1, y.unsqueeze(1)).squeeze(1)
 
 
-def _nce_from_logp(logp: Tensor, y: Tensor) -> Tensor:
-    # CE(y) / sum_j CE(j); the denominator is >= K * min_j CE(j) > 0 for K >= 2.
-    return _gather(logp, y) / logp.sum(1)
+def _at_least_float32(z: Tensor) -> Tensor:
+    return z if z.dtype in (torch.float32, torch.float64) else z.float()
 
 
-def _rce_from_p(p: Tensor, y: Tensor, delta: float) -> Tensor:
-    return (1.0 - _gather(p, y)) * (-math.log(delta))
+class _HardTerms(torch.autograd.Function):
+    """c_rce RCE + c_nce NCE + c_ngce NGCE_w + c_gce GCE_w per voxel, hard labels."""
+
+    @staticmethod
+    def forward(ctx: Any, z: Tensor, y: Tensor, c_rce: float, c_nce: float, c_ngce: float,
+                c_gce: float, w: float, delta: float) -> Tensor:
+        logp = torch.log_softmax(z, 1)
+        p = logp.exp()
+        total = torch.zeros(y.shape, dtype=z.dtype, device=z.device)
+        l_y = s_l = pw = d = None
+        if c_rce:
+            total.add_(1.0 - _gather(p, y), alpha=-math.log(delta) * c_rce)
+        if c_nce:
+            l_y, s_l = _gather(logp, y), logp.sum(1)
+            total.add_(l_y / s_l, alpha=c_nce)
+        if c_ngce or c_gce:
+            pw = logp.mul(w).exp_()
+            one_minus_pw_y = 1.0 - _gather(pw, y)
+            if c_ngce:
+                d = z.shape[1] - pw.sum(1)
+                total.add_(one_minus_pw_y / d, alpha=c_ngce)
+            if c_gce:
+                total.add_(one_minus_pw_y, alpha=c_gce / w)
+        ctx.save_for_backward(p, pw, y, l_y, s_l, d)
+        ctx.coefs = (c_rce, c_nce, c_ngce, c_gce, w, delta)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
+        p, pw, y, l_y, s_l, d = ctx.saved_tensors
+        c_rce, c_nce, c_ngce, c_gce, w, delta = ctx.coefs
+        k = p.shape[1]
+        alpha = torch.zeros_like(g)
+        eta = torch.zeros_like(g)
+        beta = gamma = None
+        if c_rce:  # -A p_y (delta_jy - p_j), A = -log(delta)
+            a_py = _gather(p, y) * (-math.log(delta) * c_rce)
+            alpha += a_py
+            eta -= a_py
+        if c_nce:  # (delta_jy - p_j) / S - l_y (1 - K p_j) / S^2
+            inv_s = c_nce / s_l
+            ly_s2 = l_y * inv_s / s_l
+            alpha += k * ly_s2 - inv_s
+            gamma = -ly_s2
+            eta += inv_s
+        if c_ngce or c_gce:
+            pw_y = _gather(pw, y)
+        if c_ngce:  # -u_y (delta_jy - p_j) / D + N (u_j - p_j U) / D^2
+            n = 1.0 - pw_y
+            u_y, u_sum = w * pw_y, w * (k - d)
+            n_d2 = c_ngce * n / (d * d)
+            alpha += c_ngce * u_y / d - n_d2 * u_sum
+            beta = n_d2 * w  # coefficient of p^w (u = w p^w)
+            eta -= c_ngce * u_y / d
+        if c_gce:  # -p_y^w (delta_jy - p_j)
+            alpha += c_gce * pw_y
+            eta -= c_gce * pw_y
+        grad = p * (alpha * g).unsqueeze(1)
+        if beta is not None:
+            grad.addcmul_(pw, (beta * g).unsqueeze(1))
+        if gamma is not None:
+            grad.add_((gamma * g).unsqueeze(1))
+        grad.scatter_add_(1, y.unsqueeze(1), (eta * g).unsqueeze(1))
+        return grad, None, None, None, None, None, None, None
 
 
-def _ngce_from_p(p: Tensor, y: Tensor, w: float) -> Tensor:
-    pw = p.clamp_min(PROB_FLOOR).pow(w)
-    return (1.0 - _gather(pw, y)) / (p.shape[1] - pw.sum(1))
+class _SoftTerms(torch.autograd.Function):
+    """c_ce soft CE + c_rce soft RCE + c_ngce soft NGCE_w per voxel, soft target q."""
+
+    @staticmethod
+    def forward(ctx: Any, z: Tensor, q: Tensor, c_ce: float, c_rce: float, c_ngce: float,
+                w: float, delta: float) -> Tensor:
+        logp = torch.log_softmax(z, 1)
+        p = logp.exp()
+        total = torch.zeros((z.shape[0], *z.shape[2:]), dtype=z.dtype, device=z.device)
+        c = r = pw = n = d = None
+        if c_ce:
+            total.add_((q * logp).sum(1), alpha=-c_ce)
+        if c_rce:
+            c = q.clamp_min(delta).log_().neg_()
+            r = (p * c).sum(1)
+            total.add_(r, alpha=c_rce)
+        if c_ngce:
+            pw = logp.mul(w).exp_()
+            n = 1.0 - (q * pw).sum(1)
+            d = z.shape[1] - pw.sum(1)
+            total.add_(n / d, alpha=c_ngce)
+        ctx.save_for_backward(p, q, c, r, pw, n, d)
+        ctx.coefs = (c_ce, c_rce, c_ngce, w)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
+        p, q, c, r, pw, n, d = ctx.saved_tensors
+        c_ce, c_rce, c_ngce, w = ctx.coefs
+        k = p.shape[1]
+        alpha = torch.zeros_like(g)
+        if c_ce:  # p_j sum(q) - q_j
+            alpha += c_ce * q.sum(1)
+        if c_rce:  # p_j (c_j - R)
+            alpha -= c_rce * r
+        if c_ngce:  # p_j (QU/D - N U/D^2) + u_j (N/D^2 - q_j/D)
+            qu, u_sum = w * (1.0 - n), w * (k - d)
+            alpha += c_ngce * (qu / d - n * u_sum / (d * d))
+        grad = p * (alpha * g).unsqueeze(1)
+        if c_rce:
+            grad.addcmul_(p * c, (c_rce * g).unsqueeze(1))
+        if c_ngce:
+            coef_u = (c_ngce * w * n / (d * d) * g).unsqueeze(1)
+            coef_uq = (c_ngce * w / d * g).unsqueeze(1)
+            grad.addcmul_(pw, coef_u - coef_uq * q)
+        if c_ce:
+            grad.addcmul_(q, (c_ce * g).unsqueeze(1), value=-1.0)
+        return grad, None, None, None, None, None, None
+
+
+def _hard(logits: Tensor, target: Tensor, c_rce: float = 0.0, c_nce: float = 0.0,
+          c_ngce: float = 0.0, c_gce: float = 0.0, w: float = 1.0,
+          delta: float = DEFAULT_DELTA) -> Tensor:
+    y = _labels(logits, target)
+    with _no_autocast(logits):
+        return _HardTerms.apply(_at_least_float32(logits), y, c_rce, c_nce, c_ngce, c_gce, w,
+                                delta)
+
+
+def _soft(logits: Tensor, soft_target: Tensor, c_ce: float = 0.0, c_rce: float = 0.0,
+          c_ngce: float = 0.0, w: float = 1.0, delta: float = DEFAULT_DELTA) -> Tensor:
+    _check_soft(logits, soft_target)
+    with _no_autocast(logits):
+        z = _at_least_float32(logits)
+        q = soft_target.detach().to(z.dtype)
+        return _SoftTerms.apply(z, q, c_ce, c_rce, c_ngce, w, delta)
 
 
 def per_voxel_ce(logits: Tensor, target: Tensor) -> Tensor:
     """Per-voxel cross-entropy -log p_y, float32 ``[B, *spatial]`` (the small-loss ranking key).
 
     ``logits`` ``[B, K, *spatial]``; ``target`` integer labels ``[B, 1, *spatial]`` in [0, K).
-    Differentiable; computed in float32 outside autocast.
+    Differentiable; computed in (at least) float32 outside autocast.
     """
     y = _labels(logits, target)
     with _no_autocast(logits):
-        return F.cross_entropy(logits.float(), y, reduction="none")
+        return F.cross_entropy(_at_least_float32(logits), y, reduction="none")
 
 
 def nce(logits: Tensor, target: Tensor) -> Tensor:
@@ -206,9 +337,7 @@ def nce(logits: Tensor, target: Tensor) -> Tensor:
     Shapes as :func:`per_voxel_ce`; returns float32 ``[B, *spatial]``. Summed over all K
     candidate labels it is 1 at every voxel.
     """
-    y = _labels(logits, target)
-    with _no_autocast(logits):
-        return _nce_from_logp(F.log_softmax(logits.float(), 1), y)
+    return _hard(logits, target, c_nce=1.0)
 
 
 def rce(logits: Tensor, target: Tensor, delta: float = DEFAULT_DELTA) -> Tensor:
@@ -216,44 +345,33 @@ def rce(logits: Tensor, target: Tensor, delta: float = DEFAULT_DELTA) -> Tensor:
 
     Equals -log(delta) * (1 - p_y), in [0, -log(delta)]. Shapes as :func:`per_voxel_ce`.
     """
-    delta = _check_delta(delta)
-    y = _labels(logits, target)
-    with _no_autocast(logits):
-        return _rce_from_p(torch.softmax(logits.float(), 1), y, delta)
+    return _hard(logits, target, c_rce=1.0, delta=_check_delta(delta))
 
 
 def gce(logits: Tensor, target: Tensor, w: float) -> Tensor:
-    """Generalized CE (Zhang & Sabuncu 2018): (1 - p_y^w) / w, w > 0; p floored at 1e-7.
+    """Generalized CE (Zhang & Sabuncu 2018): (1 - p_y^w) / w, w > 0.
 
-    Shapes as :func:`per_voxel_ce`; returns float32 ``[B, *spatial]`` in [0, 1/w).
+    Shapes as :func:`per_voxel_ce`; returns float32 ``[B, *spatial]`` in [0, 1/w].
     """
-    w = _check_w(w)
-    y = _labels(logits, target)
-    with _no_autocast(logits):
-        p_y = _gather(torch.softmax(logits.float(), 1), y).clamp_min(PROB_FLOOR)
-        return (1.0 - p_y.pow(w)) / w
+    return _hard(logits, target, c_gce=1.0, w=_check_w(w))
 
 
 def ngce(logits: Tensor, target: Tensor, w: float) -> Tensor:
     """Normalized GCE (Ma et al. 2020): GCE_w(y) / sum_j GCE_w(j) = (1 - p_y^w) / (K - sum p^w).
 
-    w > 0 (paper search space (0, 1]); p floored at 1e-7 before the power. Shapes as
-    :func:`per_voxel_ce`; returns float32 ``[B, *spatial]`` in [0, 1].
+    w > 0 (paper search space (0, 1]). Shapes as :func:`per_voxel_ce`; returns float32
+    ``[B, *spatial]`` in [0, 1].
     """
-    w = _check_w(w)
-    y = _labels(logits, target)
-    with _no_autocast(logits):
-        return _ngce_from_p(torch.softmax(logits.float(), 1), y, w)
+    return _hard(logits, target, c_ngce=1.0, w=_check_w(w))
 
 
 def soft_ce(logits: Tensor, soft_target: Tensor) -> Tensor:
     """CE against a soft target: -sum_k q_k log p_k; ``soft_target`` ``[B, K, *spatial]``.
 
-    Returns float32 ``[B, *spatial]``; equals :func:`per_voxel_ce` for a one-hot target.
+    Returns float32 ``[B, *spatial]``; equals :func:`per_voxel_ce` for a one-hot target. The
+    target gets no gradient.
     """
-    _check_soft(logits, soft_target)
-    with _no_autocast(logits):
-        return -(soft_target.float() * F.log_softmax(logits.float(), 1)).sum(1)
+    return _soft(logits, soft_target, c_ce=1.0)
 
 
 def soft_rce(logits: Tensor, soft_target: Tensor, delta: float = DEFAULT_DELTA) -> Tensor:
@@ -261,28 +379,16 @@ def soft_rce(logits: Tensor, soft_target: Tensor, delta: float = DEFAULT_DELTA) 
 
     Returns float32 ``[B, *spatial]``; equals :func:`rce` for a one-hot target.
     """
-    delta = _check_delta(delta)
-    _check_soft(logits, soft_target)
-    with _no_autocast(logits):
-        p = torch.softmax(logits.float(), 1)
-        return -(p * soft_target.float().clamp_min(delta).log()).sum(1)
+    return _soft(logits, soft_target, c_rce=1.0, delta=_check_delta(delta))
 
 
 def soft_ngce(logits: Tensor, soft_target: Tensor, w: float) -> Tensor:
-    """Soft NGCE (HRL): (1 - sum_k q_k p_k^w) / (K - sum_k p_k^w), p floored at 1e-7.
+    """Soft NGCE (HRL): (1 - sum_k q_k p_k^w) / (K - sum_k p_k^w).
 
     ``soft_target`` ``[B, K, *spatial]`` summing to 1 over K. Returns float32 ``[B, *spatial]``;
     equals :func:`ngce` for a one-hot target.
     """
-    w = _check_w(w)
-    _check_soft(logits, soft_target)
-    with _no_autocast(logits):
-        return _soft_ngce_from_p(torch.softmax(logits.float(), 1), soft_target.float(), w)
-
-
-def _soft_ngce_from_p(p: Tensor, q: Tensor, w: float) -> Tensor:
-    pw = p.clamp_min(PROB_FLOOR).pow(w)
-    return (1.0 - (q * pw).sum(1)) / (p.shape[1] - pw.sum(1))
+    return _soft(logits, soft_target, c_ngce=1.0, w=_check_w(w))
 
 
 # --------------------------------------------------------------------------------------------
@@ -321,6 +427,19 @@ def svls_kernel(sigma: float, kind: str = "islam", ndim: int = 3) -> Tensor:
     return _svls_kernel_cpu(sigma, kind, ndim).clone()
 
 
+def _neighbour_sum(u: Tensor, dim: int) -> Tensor:
+    """u[i-1] + u[i+1] along ``dim`` with replicate padding (index clamped to the border)."""
+    n = u.shape[dim]
+    if n == 1:
+        return u * 2.0
+    out = torch.empty_like(u)
+    out.narrow(dim, 1, n - 1).copy_(u.narrow(dim, 0, n - 1))
+    out.narrow(dim, 0, 1).copy_(u.narrow(dim, 0, 1))
+    out.narrow(dim, 0, n - 1).add_(u.narrow(dim, 1, n - 1))
+    out.narrow(dim, n - 1, 1).add_(u.narrow(dim, n - 1, 1))
+    return out
+
+
 def svls_targets(target: Tensor, num_classes: int, sigma: float,
                  kernel: str = "islam") -> Tensor:
     """SVLS soft targets: the one-hot label convolved per class with :func:`svls_kernel`.
@@ -328,24 +447,35 @@ def svls_targets(target: Tensor, num_classes: int, sigma: float,
     ``target`` integer labels ``[B, 1, *spatial]`` (2 or 3 spatial dims) in [0, num_classes);
     returns float32 ``[B, num_classes, *spatial]`` summing to 1 over classes (to float32
     rounding), with replicate padding at the patch border, so a voxel whose 3^d neighbourhood
-    carries one label keeps the exact one-hot vector. No gradient (a target).
+    carries one label keeps the one-hot vector. No gradient (a target).
+
+    The 3^d Gaussian is separable, so it is applied as d three-tap passes. With e =
+    exp(-1 / (2 sigma^2)) and the unnormalised 1-D kernel [e, 1, e], the neighbour part
+    P = (prod_d (I + e S_d) - I) x (S_d: sum of the two neighbours along axis d) is accumulated
+    axis by axis without cancellation; with W = (1 + 2e)^d - 1 the total neighbour weight,
+    gaussian = (x + P) / (1 + W) and islam = (W x + P) / (2 W) (centre weight W / 2W = 1/2).
     """
     if target.ndim not in (4, 5) or target.shape[1] != 1:
         raise ValueError(f"target must be [B, 1, *spatial] with 2 or 3 spatial dims, got "
                          f"{tuple(target.shape)}")
+    sigma = _check_sigma(sigma)
+    kernel = _check_kernel(kernel)
     ndim = target.ndim - 2
-    k = svls_kernel(sigma, kernel, ndim).to(device=target.device, dtype=torch.float32)
+    e = math.exp(-1.0 / (2.0 * sigma**2))
+    w_sum = math.expm1(ndim * math.log1p(2.0 * e))  # (1 + 2e)^d - 1, accurate for tiny e
     with torch.no_grad(), _no_autocast(target):
         labels = target.long()
-        b = labels.shape[0]
-        onehot = torch.zeros((b, num_classes, *labels.shape[2:]), device=target.device,
-                             dtype=torch.float32)
-        onehot.scatter_(1, labels, 1.0)
-        # one depthwise conv: [B, K, ...] -> groups=K, one 3^d filter per class
-        padded = F.pad(onehot, (1, 1) * ndim, mode="replicate")
-        weight = k.expand(num_classes, 1, *k.shape).contiguous()
-        conv = F.conv3d if ndim == 3 else F.conv2d
-        return conv(padded, weight, groups=num_classes)
+        x = torch.zeros((labels.shape[0], num_classes, *labels.shape[2:]), device=target.device,
+                        dtype=torch.float32)
+        x.scatter_(1, labels, 1.0)
+        part: Tensor | None = None
+        for dim in range(2, 2 + ndim):
+            s = _neighbour_sum(x if part is None else x + part, dim)
+            part = s.mul_(e) if part is None else part.add_(s, alpha=e)
+        assert part is not None
+        if kernel == "gaussian":
+            return part.add_(x).div_(1.0 + w_sum)
+        return part.add_(x, alpha=w_sum).div_(2.0 * w_sum)
 
 
 # --------------------------------------------------------------------------------------------
@@ -470,10 +600,7 @@ class APL1Loss(MaskedCompoundLoss):
 
     def terms(self, logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """Per-voxel RCE + NCE (one softmax) and the hard label as Dice target."""
-        y = _labels(logits, target)
-        logp = F.log_softmax(logits.float(), 1)
-        p = logp.exp()
-        return _rce_from_p(p, y, self.delta) + _nce_from_logp(logp, y), target
+        return _hard(logits, target, c_rce=1.0, c_nce=1.0, delta=self.delta), target
 
 
 class APL2Loss(MaskedCompoundLoss):
@@ -487,9 +614,7 @@ class APL2Loss(MaskedCompoundLoss):
 
     def terms(self, logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """Per-voxel RCE + NGCE (one softmax) and the hard label as Dice target."""
-        y = _labels(logits, target)
-        p = torch.softmax(logits.float(), 1)
-        return _rce_from_p(p, y, self.delta) + _ngce_from_p(p, y, self.w), target
+        return _hard(logits, target, c_rce=1.0, c_ngce=1.0, w=self.w, delta=self.delta), target
 
 
 class SVLSLoss(MaskedCompoundLoss):
@@ -511,8 +636,7 @@ class SVLSLoss(MaskedCompoundLoss):
         """Per-voxel soft CE and the Dice target (soft, or hard with ``hard_dice``)."""
         _labels(logits, target)
         q = svls_targets(target, logits.shape[1], self.sigma, self.kernel)
-        ce = -(q * F.log_softmax(logits.float(), 1)).sum(1)
-        return ce, (target if self.hard_dice else q)
+        return _soft(logits, q, c_ce=1.0), (target if self.hard_dice else q)
 
 
 class HRLLoss(MaskedCompoundLoss):
@@ -535,6 +659,5 @@ class HRLLoss(MaskedCompoundLoss):
         """Per-voxel soft RCE + soft NGCE on the SVLS target, and the Dice target."""
         _labels(logits, target)
         q = svls_targets(target, logits.shape[1], self.sigma, self.kernel)
-        p = torch.softmax(logits.float(), 1)
-        srce = -(p * q.clamp_min(self.delta).log()).sum(1)
-        return srce + _soft_ngce_from_p(p, q, self.w), (target if self.hard_dice else q)
+        terms = _soft(logits, q, c_rce=1.0, c_ngce=1.0, w=self.w, delta=self.delta)
+        return terms, (target if self.hard_dice else q)

@@ -26,7 +26,6 @@
 Region-based (sigmoid) datasets and cascades are not supported.
 """
 
-from __future__ import annotations
 
 import contextlib
 import os
@@ -94,7 +93,7 @@ class TrainerSettings:
     svls_hard_dice: bool = False
     seed: int = 0
 
-    def validated(self) -> TrainerSettings:
+    def validated(self) -> "TrainerSettings":
         """Return a copy with params resolved; ConfigError naming the key for a bad value."""
         for key in ("num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch"):
             v = getattr(self, key)

@@ -24,7 +24,6 @@ nnU-Net's keys and add ``network_weights_peer_b``, ``optimizer_state_peer_b``,
 ``grad_scaler_state_peer_b`` and ``selection_generator_state``.
 """
 
-from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any

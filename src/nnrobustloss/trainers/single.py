@@ -6,7 +6,6 @@ Each differs from ``nnUNetTrainer`` only in ``_build_loss`` (plus the shared
 ``DeepSupervisionWrapper`` with nnU-Net's weights.
 """
 
-from __future__ import annotations
 
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer

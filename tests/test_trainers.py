@@ -1,0 +1,335 @@
+"""Tests of the trainers, the training-set pseudo Dice and the train() entry point.
+
+The fast tests check the pseudo-Dice arithmetic, progress.csv and the settings against
+hand-computed values. The ``slow`` tests train every method through the real nnU-Net pipeline
+on the CPU (phantom task of tests/conftest.py, 2 iterations + 1 validation iteration per epoch,
+single-threaded augmentation), load a co-teaching checkpoint into the stock nnUNetPredictor and
+compare a killed-and-continued run with an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nnrobustloss.errors import ConfigError, InputDataError
+from nnrobustloss.methods import METHODS
+from nnrobustloss.trainers.base import TrainerSettings, capture_rng_state, restore_rng_state
+from nnrobustloss.trainers.progress import (
+    confusion_counts,
+    ema_update,
+    pseudo_dice,
+    read_progress_csv,
+    write_progress_csv,
+)
+from nnrobustloss.training import build_settings, parse_params, resolve_device, train
+
+# ---------------------------------------------------------------------------- pseudo Dice
+
+
+def _logits_for(pred: np.ndarray, k: int) -> torch.Tensor:
+    """Logits whose argmax is ``pred`` ([B, *sp])."""
+    return torch.nn.functional.one_hot(torch.as_tensor(pred), k).movedim(-1, 1).float()
+
+
+def test_confusion_counts_hand_computed():
+    pred = np.array([[[0, 1, 1, 2], [2, 2, 0, 1]]])  # [B=1, 2, 4]
+    tgt = np.array([[[0, 1, 2, 2], [2, 0, 0, 1]]])
+    counts = confusion_counts(_logits_for(pred, 3), torch.as_tensor(tgt)[:, None])
+    # class 1: pred at (0,1),(0,2),(1,3); target at (0,1),(1,3) -> tp 2, fp 1, fn 0
+    # class 2: pred at (0,3),(1,0),(1,1); target at (0,2),(0,3),(1,0) -> tp 2, fp 1, fn 1
+    np.testing.assert_array_equal(counts, [[2, 2], [1, 1], [0, 1]])
+
+
+def test_confusion_counts_ignore_label_and_shape_check():
+    pred = np.array([[1, 1, 0, 0]])
+    tgt = np.array([[1, 3, 3, 1]])  # 3 = ignore
+    counts = confusion_counts(_logits_for(pred, 3), torch.as_tensor(tgt)[:, None], ignore_label=3)
+    np.testing.assert_array_equal(counts, [[1, 0], [0, 0], [1, 0]])
+    with pytest.raises(ValueError, match="does not match"):
+        confusion_counts(_logits_for(pred, 3), torch.zeros(1, 1, 5))
+
+
+def test_pseudo_dice_mean_over_classes_and_empty_classes():
+    mean, per = pseudo_dice(np.array([[2, 2], [1, 1], [0, 1]]))
+    assert per == pytest.approx([4 / 5, 4 / 6])
+    assert mean == pytest.approx((4 / 5 + 4 / 6) / 2)
+    mean, per = pseudo_dice(np.array([[3, 0], [1, 0], [0, 0]]))  # class 2 empty: skipped
+    assert np.isnan(per[1]) and mean == pytest.approx(6 / 7)
+    mean, per = pseudo_dice(np.zeros((3, 2), dtype=np.int64))  # nothing anywhere
+    assert mean == 1.0 and all(np.isnan(per))
+    mean, _ = pseudo_dice(np.array([[0], [4], [0]]))  # only false positives
+    assert mean == 0.0
+
+
+def test_ema_update_sequence():
+    values = [0.2, 0.6, 0.4]
+    ema = None
+    expected = [0.2, 0.9 * 0.2 + 0.1 * 0.6, 0.9 * (0.9 * 0.2 + 0.1 * 0.6) + 0.1 * 0.4]
+    for v, e in zip(values, expected, strict=True):
+        ema = ema_update(ema, v)
+        assert ema == pytest.approx(e, abs=1e-15)
+
+
+def test_progress_csv_round_trip_full_precision(tmp_path):
+    rows = [{"epoch": 0, "train_loss": 0.1 + 0.2, "x": float("nan")},
+            {"epoch": 1, "train_loss": 1 / 3, "x": 2.5, "extra": 7}]
+    write_progress_csv(tmp_path / "progress.csv", rows)
+    back = read_progress_csv(tmp_path / "progress.csv")
+    assert list(back[0]) == ["epoch", "train_loss", "x", "extra"]
+    assert float(back[0]["train_loss"]) == 0.1 + 0.2 and float(back[1]["train_loss"]) == 1 / 3
+    assert back[0]["x"] == "nan" and back[0]["extra"] == "" and back[1]["extra"] == "7"
+    assert not [p for p in tmp_path.iterdir() if p.name != "progress.csv"]  # no temp leftovers
+
+
+# ---------------------------------------------------------------------------- settings
+
+
+def test_settings_validation_messages():
+    s = TrainerSettings(method="HRL", params={"w": 0.2}).validated()
+    assert s.params["w"] == 0.2 and set(s.params) == {"a", "b", "w", "sigma"}
+    with pytest.raises(ConfigError, match="num_epochs"):
+        TrainerSettings(method="CoT", num_epochs=0).validated()
+    with pytest.raises(ConfigError, match="stocot_thresholds"):
+        TrainerSettings(method="StoCoT", stocot_thresholds="grid").validated()
+    with pytest.raises(ConfigError, match="svls.kernel"):
+        TrainerSettings(method="SVLS", svls_kernel="box").validated()
+    with pytest.raises(ConfigError, match="coteaching.delay"):
+        TrainerSettings(method="CoT", coteaching_delay=-1).validated()
+    with pytest.raises(ConfigError, match="unknown key"):
+        build_settings("CoT", coteaching={"dealy": 3})
+    s = build_settings("CoT", epochs=5, coteaching={"delay": 1, "gradual": 2}, seed=4)
+    assert (s.num_epochs, s.num_iterations_per_epoch, s.coteaching_delay, s.seed) == (5, 250, 1, 4)
+
+
+def test_parse_params(tmp_path):
+    assert parse_params(None) == {} and parse_params('{"w": 0.5}') == {"w": 0.5}
+    (tmp_path / "best.json").write_text('{"sigma": 1.0}')
+    assert parse_params(str(tmp_path / "best.json")) == {"sigma": 1.0}
+    with pytest.raises(ConfigError, match="JSON"):
+        parse_params("w=0.5")
+    with pytest.raises(ConfigError, match="object"):
+        parse_params("[1, 2]")
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ConfigError, match="device"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA"):
+            resolve_device("cuda")
+
+
+def test_rng_state_round_trip():
+    import random
+
+    state = capture_rng_state()
+    a = (random.random(), np.random.rand(), torch.rand(1).item())
+    restore_rng_state(state)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
+
+
+def test_trainer_init_signature_is_nnunets():
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    ref = inspect.signature(nnUNetTrainer.__init__)
+    for spec in METHODS.values():
+        assert inspect.signature(spec.load_trainer_class().__init__) == ref
+
+
+def test_train_rejects_missing_dataset_and_unknown_method(tmp_path):
+    with pytest.raises(InputDataError, match="plan stage"):
+        train(tmp_path / "nope", "CoT", 0, tmp_path / "out")
+    with pytest.raises(ConfigError, match="Known methods"):
+        train(tmp_path / "nope", "CoTeaching", 0, tmp_path / "out")
+
+
+# ---------------------------------------------------------------------------- real training
+
+TRAINED_METHODS = [m for m in METHODS if m != "BaselineRef"]  # BaselineRef = Baseline trainer
+COTEACHING = {"CoT", "CoTPlus", "StoCoT", "HRL"}
+SHORT = {"iterations_per_epoch": 2, "val_iterations_per_epoch": 1, "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def phantom_dir(request) -> Path:
+    """The preprocessed noisy phantom dataset of tests/conftest.py."""
+    try:
+        info = request.getfixturevalue("preprocessed_phantom")
+    except pytest.FixtureLookupError:
+        pytest.skip("tests/conftest.py provides no preprocessed_phantom fixture")
+    return Path(info["preprocessed_dir"])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _single_threaded():
+    """Deterministic single-threaded augmentation and one torch thread while training."""
+    old_env, old_threads = os.environ.get("nnUNet_n_proc_DA"), torch.get_num_threads()
+    os.environ["nnUNet_n_proc_DA"] = "0"
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old_threads)
+    if old_env is None:
+        os.environ.pop("nnUNet_n_proc_DA", None)
+    else:
+        os.environ["nnUNet_n_proc_DA"] = old_env
+
+
+def _finite(x: str) -> bool:
+    return np.isfinite(float(x))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", TRAINED_METHODS)
+def test_every_method_trains_one_epoch(phantom_dir, tmp_path, method):
+    # delay 0, gradual 0: the full selection rate from epoch 0 on
+    out = train(phantom_dir, method, 0, tmp_path / method, epochs=1,
+                coteaching={"delay": 0, "gradual": 0}, **SHORT)
+    assert (out / "checkpoint_final.pth").is_file()
+    assert not (out / "checkpoint_latest.pth").exists()
+    for name in ("plans.json", "dataset.json", "settings.json"):
+        assert (out / name).is_file()
+    rows = read_progress_csv(out / "progress.csv")
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["epoch"] == "0"
+    for col in ("train_loss", "val_loss", "train_pseudo_dice", "epoch_seconds"):
+        assert _finite(row[col]), col
+    assert 0.0 <= float(row["train_pseudo_dice"]) <= 1.0
+    assert float(row["train_pseudo_dice_ema"]) == float(row["train_pseudo_dice"])
+    assert float(row["lr"]) == pytest.approx(0.01)
+    ckpt = torch.load(out / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert ckpt["trainer_name"] == METHODS[method].load_trainer_class().__name__
+    assert ckpt["nnrobustloss"]["settings"]["method"] == method
+    if method in COTEACHING:
+        assert "network_weights_peer_b" in ckpt and "optimizer_state_peer_b" in ckpt
+        assert float(row["ramp"]) == 1.0
+        for peer in ("a", "b"):
+            kept = float(row[f"kept_fraction_peer_{peer}"])
+            assert 0.0 < kept <= 1.0
+            assert _finite(row[f"train_loss_peer_{peer}"])
+        if method == "CoT":  # floor((1 - R) N) / N at full resolution, R = 0.05 (default)
+            patch = ckpt["init_args"]["plans"]["configurations"]["3d_fullres"]["patch_size"]
+            batch = ckpt["init_args"]["plans"]["configurations"]["3d_fullres"]["batch_size"]
+            n = batch * int(np.prod(patch))
+            assert float(row["kept_fraction_peer_a"]) == np.floor(0.95 * n) / n
+        # peers start from different random weights
+        a, b = ckpt["network_weights"], ckpt["network_weights_peer_b"]
+        assert any(not torch.equal(a[k], b[k]) for k in a)
+    else:
+        assert "network_weights_peer_b" not in ckpt
+
+
+@pytest.mark.slow
+def test_finished_run_returns_immediately_and_settings_guard(phantom_dir, tmp_path):
+    out = train(phantom_dir, "APL2", 0, tmp_path / "r", params={"w": 0.3}, epochs=1, **SHORT)
+    final = out / "checkpoint_final.pth"
+    stamp = final.stat().st_mtime_ns
+    assert train(phantom_dir, "APL2", 0, out, params={"w": 0.9}, epochs=1, **SHORT) == out
+    assert final.stat().st_mtime_ns == stamp
+    assert json.loads((out / "settings.json").read_text())["params"] == {"w": 0.3}
+    with pytest.raises(ConfigError, match="defines folds"):
+        train(phantom_dir, "APL2", 99, tmp_path / "bad", epochs=1, **SHORT)
+
+
+class _Killed(Exception):
+    pass
+
+
+def _kill_after_first_epoch(epoch: int, metrics: dict) -> None:
+    assert metrics["epoch"] == epoch
+    if epoch == 0:
+        raise _Killed
+
+
+@pytest.mark.slow
+def test_coteaching_kill_and_continue_equals_uninterrupted(phantom_dir, tmp_path):
+    # StoCoT with the full ramp from epoch 0: every step draws from the selection generator
+    kw = dict(epochs=2, coteaching={"delay": 0, "gradual": 0}, seed=1, **SHORT)
+    full = train(phantom_dir, "StoCoT", 0, tmp_path / "full", **kw)
+    with pytest.raises(_Killed):
+        train(phantom_dir, "StoCoT", 0, tmp_path / "cont", epoch_callback=_kill_after_first_epoch,
+              **kw)
+    assert (tmp_path / "cont" / "checkpoint_latest.pth").is_file()
+    assert not (tmp_path / "cont" / "checkpoint_final.pth").exists()
+    assert len(read_progress_csv(tmp_path / "cont" / "progress.csv")) == 1
+    # a different setting must not silently continue the unfinished run
+    with pytest.raises(ConfigError, match="different settings"):
+        train(phantom_dir, "StoCoT", 0, tmp_path / "cont", **{**kw, "seed": 2})
+    seen: list[int] = []
+    cont = train(phantom_dir, "StoCoT", 0, tmp_path / "cont",
+                 epoch_callback=lambda e, m: seen.append(e), **kw)
+    assert seen == [1]  # only the missing epoch ran
+
+    a = torch.load(full / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    b = torch.load(cont / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    for key in ("network_weights", "network_weights_peer_b"):
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), (key, name)
+    assert torch.equal(a["selection_generator_state"], b["selection_generator_state"])
+    ra = read_progress_csv(full / "progress.csv")
+    rb = read_progress_csv(cont / "progress.csv")
+    assert len(ra) == len(rb) == 2
+    for x, y in zip(ra, rb, strict=True):
+        assert {k: v for k, v in x.items() if k != "epoch_seconds"} == \
+               {k: v for k, v in y.items() if k != "epoch_seconds"}
+    assert float(ra[1]["train_pseudo_dice_ema"]) == pytest.approx(
+        0.9 * float(ra[0]["train_pseudo_dice"]) + 0.1 * float(ra[1]["train_pseudo_dice"]),
+        abs=1e-12)
+
+
+@pytest.mark.slow
+def test_stock_predictor_loads_coteaching_checkpoint(phantom_dir, tmp_path):
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnrobustloss.fileio import read_json
+    from nnrobustloss.trainers.inference import build_predictor
+
+    out = train(phantom_dir, "CoT", 0, tmp_path / "cot", epochs=1, **SHORT)
+    ckpt = torch.load(out / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+
+    # 1. nnU-Net's own network builder and predictor, checkpoint keys as nnU-Net writes them
+    plans = read_json(out / "plans.json")
+    dataset_json = read_json(out / "dataset.json")
+    pm = PlansManager(plans)
+    cm = pm.get_configuration(ckpt["init_args"]["configuration"])
+    net = nnUNetTrainer.build_network_architecture(
+        pm, cm, 1, pm.get_label_manager(dataset_json).num_segmentation_heads,
+        enable_deep_supervision=False)
+    net.load_state_dict(ckpt["network_weights"])  # strict: every key matches
+    stock = nnUNetPredictor(device=torch.device("cpu"), use_mirroring=False)
+    stock.manual_initialization(net, pm, cm, [ckpt["network_weights"]], dataset_json,
+                                ckpt["trainer_name"], ckpt["inference_allowed_mirroring_axes"])
+
+    # 2. our helper (peer A by default, peer B on request)
+    pred_a = build_predictor(out, use_mirroring=False)
+    pred_b = build_predictor(out, peers="B", use_mirroring=False)
+
+    case = read_json(phantom_dir / "splits_final.json")[0]["val"][0]
+
+    folder = str(phantom_dir / cm.data_identifier)
+    ds = infer_dataset_class(folder)(folder, [case])
+    data = torch.from_numpy(np.asarray(ds.load_case(case)[0][:], dtype=np.float32))
+    logits_stock = stock.predict_sliding_window_return_logits(data)
+    logits_a = pred_a.predict_sliding_window_return_logits(data)
+    logits_b = pred_b.predict_sliding_window_return_logits(data)
+    k = pm.get_label_manager(dataset_json).num_segmentation_heads
+    assert logits_a.shape == (k, *data.shape[1:])
+    assert torch.isfinite(logits_a).all()
+    assert torch.equal(logits_stock, logits_a)
+    assert not torch.equal(logits_a, logits_b)
+    base = train(phantom_dir, "APL1", 0, tmp_path / "apl1", epochs=1, **SHORT)
+    with pytest.raises(InputDataError, match="peer B"):
+        build_predictor(base, peers="B")

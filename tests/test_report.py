@@ -1,0 +1,259 @@
+"""Tests of nnrobustloss.report on synthetic metric, noise and trials CSVs."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from nnrobustloss.errors import InputDataError
+from nnrobustloss.report import (
+    METHOD_DISPLAY_NAMES,
+    bootstrap_ci,
+    build_report,
+    holm,
+)
+
+METHODS = ["Baseline", "BaselineRef", "CoTPlus", "SVLS", "HRL"]
+TASKS = {"Heart": {"table_metrics": ["dice", "asd"]},
+         "KiTS23": {"table_metrics": ["dice", "surface_dice"]}}
+N_CASES = 8  # 2 folds x 4 cases
+
+
+def _metric_rows(task: str, method: str, fold: int, cases: list[str],
+                 values: dict[str, dict[str, list[float]]]) -> pd.DataFrame:
+    """values[region][metric] = one value per case."""
+    rows = [(task, method, fold, c, region, metric, v[i])
+            for region, per_metric in values.items()
+            for metric, v in per_metric.items()
+            for i, c in enumerate(cases)]
+    return pd.DataFrame(rows, columns=["task", "method", "fold", "case", "region", "metric",
+                                       "value"])
+
+
+@pytest.fixture()
+def study(tmp_path: Path) -> dict[str, object]:
+    """Heart: 2 regions, methods with designed effects; KiTS23: Baseline and HRL only."""
+    base_dice = np.array([0.70, 0.72, 0.68, 0.75, 0.71, 0.69, 0.73, 0.74])
+    effects = {"Baseline": np.zeros(N_CASES),
+               # HRL better on every case by distinct amounts -> exact Wilcoxon p = 2/2^8
+               "HRL": np.array([0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08]),
+               # SVLS: mixed signs -> not significant
+               "SVLS": np.array([0.01, -0.02, 0.03, -0.04, 0.05, -0.06, 0.07, -0.08]),
+               "BaselineRef": np.array([0.005, -0.001, 0.002, 0.0, 0.01, -0.02, 0.0, 0.003])}
+    metrics_csvs = []
+    for method, eff in effects.items():
+        for fold in (0, 1):
+            sl = slice(4 * fold, 4 * fold + 4)
+            cases = [f"case_{i}" for i in range(4 * fold, 4 * fold + 4)]
+            d = base_dice[sl] + eff[sl]
+            asd_lv = list(3.0 - 10 * eff[sl])
+            if method == "Baseline" and fold == 1:
+                asd_lv[0] = float("nan")  # exactly one empty mask
+            vals = {"LV": {"dice": list(d), "asd": asd_lv, "surface_dice": list(d - 0.1)},
+                    "RV": {"dice": list(d - 0.1), "asd": list(4.0 - 10 * eff[sl]),
+                           "surface_dice": list(d - 0.2)}}
+            path = tmp_path / "metrics" / "Heart" / method / f"fold{fold}.csv"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _metric_rows("Heart", method, fold, cases, vals).to_csv(path, index=False)
+            metrics_csvs.append(path)
+    for method, dice in (("Baseline", 0.8), ("HRL", 0.9)):
+        path = tmp_path / "metrics" / "KiTS23" / method / "fold0.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        vals = {"Kidney+Tumor+Cyst": {"dice": [dice] * 3, "asd": [1.0] * 3,
+                                      "surface_dice": [dice - 0.1] * 3}}
+        _metric_rows("KiTS23", method, 0, ["a", "b", "c"], vals).to_csv(path, index=False)
+        metrics_csvs.append(path)
+
+    noise = tmp_path / "noise" / "Heart.csv"
+    noise.parent.mkdir(parents=True)
+    pd.DataFrame([("Heart", c, r, m, v) for c, (d1, d2) in
+                  {"c0": (0.96, 0.94), "c1": (0.98, 0.92)}.items()
+                  for r, dv in (("LV", d1), ("RV", d2))
+                  for m, v in (("dice", dv), ("asd", 0.5))],
+                 columns=["task", "case", "region", "metric", "value"]).to_csv(noise, index=False)
+
+    trials_csvs = []
+    rng = np.random.default_rng(0)
+    for method in ("CoTPlus", "SVLS", "HRL"):
+        for fold in (0, 1):
+            path = tmp_path / "tuning" / "Heart" / method / f"fold{fold}" / "trials.csv"
+            path.parent.mkdir(parents=True)
+            pd.DataFrame({"task": "Heart", "method": method, "fold": fold,
+                          "number": range(12), "value": rng.uniform(0.6, 0.9, 12),
+                          "state": ["COMPLETE"] * 10 + ["FAIL", "RUNNING"],
+                          "params_sigma": rng.uniform(0.2, 2, 12)}).to_csv(path, index=False)
+            trials_csvs.append(path)
+    return {"metrics": metrics_csvs, "noise": [noise], "trials": trials_csvs,
+            "tables": tmp_path / "tables", "figures": tmp_path / "figures",
+            "base_dice": base_dice, "effects": effects}
+
+
+def _build(study: dict[str, object], **kw: object) -> dict[str, Path]:
+    args = {"metrics_csvs": study["metrics"], "noise_csvs": study["noise"],
+            "trials_csvs": study["trials"], "tables_dir": study["tables"],
+            "figures_dir": study["figures"], "tasks": TASKS, "methods": METHODS}
+    args.update(kw)
+    return build_report(**args)  # type: ignore[arg-type]
+
+
+def test_all_outputs_written(study) -> None:
+    out = _build(study)
+    expected = {f"{t}.{e}" for t in ("table1", "table2", "noise_levels")
+                for e in ("csv", "md", "tex")} | {"figure1.png", "figure1.pdf"}
+    assert set(out) == expected
+    for path in out.values():
+        assert path.is_file() and path.stat().st_size > 0
+    assert not list(Path(study["tables"]).glob(".tmp-*"))
+    png = mpimg.imread(out["figure1.png"])
+    assert png.shape[1] >= 7 * 150  # 7 in at >= 150 dpi
+    assert out["figure1.pdf"].read_bytes().startswith(b"%PDF")
+    tex = out["table1.tex"].read_text()
+    assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex
+
+
+def test_table1_values_order_names_and_marks(study) -> None:
+    out = _build(study)
+    t1 = pd.read_csv(out["table1.csv"])
+    heart = t1[t1.task == "Heart"]
+    assert list(heart[heart.metric == "dice"]["method"]) == METHODS
+    assert list(heart[heart.metric == "dice"]["method_name"]) == [
+        "Baseline", "Baseline (ref.)", "CoT+", "SVLS", "HRL"]
+    base, eff = study["base_dice"], study["effects"]
+    # mean over regions (LV d, RV d - 0.1), then cases, then folds; in %
+    hrl = base + eff["HRL"]
+    expected = np.mean([np.mean(hrl[:4] - 0.05), np.mean(hrl[4:] - 0.05)]) * 100
+    got = heart[(heart.method == "HRL") & (heart.metric == "dice")]["mean"].item()
+    assert got == pytest.approx(expected, rel=1e-12)
+    # Baseline ASD: the NaN region value of case_4 is left out (case_4 mean = RV only)
+    b_lv = np.full(8, 3.0)
+    b_lv[4] = np.nan
+    per_case = np.nanmean(np.stack([b_lv, np.full(8, 4.0)]), axis=0)
+    exp_asd = np.mean([per_case[:4].mean(), per_case[4:].mean()])
+    row = heart[(heart.method == "Baseline") & (heart.metric == "asd")]
+    assert row["mean"].item() == pytest.approx(exp_asd, rel=1e-12)
+    assert row["n_nan"].item() == 1
+    # Wilcoxon: HRL better on all 8 cases -> exact two-sided p = 2 / 2^8; Holm over 3 tests
+    hrl_row = heart[(heart.method == "HRL") & (heart.metric == "dice")]
+    assert hrl_row["p_value"].item() == pytest.approx(2 / 2**8)
+    svls_row = heart[(heart.method == "SVLS") & (heart.metric == "dice")]
+    ref_row = heart[(heart.method == "BaselineRef") & (heart.metric == "dice")]
+    per_case_b = base - 0.05
+    exp_p = {m: stats.wilcoxon(base + eff[m] - 0.05, per_case_b).pvalue
+             for m in ("SVLS", "BaselineRef")}
+    assert svls_row["p_value"].item() == pytest.approx(exp_p["SVLS"])
+    assert ref_row["p_value"].item() == pytest.approx(exp_p["BaselineRef"])
+    assert hrl_row["p_holm"].item() == pytest.approx(min(1, 3 * 2 / 2**8))
+    assert bool(hrl_row["significant"].item()) and not bool(svls_row["significant"].item())
+    assert math.isnan(heart[(heart.method == "CoTPlus")]["mean"].iloc[0])  # no metric rows
+    # CIs: bracket the case-level mean
+    assert hrl_row["ci_low"].item() < (hrl - 0.05).mean() * 100 < hrl_row["ci_high"].item()
+
+    md = out["table1.md"].read_text().splitlines()
+    assert md[0].startswith("Table 1") and "then over the cases" in md[0] \
+        and "then over folds" in md[0]
+    rows = [line for line in md if line.startswith("| ") and not line.startswith("| Method")
+            and not line.startswith("| ---")]
+    assert [r.split(" | ")[0].lstrip("| ") for r in rows] == [
+        "Baseline", "Baseline (ref.)", "CoT+", "SVLS", "HRL"]
+    cells = {r.split(" | ")[0].lstrip("| "): r.strip("| ").split(" | ")[1:] for r in rows}
+    assert cells["HRL"][0] == f"{expected:.1f}*"
+    assert "*" not in cells["SVLS"][0] and "*" not in cells["Baseline"][0]
+    assert cells["CoT+"] == ["--", "--", "--", "--"]
+    assert cells["SVLS"][2] == "--" and cells["SVLS"][3] == "--"  # no KiTS23 rows for SVLS
+    assert cells["HRL"][2] == "90.0" and cells["HRL"][3] == "80.0"  # KiTS: Dice, Surface Dice
+    assert "Heart Baseline: 1" in "\n".join(md)  # NaN-ASD footnote
+    header = next(line for line in md if line.startswith("| Method"))
+    assert "Heart ASD (mm)" in header and "KiTS23 Surface Dice (%)" in header
+    tex = out["table1.tex"].read_text()
+    assert "Baseline (ref.)" in tex and "CoT+" in tex and "$^{*}$" in tex
+
+
+def test_table2_only_svls_and_hrl(study) -> None:
+    out = _build(study)
+    t2 = pd.read_csv(out["table2.csv"])
+    assert set(t2["method"]) == {"SVLS", "HRL"}
+    assert list(t2[(t2.task == "Heart") & (t2.method == "HRL") & (t2.metric == "dice")]
+                ["region"]) == ["LV", "RV"]
+    base, eff = study["base_dice"], study["effects"]
+    lv = base + eff["SVLS"]
+    row = t2[(t2.task == "Heart") & (t2.region == "LV") & (t2.method == "SVLS")
+             & (t2.metric == "dice")]
+    assert row["mean"].item() == pytest.approx(np.mean([lv[:4].mean(), lv[4:].mean()]) * 100)
+    md = out["table2.md"].read_text()
+    assert md.splitlines()[0].startswith("Table 2")
+    assert "SVLS Dice (%)" in md and "HRL ASD (mm)" in md and "CoT+" not in md
+    out2 = _build(study, methods=["Baseline", "HRL"])
+    md2 = out2["table2.md"].read_text()
+    assert "HRL Dice (%)" in md2 and "SVLS" not in md2
+
+
+def test_noise_table(study) -> None:
+    out = _build(study)
+    nz = pd.read_csv(out["noise_levels.csv"])
+    heart_all = nz[(nz.task == "Heart") & (nz.region == "all classes")]
+    per_case = np.array([(0.96 + 0.94) / 2, (0.98 + 0.92) / 2]) * 100
+    assert heart_all["dice_mean"].item() == pytest.approx(per_case.mean())
+    assert heart_all["dice_sd"].item() == pytest.approx(per_case.std(ddof=1), abs=1e-9)
+    assert heart_all["n_cases"].item() == 2
+    lv = nz[(nz.task == "Heart") & (nz.region == "LV")]
+    assert lv["dice_mean"].item() == pytest.approx(97.0)
+    kits = nz[nz.task == "KiTS23"]
+    assert len(kits) == 1 and math.isnan(kits["dice_mean"].item())  # no noise CSV -> "--"
+    md = out["noise_levels.md"].read_text()
+    assert "| KiTS23 | all classes | 0 | -- | -- |" in md
+    assert "97.0 ± 1.4" in md
+
+
+def test_figure_without_trials_and_missing_metrics(study, tmp_path: Path) -> None:
+    out = _build(study, metrics_csvs=[], trials_csvs=[])
+    assert out["figure1.png"].is_file() and out["figure1.pdf"].is_file()
+    md = out["table1.md"].read_text()
+    assert "| HRL | -- | -- | -- | -- |" in md
+
+
+def test_malformed_csv_names_file_and_column(study, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    pd.DataFrame({"task": ["Heart"], "method": ["HRL"], "fold": [0], "case": ["c"],
+                  "metric": ["dice"], "value": [0.5]}).to_csv(bad, index=False)
+    with pytest.raises(InputDataError, match="region") as err:
+        _build(study, metrics_csvs=[*study["metrics"], bad])
+    assert str(bad) in str(err.value)
+    trials_bad = tmp_path / "trials.csv"
+    pd.DataFrame({"task": ["Heart"], "method": ["HRL"], "fold": [0], "number": [0],
+                  "value": [0.5]}).to_csv(trials_bad, index=False)
+    with pytest.raises(InputDataError, match="'state'"):
+        _build(study, trials_csvs=[trials_bad])
+    with pytest.raises(InputDataError, match="not found"):
+        _build(study, noise_csvs=[tmp_path / "nope.csv"])
+    dup = tmp_path / "dup.csv"
+    pd.read_csv(study["metrics"][0]).to_csv(dup, index=False)
+    with pytest.raises(InputDataError, match="duplicate"):
+        _build(study, metrics_csvs=[*study["metrics"], dup])
+
+
+def test_holm_hand_values() -> None:
+    np.testing.assert_allclose(holm([0.01, 0.04, 0.03]), [0.03, 0.06, 0.06])
+    adj = holm([0.2, float("nan"), 0.01])
+    assert adj[0] == pytest.approx(0.2) and math.isnan(adj[1]) and adj[2] == pytest.approx(0.02)
+    assert holm([0.6, 0.7])[1] == 1.0
+
+
+def test_bootstrap_ci_seeded() -> None:
+    v = np.array([1.0, 2.0, 3.0, 4.0, 10.0])
+    a, b = bootstrap_ci(v, "k"), bootstrap_ci(v, "k")
+    assert a == b and a[0] < v.mean() < a[1]
+    assert a[0] >= v.min() and a[1] <= v.max()
+    assert math.isnan(bootstrap_ci(np.array([1.0]), "k")[0])
+
+
+def test_display_names() -> None:
+    assert METHOD_DISPLAY_NAMES["BaselineRef"] == "Baseline (ref.)"
+    assert METHOD_DISPLAY_NAMES["CoTPlus"] == "CoT+"
+    assert list(METHOD_DISPLAY_NAMES) == ["Baseline", "BaselineRef", "APL1", "APL2", "CoT",
+                                          "CoTPlus", "StoCoT", "SVLS", "HRL"]

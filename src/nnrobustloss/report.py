@@ -500,16 +500,19 @@ def figure1(trials: pd.DataFrame, tasks: Sequence[str], methods: Sequence[str],
     from matplotlib.figure import Figure
 
     present = [t for t in tasks if not trials[trials.task == t].empty]
-    n = max(len(tasks), 1)
+    if not present:  # one message panel instead of empty axes
+        fig = Figure(figsize=(7.0, 2.0), layout="constrained")
+        ax = fig.subplots()
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, "No completed tuning trials found", ha="center", va="center",
+                fontsize=11, transform=ax.transAxes)
+        _save_figure(fig, png, pdf)
+        return
+    n = len(tasks)
     ncols = min(n, 3)
     nrows = math.ceil(n / ncols)
     fig = Figure(figsize=(7.0, 2.6 * nrows + 0.4), layout="constrained")
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
-    if not present:
-        for ax in axes:
-            ax.set_axis_off()
-        axes[0].text(0.5, 0.5, "No completed tuning trials found", ha="center", va="center",
-                     fontsize=11, transform=axes[0].transAxes)
     rng = np.random.default_rng(seed)
     folds = sorted(trials["fold"].unique()) if not trials.empty else []
     cmap = ["#1b6ca8", "#e07b39", "#3a9e5c", "#b23a48", "#7b5ea7", "#8c6d31"]
@@ -542,14 +545,18 @@ def figure1(trials: pd.DataFrame, tasks: Sequence[str], methods: Sequence[str],
         ax.set_xlim(-0.6, len(tuned) - 0.4)
     for ax in axes[len(tasks):]:
         ax.set_axis_off()
-    if present:
-        for ax in axes[::ncols]:
-            ax.set_ylabel("Tuning objective\n(EMA pseudo Dice)", fontsize=8)
-        if len(folds) > 1:
-            handles = [axes[0].scatter([], [], s=12, c=fold_colour[f], label=f"fold {f}")
-                       for f in folds]
-            fig.legend(handles=handles, loc="outside lower center", ncols=len(folds),
-                       fontsize=8, frameon=False)
+    for ax in axes[::ncols]:
+        ax.set_ylabel("Tuning objective\n(EMA pseudo Dice)", fontsize=8)
+    if len(folds) > 1:
+        handles = [axes[0].scatter([], [], s=12, c=fold_colour[f], label=f"fold {f}")
+                   for f in folds]
+        fig.legend(handles=handles, loc="outside lower center", ncols=len(folds),
+                   fontsize=8, frameon=False)
+    _save_figure(fig, png, pdf)
+
+
+def _save_figure(fig, png: Path, pdf: Path) -> None:  # noqa: ANN001
+    """Write the figure atomically as a 200-dpi PNG and a vector PDF."""
     for path, kw in ((png, {"dpi": 200}), (pdf, {})):
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format=path.suffix.lstrip("."), **kw)

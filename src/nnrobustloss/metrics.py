@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import SimpleITK as sitk
 from scipy.spatial import cKDTree
 from surface_distance import lookup_tables
 
@@ -318,7 +319,8 @@ def evaluate_case(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float],
     return results
 
 
-def _check_geometry(pred_path: Path, ref_path: Path, pred_img, ref_img) -> None:  # noqa: ANN001
+def _check_geometry(pred_path: Path, ref_path: Path, pred_img: sitk.Image,
+                    ref_img: sitk.Image) -> None:
     """Raise InputDataError naming both files when size, spacing, origin or direction differ."""
     checks = (("size", pred_img.GetSize(), ref_img.GetSize()),
               ("spacing", pred_img.GetSpacing(), ref_img.GetSpacing()),
@@ -335,8 +337,6 @@ def _check_geometry(pred_path: Path, ref_path: Path, pred_img, ref_img) -> None:
 def _evaluate_files(job: tuple[str, str, str, dict[str, list[int]], float | dict[str, float]]
                     ) -> tuple[str, dict[str, dict[str, float]]]:
     """Worker: read a prediction/reference pair, check geometry, evaluate (picklable)."""
-    import SimpleITK as sitk
-
     case, pred_file, ref_file, regions, tolerance_mm = job
     pred_path, ref_path = Path(pred_file), Path(ref_file)
     pred_img, ref_img = read_image(pred_path), read_image(ref_path)

@@ -21,6 +21,7 @@ import os
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -28,6 +29,9 @@ from scipy import stats
 
 from nnrobustloss.errors import ConfigError, InputDataError
 from nnrobustloss.fileio import atomic_path, write_text
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 METHOD_DISPLAY_NAMES: dict[str, str] = {
     "Baseline": "Baseline",
@@ -497,7 +501,7 @@ def figure1(trials: pd.DataFrame, tasks: Sequence[str], methods: Sequence[str],
     Points are all COMPLETE trials of all folds (colour = fold). Methods without trials are
     left out; with no trials at all the figure holds a message panel. 7 in wide, 200 dpi PNG.
     """
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # noqa: F811 (runtime import: matplotlib is slow)
 
     present = [t for t in tasks if not trials[trials.task == t].empty]
     if not present:  # one message panel instead of empty axes
@@ -555,7 +559,7 @@ def figure1(trials: pd.DataFrame, tasks: Sequence[str], methods: Sequence[str],
     _save_figure(fig, png, pdf)
 
 
-def _save_figure(fig, png: Path, pdf: Path) -> None:  # noqa: ANN001
+def _save_figure(fig: Figure, png: Path, pdf: Path) -> None:
     """Write the figure atomically as a 200-dpi PNG and a vector PDF."""
     for path, kw in ((png, {"dpi": 200}), (pdf, {})):
         with atomic_path(path) as tmp:

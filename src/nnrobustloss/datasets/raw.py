@@ -1,0 +1,184 @@
+"""Validation of source cases and writing of the nnU-Net raw dataset twins of a task.
+
+For a task ``T`` with dataset ids ``N`` (noisy) and ``M`` (reference) this writes, each folder
+atomically (built under a temporary name, renamed when complete):
+
+- ``raw/DatasetN_T/``: ``imagesTr/<case>_0000.nii.gz``, the **noisy** labels as
+  ``labelsTr/<case>.nii.gz`` and ``dataset.json``;
+- ``raw/DatasetM_TRef/``: the same images with the **reference** labels;
+- ``reference/T/<case>.nii.gz``: the reference labels again, for evaluation.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from nnrobustloss.datasets.base import CaseData, SourceCase
+from nnrobustloss.errors import InputDataError
+from nnrobustloss.fileio import atomic_dir, geometry_mismatch, write_image, write_json
+
+
+def dataset_name(dataset_id: int, task: str, reference: bool = False) -> str:
+    """nnU-Net dataset folder name, e.g. ``Dataset501_Phantom`` / ``Dataset502_PhantomRef``."""
+    return f"Dataset{int(dataset_id):03d}_{task}{'Ref' if reference else ''}"
+
+
+@dataclass(frozen=True)
+class RawDatasets:
+    """Where a task's converted data lives."""
+
+    noisy: Path  # raw/DatasetN_T
+    reference: Path  # raw/DatasetM_TRef
+    reference_labels: Path  # reference/T
+    case_ids: tuple[str, ...]
+
+
+def check_unique_case_ids(cases: Sequence[SourceCase], task: str) -> None:
+    """Raise InputDataError when the task has no cases or two cases share an id."""
+    if not cases:
+        raise InputDataError(f"task {task}: the sources produced no cases. Check its sources.")
+    seen: dict[str, str] = {}
+    for case in cases:
+        if case.case_id in seen:
+            raise InputDataError(
+                f"task {task}: case id '{case.case_id}' appears twice ({seen[case.case_id]} and "
+                f"{case.origin}). Give the sources distinct case_prefix values.")
+        seen[case.case_id] = case.origin
+
+
+def validate_case(case: SourceCase, data: CaseData, label_values: Sequence[int]) -> None:
+    """Check one loaded case; raise InputDataError naming the offending file.
+
+    Checks: a 3D single-channel image with only finite intensities; label images on exactly the
+    image's grid (size, spacing, origin, direction); label values within ``label_values``.
+    """
+    img_name = data.files.get("image", case.origin)
+    if data.image.GetDimension() != 3 or data.image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputDataError(f"{img_name}: expected a 3D single-channel image, got "
+                             f"{data.image.GetDimension()}D with "
+                             f"{data.image.GetNumberOfComponentsPerPixel()} channel(s).")
+    arr = sitk.GetArrayViewFromImage(data.image)
+    if np.issubdtype(arr.dtype, np.floating):
+        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        if bad:
+            raise InputDataError(f"{img_name}: {bad} NaN or infinite intensities. Replace them "
+                                 "(for example with the background value) before conversion.")
+    allowed = {int(v) for v in label_values}
+    for role, label in (("reference", data.reference), ("noisy", data.noisy)):
+        if label is None:
+            continue
+        name = data.files.get(role, f"{case.origin} ({role} labels)")
+        diff = geometry_mismatch(data.image, label)
+        if diff:
+            raise InputDataError(f"{name}: label geometry differs from the image {img_name}: "
+                                 f"{diff}. Resample the labels onto the image grid.")
+        lab = sitk.GetArrayViewFromImage(label)
+        values = np.unique(lab)
+        unexpected = sorted(float(v) if float(v) != int(v) else int(v) for v in values
+                            if float(v) != int(v) or int(v) not in allowed)
+        if unexpected:
+            raise InputDataError(f"{name}: unexpected label values {unexpected}; the task declares "
+                                 f"{sorted(allowed)}. Fix the file or the task's labels.")
+
+
+def _as_label_image(label: sitk.Image) -> sitk.Image:
+    return sitk.Cast(label, sitk.sitkUInt8)
+
+
+def make_dataset_json(labels: Mapping[str, int], n_cases: int, channel: str, name: str,
+                      description: str) -> dict[str, Any]:
+    """nnU-Net v2 ``dataset.json`` content for a single-channel dataset."""
+    return {"channel_names": {"0": channel}, "labels": {k: int(v) for k, v in labels.items()},
+            "numTraining": int(n_cases), "file_ending": ".nii.gz", "name": name,
+            "description": description}
+
+
+def write_raw_datasets(task: str, cases: Sequence[SourceCase], dataset_id: int,
+                       reference_dataset_id: int, labels: Mapping[str, int],
+                       raw_root: str | os.PathLike[str], reference_root: str | os.PathLike[str],
+                       channel: str = "MRI", noise: Mapping[str, Any] | None = None,
+                       seed: int = 0) -> RawDatasets:
+    """Validate every case and write the noisy/reference raw datasets and the reference labels.
+
+    ``labels`` maps class names to values (must contain ``background: 0``); ``channel`` is the
+    nnU-Net channel name (``CT`` selects CT normalisation). ``noise`` is the task's noise
+    config: ``{"type": "none"}`` uses the sources' noisy labels; ``{"type": "boundary",
+    "target_dice": 0.96, "structures": [[1, 2, 3], ...]}`` derives them from the reference labels
+    with :func:`nnrobustloss.noise.corrupt_dataset` (seeded with ``seed``). Nothing is left behind
+    when a case fails validation.
+    """
+    if labels.get("background") != 0:
+        raise InputDataError(f"task {task}: labels must map 'background' to 0, got {dict(labels)}.")
+    check_unique_case_ids(cases, task)
+    noise = dict(noise or {"type": "none"})
+    derive_noise = noise.get("type", "none") == "boundary"
+    raw_root, reference_root = Path(raw_root), Path(reference_root)
+    noisy_final = raw_root / dataset_name(dataset_id, task)
+    ref_final = raw_root / dataset_name(reference_dataset_id, task, reference=True)
+    labels_final = reference_root / task
+    ids = tuple(c.case_id for c in cases)
+
+    with atomic_dir(noisy_final) as noisy_dir, atomic_dir(ref_final) as ref_dir, \
+            atomic_dir(labels_final) as lab_dir:
+        for d in (noisy_dir, ref_dir):
+            (d / "imagesTr").mkdir()
+            (d / "labelsTr").mkdir()
+        pending: list[tuple[str, sitk.Image]] = []  # reference labels awaiting synthetic noise
+        for i, case in enumerate(cases, 1):
+            data = case.load()
+            if data.noisy is None and not derive_noise:
+                raise InputDataError(f"{case.origin}: this source has no noisy labels; set the "
+                                     f"task's noise to {{type: boundary}} to derive them.")
+            validate_case(case, data, list(labels.values()))
+            img_file = noisy_dir / "imagesTr" / f"{case.case_id}_0000.nii.gz"
+            write_image(data.image, img_file)
+            shutil.copyfile(img_file, ref_dir / "imagesTr" / img_file.name)
+            ref = _as_label_image(data.reference)
+            write_image(ref, ref_dir / "labelsTr" / f"{case.case_id}.nii.gz")
+            shutil.copyfile(ref_dir / "labelsTr" / f"{case.case_id}.nii.gz",
+                            lab_dir / f"{case.case_id}.nii.gz")
+            if derive_noise:
+                pending.append((case.case_id, ref))
+            else:
+                assert data.noisy is not None
+                write_image(_as_label_image(data.noisy),
+                            noisy_dir / "labelsTr" / f"{case.case_id}.nii.gz")
+            print(f"[convert {task}] {i}/{len(cases)} {case.case_id}", file=sys.stderr, flush=True)
+        if pending:
+            _write_boundary_noise(pending, noisy_dir / "labelsTr", noise, seed, task)
+        for d, did, ref_flag, what in ((noisy_dir, dataset_id, False, "noisy training labels"),
+                                       (ref_dir, reference_dataset_id, True, "reference labels")):
+            write_json(d / "dataset.json", make_dataset_json(
+                labels, len(cases), channel, dataset_name(did, task, ref_flag),
+                f"nnRobustLoss task {task}: {what}"))
+    return RawDatasets(noisy=noisy_final, reference=ref_final, reference_labels=labels_final,
+                       case_ids=ids)
+
+
+def _write_boundary_noise(pending: Sequence[tuple[str, sitk.Image]], out_dir: Path,
+                          noise: Mapping[str, Any], seed: int, task: str) -> None:
+    """Corrupt the reference labels of all cases at once (calibrated) and write them."""
+    from nnrobustloss.noise import corrupt_dataset
+
+    arrays = [sitk.GetArrayFromImage(img) for _, img in pending]
+    spacings = [tuple(float(s) for s in img.GetSpacing()[::-1]) for _, img in pending]
+    kwargs: dict[str, Any] = {}
+    if noise.get("structures"):
+        kwargs["structures"] = [tuple(int(v) for v in s) for s in noise["structures"]]
+    print(f"[convert {task}] calibrating boundary noise on {len(arrays)} cases "
+          f"(target Dice {noise.get('target_dice', 0.96)})", file=sys.stderr, flush=True)
+    noisy = corrupt_dataset(arrays, spacings, target_dice=float(noise.get("target_dice", 0.96)),
+                            seed=seed, **kwargs)
+    for (case_id, ref_img), arr in zip(pending, noisy):
+        img = sitk.GetImageFromArray(arr.astype(np.uint8))
+        img.CopyInformation(ref_img)
+        write_image(img, out_dir / f"{case_id}.nii.gz")

@@ -1,0 +1,51 @@
+"""Shared pytest fixtures: a small phantom task converted, split and preprocessed by nnU-Net."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED_KITS = Path(__file__).resolve().parents[2] / "shared" / "data" / "kits23_labels"
+
+# Tests run nnU-Net in-process; keep its data augmentation single-threaded and deterministic,
+# and never compile (CPU CI).
+os.environ.setdefault("nnUNet_compile", "false")
+
+
+PHANTOM_TEST_TASK = {
+    "dataset_id": 981,
+    "reference_dataset_id": 982,
+    "labels": {"background": 0, "organ": 1, "lesion": 2},
+    "noise": {"type": "none"},
+    "sources": [{"type": "phantom", "n_cases": 6, "n_noisy_cases": 2,
+                 "shape": [20, 40, 40], "spacing": [2.0, 1.0, 1.0]}],
+}
+PHANTOM_TEST_CPU_PLAN = {"patch_size": [16, 32, 32], "batch_size": 2,
+                         "features_per_stage": [8, 16, 32]}
+
+
+@pytest.fixture(scope="session")
+def preprocessed_phantom(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A 6-case phantom task (dataset 981 noisy, 982 reference), converted, split in 3 folds and
+    preprocessed with CPU-sized plans (patch 16x32x32, batch 2, 3 stages).
+
+    Returns paths: ``results_dir``, ``preprocessed_dir`` (noisy), ``reference_preprocessed_dir``,
+    ``raw_dir``, ``reference_raw_dir``, ``reference_labels`` and ``splits``.
+    """
+    from nnrobustloss.datasets.convert import convert_task
+    from nnrobustloss.planning import plan_and_preprocess
+    from nnrobustloss.splits import write_splits
+
+    root = tmp_path_factory.mktemp("phantom_results")
+    raw = convert_task("PhantomTest", PHANTOM_TEST_TASK, root, seed=0)
+    splits = root / "splits" / "PhantomTest.json"
+    write_splits(raw.noisy, splits, n_folds=3, seed=0)
+    noisy_pre, ref_pre = plan_and_preprocess(
+        "PhantomTest", 981, 982, root, planner="cpu", cpu_plan=PHANTOM_TEST_CPU_PLAN,
+        splits_file=splits, num_processes=1)
+    return {"results_dir": root, "preprocessed_dir": noisy_pre,
+            "reference_preprocessed_dir": ref_pre, "raw_dir": raw.noisy,
+            "reference_raw_dir": raw.reference, "reference_labels": raw.reference_labels,
+            "splits": splits}

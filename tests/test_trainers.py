@@ -161,21 +161,19 @@ SHORT = {"iterations_per_epoch": 2, "val_iterations_per_epoch": 1, "device": "cp
 
 @pytest.fixture(scope="module")
 def phantom_dir(request) -> Path:
-    """The preprocessed noisy phantom dataset of tests/conftest.py."""
+    """The preprocessed noisy phantom dataset of tests/conftest.py, then training-mode settings.
+
+    Planning must run before ``nnUNet_n_proc_DA=0`` is set (nnU-Net's planner crashes with it);
+    afterwards augmentation is single-threaded (deterministic) and torch uses one thread.
+    """
     try:
         info = request.getfixturevalue("preprocessed_phantom")
     except pytest.FixtureLookupError:
         pytest.skip("tests/conftest.py provides no preprocessed_phantom fixture")
-    return Path(info["preprocessed_dir"])
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _single_threaded():
-    """Deterministic single-threaded augmentation and one torch thread while training."""
     old_env, old_threads = os.environ.get("nnUNet_n_proc_DA"), torch.get_num_threads()
     os.environ["nnUNet_n_proc_DA"] = "0"
     torch.set_num_threads(1)
-    yield
+    yield Path(info["preprocessed_dir"])
     torch.set_num_threads(old_threads)
     if old_env is None:
         os.environ.pop("nnUNet_n_proc_DA", None)

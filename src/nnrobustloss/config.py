@@ -1,0 +1,179 @@
+"""Loading and validating the pipeline configuration.
+
+The JSON schema (``schemas/config.schema.yaml`` in this package; ``workflow/schemas`` links to
+it) defines every key, its type, range and default. :func:`validate_config` checks a config
+against it, fills in defaults, and adds the checks a schema cannot express (folds within
+``n_folds``, unique dataset ids, regions named in tolerances). Every problem is raised as one
+:class:`ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from nnrobustloss.errors import ConfigError
+
+SCHEMA_RESOURCE = "schemas/config.schema.yaml"
+
+
+@cache
+def config_schema() -> dict[str, Any]:
+    """The configuration JSON schema as a dict."""
+    text = resources.files("nnrobustloss").joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8")
+    return yaml.safe_load(text)
+
+
+def _key(path: Any) -> str:
+    parts = [f"[{p}]" if isinstance(p, int) else f".{p}" for p in path]
+    return "".join(parts).lstrip(".") or "<top level>"
+
+
+def _resolve(schema: Mapping[str, Any], root: Mapping[str, Any]) -> Mapping[str, Any]:
+    ref = schema.get("$ref")
+    if ref:
+        node: Any = root
+        for part in ref.lstrip("#/").split("/"):
+            node = node[part]
+        return node
+    return schema
+
+
+def _fill_defaults(instance: Any, schema: Mapping[str, Any], root: Mapping[str, Any]) -> None:
+    """Insert schema defaults for missing keys, recursively (objects and arrays)."""
+    schema = _resolve(schema, root)
+    if isinstance(instance, dict):
+        for key, sub in schema.get("properties", {}).items():
+            sub_r = _resolve(sub, root)
+            if key not in instance and "default" in sub_r:
+                instance[key] = copy.deepcopy(sub_r["default"])
+            if key in instance:
+                _fill_defaults(instance[key], sub_r, root)
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, dict):
+            for key, value in instance.items():
+                if key not in schema.get("properties", {}):
+                    _fill_defaults(value, extra, root)
+    elif isinstance(instance, list) and isinstance(schema.get("items"), dict):
+        for item in instance:
+            _fill_defaults(item, schema["items"], root)
+
+
+def _message(err: jsonschema.ValidationError) -> str:
+    if err.validator == "additionalProperties":
+        allowed = sorted(err.schema.get("properties", {}))
+        unexpected = sorted(set(err.instance) - set(allowed))
+        where = _key([*err.absolute_path, unexpected[0]]) if unexpected else _key(err.absolute_path)
+        hint = f"; known keys here: {', '.join(allowed)}" if allowed else ""
+        return f"config key {where}: unknown key{hint}."
+    if err.validator == "required":
+        return f"config key {_key(err.absolute_path)}: {err.message}."
+    return f"config key {_key(err.absolute_path)}: {err.message}."
+
+
+def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate ``config`` against the schema and return a copy with all defaults filled in.
+
+    Raises :class:`ConfigError` naming the first offending key (the deepest schema error).
+    """
+    cfg = copy.deepcopy(dict(config))
+    schema = config_schema()
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: (-len(e.absolute_path), e.message))
+    if errors:
+        best = jsonschema.exceptions.best_match(errors)
+        raise ConfigError(_message(best) + " See workflow/schemas/config.schema.yaml.")
+    _fill_defaults(cfg, schema, schema)
+    _check_semantics(cfg)
+    return cfg
+
+
+def _check_semantics(cfg: Mapping[str, Any]) -> None:
+    for fold in cfg["folds"]:
+        if fold >= cfg["n_folds"]:
+            raise ConfigError(f"config key folds: fold {fold} does not exist with "
+                              f"n_folds={cfg['n_folds']} (folds are 0..{cfg['n_folds'] - 1}).")
+    seen: dict[int, str] = {}
+    for name, task in cfg["tasks"].items():
+        for key in ("dataset_id", "reference_dataset_id"):
+            did = task[key]
+            if did in seen:
+                raise ConfigError(f"config key tasks.{name}.{key}: dataset id {did} is already "
+                                  f"used by {seen[did]}; every dataset needs its own id.")
+            seen[did] = f"tasks.{name}"
+        if task["labels"].get("background") != 0:
+            raise ConfigError(f"config key tasks.{name}.labels.background: must be 0.")
+        values = list(task["labels"].values())
+        if len(set(values)) != len(values):
+            raise ConfigError(f"config key tasks.{name}.labels: label values must be unique.")
+        tol = task["tolerance_mm"]
+        if isinstance(tol, dict):
+            known = set(evaluation_regions(task))
+            for region in tol:
+                if region not in known:
+                    raise ConfigError(f"config key tasks.{name}.tolerance_mm.{region}: not a class "
+                                      f"or region of the task ({', '.join(sorted(known))}).")
+            missing = known - set(tol)
+            if missing:
+                raise ConfigError(f"config key tasks.{name}.tolerance_mm: no tolerance for "
+                                  f"{', '.join(sorted(missing))}.")
+        for i, src in enumerate(task["sources"]):
+            if src["type"] == "phantom" and src.get("n_noisy_cases", 4) > src.get("n_cases", 14):
+                raise ConfigError(f"config key tasks.{name}.sources[{i}].n_noisy_cases: larger "
+                                  "than n_cases.")
+    planning = cfg["planning"]
+    if planning["planner"] == "cpu" and "cpu_plan" not in planning:
+        raise ConfigError("config key planning.cpu_plan: required when planning.planner is cpu.")
+
+
+def evaluation_regions(task: Mapping[str, Any]) -> dict[str, list[int]]:
+    """Regions evaluated for a task: each foreground class (unless ``include_classes`` is false)
+    followed by the task's extra ``regions``, as ``{name: [label values]}`` in that order."""
+    regions: dict[str, list[int]] = {}
+    if task.get("include_classes", True):
+        for name, value in task["labels"].items():
+            if value != 0:
+                regions[name] = [int(value)]
+    for name, values in (task.get("regions") or {}).items():
+        regions[name] = [int(v) for v in values]
+    return regions
+
+
+def load_config(*paths: str | os.PathLike[str], overrides: Mapping[str, Any] | None = None
+                ) -> dict[str, Any]:
+    """Load YAML config files (later files update earlier ones key by key, recursively), apply
+    ``overrides`` the same way, validate and fill defaults."""
+    merged: dict[str, Any] = {}
+    for p in paths:
+        path = Path(p)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found.")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e}).") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys.")
+        merged = deep_update(merged, data)
+    if overrides:
+        merged = deep_update(merged, overrides)
+    return validate_config(merged)
+
+
+def deep_update(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge: mappings are merged key by key, everything else is replaced."""
+    out = copy.deepcopy(dict(base))
+    for k, v in update.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = deep_update(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out

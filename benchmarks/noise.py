@@ -77,6 +77,12 @@ def main(argv: list[str] | None = None) -> int:
           f"calibration search {info.calibration_seconds:.1f} s incl. distance transforms)")
     print(f"calibration: {info.evaluations} evaluations of the mean Dice, "
           f"radius scale {info.scale_mm:.4f} mm (radii = scale x U(0, 2))")
+    if info.partial_layer is None:
+        print("no partial layer needed (the closest whole-layer step is within 0.001)")
+    else:
+        k, j, level, moved, size = info.partial_layer
+        print(f"partial layer: {files[k].parent.name}, structure {list(info.structures[j])}, "
+              f"{moved} of the {size} voxels at {level:.3f} mm moved")
     print(f"achieved mean Dice {np.mean(dice):.4f} (calibration's own value "
           f"{info.mean_dice:.4f}), target {args.target}, "
           f"|error| {abs(np.mean(dice) - args.target):.4f}")

@@ -320,25 +320,65 @@ def test_inputs_untouched_and_shapes_dtypes_labels_preserved():
         assert not np.shares_memory(n, lab)
 
 
-def test_hierarchy_inner_structures_inside_corrupted_outer():
-    """Check every case against whole-volume dilations/erosions with the recorded radii."""
-    labels, spacings = kits_like(n_cases=9)
-    noisy, info = corrupt_dataset_with_calibration(labels, spacings, 0.93, seed=5)
-    (g0, g1, g2) = KITS23_STRUCTURES
+@pytest.mark.parametrize("n_cases, target, seed", [(9, 0.93, 5), (16, 0.96, 0)])
+def test_hierarchy_inner_structures_inside_corrupted_outer(n_cases, target, seed):
+    """Check every case against whole-volume dilations/erosions with the recorded radii.
+
+    The second dataset ends with a partial layer; that structure's corruption is then only
+    known to lie between its radius and the layer's distance.
+    """
+    labels, spacings = kits_like(n_cases=n_cases)
+    noisy, info = corrupt_dataset_with_calibration(labels, spacings, target, seed=seed)
+    assert (info.partial_layer is not None) == (n_cases == 16)
+    groups = KITS23_STRUCTURES
+    (g0, g1, g2) = groups
     for k, (n, ref, sp) in enumerate(zip(noisy, labels, spacings, strict=True)):
         r = info.scale_mm * info.radius_factors[k]
         d = info.dilate[k]
-        m0 = corrupt_full(region(ref, g0), sp, r[0], d[0])
-        m1 = corrupt_full(region(ref, g1), sp, r[1], d[1])
-        m2 = corrupt_full(region(ref, g2), sp, r[2], d[2])
-        # the outer structure is exactly its corruption (masses give way to kidney, not to
-        # background) and the innermost one exactly its own clipped to the outer ones'
-        assert np.array_equal(region(n, g0), m0)
-        assert np.array_equal(region(n, g2), m2 & m1 & m0)
+        low, high = [], []
+        for j, g in enumerate(groups):
+            m = corrupt_full(region(ref, g), sp, r[j], d[j])
+            other = m
+            if info.partial_layer is not None and info.partial_layer[:2] == (k, j):
+                other = corrupt_full(region(ref, g), sp, info.partial_layer[2], d[j])
+                moved = int(np.sum(m != other))
+                assert moved == info.partial_layer[4] and 0 < info.partial_layer[3] < moved
+            low.append(m & other)
+            high.append(m | other)
+        # the outer structure is its corruption (masses give way to kidney, not to
+        # background) and the innermost one its own clipped to the outer ones'
+        assert not np.any(low[0] & ~region(n, g0)) and not np.any(region(n, g0) & ~high[0])
+        inner_low, inner_high = low[2] & low[1] & low[0], high[2] & high[1] & high[0]
+        assert not np.any(inner_low & ~region(n, g2))
+        assert not np.any(region(n, g2) & ~inner_high)
+        if info.partial_layer is None or info.partial_layer[0] != k:
+            assert np.array_equal(region(n, g0), low[0])
+            assert np.array_equal(region(n, g2), inner_low)
         # the masses lie inside their corruption clipped to the outer one; only the tumour
         # step carves them (an eroded tumour gives way to the nearest kidney or cyst)
-        assert not np.any(region(n, g1) & ~(m1 & m0))
-        assert not np.any((m1 & m0) & ~region(n, g1) & m2)
+        assert not np.any(region(n, g1) & ~(high[1] & high[0]))
+        assert not np.any((low[1] & low[0]) & ~region(n, g1) & low[2])
+
+
+def test_partial_layer_resolves_a_coarse_step():
+    """One ball: whole-layer steps are far apart, a partial layer hits the target closely."""
+    sp = (1.0, 0.8, 0.8)
+    ball = ellipsoid((24, 30, 30), sp, [12, 12, 12], [7, 7, 7]).astype(np.uint8)
+    noisy, info = corrupt_dataset_with_calibration([ball], [sp], 0.9, seed=3,
+                                                   structures=[(1,)])
+    assert abs(dice_per_case(noisy[0], ball) - 0.9) <= 0.001
+    case, j, level, moved, size = info.partial_layer
+    assert (case, j) == (0, 0) and 0 < moved < size
+    r = info.scale_mm * info.radius_factors[0, 0]
+    dilate = bool(info.dilate[0, 0])
+    at_r = corrupt_full(ball > 0, sp, r, dilate)
+    at_level = corrupt_full(ball > 0, sp, level, dilate)
+    assert int(np.sum(at_r != at_level)) == size  # the whole layer between the two steps
+    changed = (noisy[0] > 0) != at_r
+    assert changed.sum() == moved and not np.any(changed & (at_r == at_level))
+    # both whole-layer steps are off by more than the fine tolerance
+    assert abs(dice_per_case(at_r.astype(np.uint8), ball) - 0.9) > 0.001
+    assert abs(dice_per_case(at_level.astype(np.uint8), ball) - 0.9) > 0.001
 
 
 def test_target_one_gives_exact_copies():
@@ -417,9 +457,13 @@ def test_unreachable_and_too_coarse_targets_raise():
         [ball], [(1, 1, 1)], 1.0, seed=s, structures=[(1,)])[1].dilate[0, 0])
     with pytest.raises(NoiseCalibrationError, match="cannot be reached"):
         corrupt_dataset([ball], [(1, 1, 1)], 0.05, seed=seed, structures=[(1,)])
-    # one small cube: the Dice jumps by a whole voxel layer, 0.97 lies inside a jump
+    # a single voxel dilated: one more voxel already gives Dice 2/3, 0.97 lies in that jump
+    dot = np.zeros((5, 5, 5), np.uint8)
+    dot[2, 2, 2] = 1
+    seed = next(s for s in range(20) if corrupt_dataset_with_calibration(
+        [dot], [(1, 1, 1)], 1.0, seed=s, structures=[(1,)])[1].dilate[0, 0])
     with pytest.raises(NoiseCalibrationError, match="jumps"):
-        corrupt_dataset([_one()], [(1, 1, 1)], 0.97, seed=0, structures=[(1,)])
+        corrupt_dataset([dot], [(1, 1, 1)], 0.97, seed=seed, structures=[(1,)])
 
 
 # ------------------------------------------------------------------------------ real data

@@ -331,3 +331,63 @@ def test_stock_predictor_loads_coteaching_checkpoint(phantom_dir, tmp_path):
     base = train(phantom_dir, "APL1", 0, tmp_path / "apl1", epochs=1, **SHORT)
     with pytest.raises(InputDataError, match="peer B"):
         build_predictor(base, peers="B")
+
+
+def _make_trainer(phantom_dir: Path, tmp_path: Path, method: str, **settings):
+    from nnrobustloss.fileio import read_json
+
+    plans = read_json(phantom_dir / "nnUNetPlans.json")
+    plans["continue_training"] = False
+    cls = METHODS[method].load_trainer_class()
+    trainer = cls(plans, "3d_fullres", 0, read_json(phantom_dir / "dataset.json"),
+                  torch.device("cpu"))
+    trainer.set_output_paths(tmp_path / method, phantom_dir)
+    trainer.configure(build_settings(method, **settings))
+    return trainer
+
+
+@pytest.mark.slow
+def test_each_peer_is_masked_by_its_partner(phantom_dir, tmp_path):
+    from nnrobustloss.losses import per_voxel_ce
+    from nnrobustloss.selection import small_loss_mask
+
+    g = torch.Generator().manual_seed(0)
+    logits_a, logits_b = torch.randn(2, 3, 4, 6, 6, generator=g), torch.randn(2, 3, 4, 6, 6,
+                                                                               generator=g)
+    target = torch.randint(0, 3, (2, 1, 4, 6, 6), generator=g)
+    cot = _make_trainer(phantom_dir, tmp_path, "CoT", params={"forget_rate": 0.1},
+                        coteaching={"delay": 0, "gradual": 0})
+    assert cot.output_folder == str((tmp_path / "CoT").resolve())
+    assert cot.preprocessed_dataset_folder == str(phantom_dir.resolve() / "nnUNetPlans_3d_fullres")
+    mask_a, mask_b = cot.select_level(logits_a, logits_b, target)
+    assert torch.equal(mask_a, small_loss_mask(per_voxel_ce(logits_b, target), 0.1))
+    assert torch.equal(mask_b, small_loss_mask(per_voxel_ce(logits_a, target), 0.1))
+    assert not torch.equal(mask_a, mask_b)
+    # levels with deep-supervision weight 0 get no mask (nnU-Net skips their loss)
+    masks_a, _ = cot.select([logits_a, logits_a], [logits_b, logits_b], [target, target],
+                            [1.0, 0.0])
+    assert masks_a[1] is None and torch.equal(masks_a[0], mask_a)
+
+    # StoCoT: a partner certain of every label keeps every voxel for its peer, whatever theta
+    sto = _make_trainer(phantom_dir, tmp_path, "StoCoT", coteaching={"delay": 0, "gradual": 0})
+    sure = torch.nn.functional.one_hot(target[:, 0], 3).movedim(-1, 1).float() * 50
+    unsure = -sure
+    mask_a, mask_b = sto.select_level(unsure, sure, target)
+    assert mask_a.all()  # chosen by the sure partner B
+    assert not mask_b.any()  # chosen by A, whose probability of the label is ~0
+    # before the ramp starts every voxel is kept and no threshold is drawn
+    late = _make_trainer(phantom_dir, tmp_path, "StoCoT", coteaching={"delay": 5, "gradual": 5})
+    state = late.selection_generator.get_state()
+    mask_a, mask_b = late.select_level(unsure, sure, target)
+    assert mask_a.all() and mask_b.all()
+    assert torch.equal(late.selection_generator.get_state(), state)
+
+
+@pytest.mark.slow
+def test_trainer_refuses_settings_of_another_method(phantom_dir, tmp_path):
+    trainer = _make_trainer(phantom_dir, tmp_path, "APL2")
+    with pytest.raises(ConfigError, match="not 'CoT'"):
+        trainer.configure(build_settings("CoT"))
+    base = _make_trainer(phantom_dir, tmp_path, "Baseline")
+    base.configure(build_settings("BaselineRef", epochs=3))
+    assert base.num_epochs == 3 and base.save_every == 1

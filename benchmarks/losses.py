@@ -70,31 +70,39 @@ def main() -> None:
             torch.autograd.grad(loss(za, y), za)
         return run
 
-    def two_peers(loss: torch.nn.Module,
-                  masks: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> Callable[[], None]:
+    Selection = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]
+
+    def two_peers(loss: torch.nn.Module, select: Callable[[], Selection]) -> Callable[[], None]:
         def run() -> None:
-            mask_a, mask_b = masks()  # each peer's selection, used by its partner
-            la = loss(za, y, mask_b)
-            lb = loss(zb, y, mask_a)
+            # each peer's selection is used by its partner; per-voxel terms reused if given
+            mask_a, mask_b, pv_a, pv_b = select()
+            la = loss(za, y, mask_b, pv_a)
+            lb = loss(zb, y, mask_a, pv_b)
             torch.autograd.grad(la + lb, (za, zb))
         return run
 
-    def cot_masks() -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.no_grad():
-            return (small_loss_mask(per_voxel_ce(za, y), 0.1),
-                    small_loss_mask(per_voxel_ce(zb, y), 0.1))
+    def cot() -> Selection:
+        ce_a, ce_b = per_voxel_ce(za, y), per_voxel_ce(zb, y)  # ranked and trained on
+        return (small_loss_mask(ce_a.detach(), 0.1), small_loss_mask(ce_b.detach(), 0.1),
+                ce_a, ce_b)
 
-    def cot_plus_masks() -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.no_grad():
-            pa, pb = predicted_labels(za), predicted_labels(zb)
-            return (cot_plus_mask(per_voxel_ce(za, y), pa, pb, 0.1, 10, 0),
-                    cot_plus_mask(per_voxel_ce(zb, y), pb, pa, 0.1, 10, 0))
+    def cot_plus() -> Selection:
+        ce_a, ce_b = per_voxel_ce(za, y), per_voxel_ce(zb, y)
+        pa, pb = predicted_labels(za.detach()), predicted_labels(zb.detach())
+        return (cot_plus_mask(ce_a.detach(), pa, pb, 0.1, 10, 0),
+                cot_plus_mask(ce_b.detach(), pb, pa, 0.1, 10, 0), ce_a, ce_b)
 
-    def stocot_masks(mode: str) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
-        def masks() -> tuple[torch.Tensor, torch.Tensor]:
-            return (stocot_mask(label_probability(za, y), 1.0, 2.0, 2.0, sel_gen, mode),
-                    stocot_mask(label_probability(zb, y), 1.0, 2.0, 2.0, sel_gen, mode))
-        return masks
+    def stocot(mode: str) -> Callable[[], Selection]:
+        def select() -> Selection:
+            ce_a, ce_b = per_voxel_ce(za, y), per_voxel_ce(zb, y)
+            prob_a, prob_b = torch.exp(-ce_a.detach()), torch.exp(-ce_b.detach())  # p of label
+            return (stocot_mask(prob_a, 1.0, 2.0, 2.0, sel_gen, mode),
+                    stocot_mask(prob_b, 1.0, 2.0, 2.0, sel_gen, mode), ce_a, ce_b)
+        return select
+
+    def hrl_select() -> Selection:
+        return (stocot_mask(label_probability(za, y), 1.0, 2.0, 2.0, sel_gen),
+                stocot_mask(label_probability(zb, y), 1.0, 2.0, 2.0, sel_gen), None, None)
 
     def two_baselines() -> None:
         torch.autograd.grad(baseline(za, y) + baseline(zb, y), (za, zb))
@@ -108,27 +116,31 @@ def main() -> None:
         "SVLS (sigma=1, gaussian)": single(SVLSLoss(1.0, "gaussian", soft_dice_kwargs=DICE)),
         "HRL peer loss (w=0.7, sigma=1)": single(hrl),
         "2 x Baseline": two_baselines,
-        "CoT (R=0.1)": two_peers(ce_dice, cot_masks),
-        "CoT+ (R=0.1)": two_peers(ce_dice, cot_plus_masks),
-        "StoCoT (random)": two_peers(ce_dice, stocot_masks("random")),
-        "StoCoT (tiled)": two_peers(ce_dice, stocot_masks("tiled")),
-        "HRL (StoCoT random + HRL losses)": two_peers(hrl, stocot_masks("random")),
+        "CoT (R=0.1)": two_peers(ce_dice, cot),
+        "CoT+ (R=0.1)": two_peers(ce_dice, cot_plus),
+        "StoCoT (random)": two_peers(ce_dice, stocot("random")),
+        "StoCoT (tiled)": two_peers(ce_dice, stocot("tiled")),
+        "HRL (StoCoT random + HRL losses)": two_peers(hrl, hrl_select),
     }
+    # CPU: CPU time of this thread (all work runs in it with one intra-op thread), which the
+    # other processes of a shared machine do not inflate; CUDA: wall time after a sync.
+    clock = time.perf_counter if device.type == "cuda" or args.threads > 1 else time.thread_time
     times: dict[str, list[float]] = {k: [] for k in cases}
     for rep in range(args.repeats + 1):
         for name, fn in cases.items():
             _sync(device)
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
             _sync(device)
             if rep > 0:  # the first round is a warm-up
-                times[name].append(time.perf_counter() - t0)
+                times[name].append(clock() - t0)
 
     med = {k: statistics.median(v) for k, v in times.items()}
     base, base2 = med["Baseline (nnU-Net DC_and_CE_loss)"], med["2 x Baseline"]
     dev = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"
+    what = "thread CPU time" if clock is time.thread_time else "wall time"
     print(f"# Loss benchmark: forward + backward, logits {list(shape)} float32 on {device.type} "
-          f"({dev}), {args.threads} thread(s), median of {args.repeats} repeats")
+          f"({dev}), {args.threads} thread(s), {what}, median of {args.repeats} repeats")
     print(f"# torch {torch.__version__}; batch Dice; target: single losses <= 1.5x Baseline, "
           "co-teaching (masks + two masked losses) <= 1.5x two Baselines")
     print()

@@ -379,6 +379,21 @@ def test_all_ones_mask_equals_unmasked_and_gradients_finite(name):
     assert torch.isfinite(ga).all() and ga.abs().sum() > 0
 
 
+@pytest.mark.parametrize("name", list(_modules()))
+def test_precomputed_per_voxel_terms_give_the_same_loss_and_gradients(name):
+    loss = _modules()[name]
+    z, y = _batch((2, 3, 6, 5, 4))
+    m = torch.rand((2, 1, 6, 5, 4), generator=torch.Generator().manual_seed(2)) < 0.5
+    a = loss(z, y, m)
+    (ga,) = torch.autograd.grad(a, z)
+    b = loss(z, y, m, loss.per_voxel_terms(z, y))
+    (gb,) = torch.autograd.grad(b, z)
+    assert b.item() == pytest.approx(a.item(), rel=1e-6)
+    assert torch.allclose(ga, gb, rtol=1e-5, atol=1e-9)
+    with pytest.raises(ValueError, match="per_voxel"):
+        loss(z, y, m, loss.per_voxel_terms(z, y)[:1])
+
+
 def test_robust_modules_are_their_formulas_plus_nnunet_dice():
     z, y = _batch((2, 3, 6, 5, 4))
     dice = MemoryEfficientSoftDiceLoss(softmax_helper_dim1, **_kwargs(False))
@@ -421,6 +436,12 @@ def test_deep_supervision_wrapper_with_mask_lists():
         expected = sum(w * loss(o, t, m) for w, o, t, m in zip(weights, outs, tgts, masks,
                                                                 strict=True))
         assert val.item() == pytest.approx(expected.item(), rel=1e-6)
+    # a fourth list: the per-voxel CE each level already computed (reused, not recomputed)
+    loss = CEDiceLoss()
+    per_voxel = [per_voxel_ce(o, t) for o, t in zip(outs, tgts, strict=True)]
+    val = DeepSupervisionWrapper(loss, weights)(list(outs), list(tgts), masks, per_voxel)
+    expected = DeepSupervisionWrapper(loss, weights)(list(outs), list(tgts), masks)
+    assert val.item() == pytest.approx(expected.item(), rel=1e-6)
     # all-ones masks under the wrapper: exactly nnU-Net's wrapped Baseline loss
     ref = DeepSupervisionWrapper(_nnunet_dc_ce(True), weights)(list(outs), list(tgts))
     ones = [torch.ones((2, 1, *s[2:]), dtype=torch.bool) for s in shapes]

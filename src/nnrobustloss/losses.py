@@ -186,63 +186,76 @@ def _at_least_float32(z: Tensor) -> Tensor:
     return z if z.dtype in (torch.float32, torch.float64) else z.float()
 
 
+def _softmax_parts(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(p, z - max, log sum exp(z - max)) with one exp pass over ``z`` [B, K, *sp].
+
+    log p = (z - max) - lse; cheaper than ``log_softmax`` followed by ``exp``. Temporaries are
+    kept few and updated in place: on the CPU every fresh large tensor costs page faults.
+    """
+    zm = z - z.amax(1, keepdim=True)
+    p = zm.exp()
+    lse = p.sum(1, keepdim=True)
+    p.div_(lse)
+    return p, zm, lse.log_()
+
+
+def _acc(acc: Tensor | None, t: Tensor, scale: float = 1.0) -> Tensor:
+    """acc + scale * t, in place when acc exists (t is a fresh temporary)."""
+    if acc is None:
+        return t.mul_(scale) if scale != 1.0 else t
+    return acc.add_(t, alpha=scale)
+
+
 class _HardTerms(torch.autograd.Function):
-    """c_rce RCE + c_nce NCE + c_ngce NGCE_w + c_gce GCE_w per voxel, hard labels."""
+    """c_rce RCE + c_nce NCE + c_ngce NGCE_w + c_gce GCE_w per voxel, hard labels.
+
+    The forward also computes the per-voxel gradient coefficients (alpha, beta, gamma, eta of
+    the section comment); the backward only scales them by the incoming gradient.
+    """
 
     @staticmethod
     def forward(ctx: Any, z: Tensor, y: Tensor, c_rce: float, c_nce: float, c_ngce: float,
                 c_gce: float, w: float, delta: float) -> Tensor:
-        logp = torch.log_softmax(z, 1)
-        p = logp.exp()
-        total = torch.zeros(y.shape, dtype=z.dtype, device=z.device)
-        l_y = s_l = pw = d = None
-        if c_rce:
-            total.add_(1.0 - _gather(p, y), alpha=-math.log(delta) * c_rce)
-        if c_nce:
-            l_y, s_l = _gather(logp, y), logp.sum(1)
-            total.add_(l_y / s_l, alpha=c_nce)
+        k = z.shape[1]
+        p, zm, lse = _softmax_parts(z)
+        lse = lse[:, 0]
+        l_y = _gather(zm, y).sub_(lse)  # log p_y
+        total = alpha = beta = gamma = eta = None
+        if c_rce:  # RCE = A (1 - p_y);  grad: -A p_y (delta_jy - p_j)
+            a_py = l_y.exp().mul_(-math.log(delta) * c_rce)
+            total = _acc(total, a_py.neg().add_(-math.log(delta) * c_rce))
+            eta = _acc(eta, a_py.neg())
+            alpha = _acc(alpha, a_py)
+        if c_nce:  # NCE = l_y / S;  grad: (delta_jy - p_j) / S - l_y (1 - K p_j) / S^2
+            inv_s = zm.sum(1).sub_(lse, alpha=k).reciprocal_()  # 1 / sum_j log p_j
+            nce_val = l_y * inv_s
+            total = _acc(total, nce_val.clone(), c_nce)
+            gamma = nce_val.mul_(inv_s).mul_(-c_nce)  # -l_y / S^2
+            alpha = _acc(alpha, gamma * (-k) - inv_s * c_nce)
+            eta = _acc(eta, inv_s, c_nce)
         if c_ngce or c_gce:
-            pw = logp.mul(w).exp_()
-            one_minus_pw_y = 1.0 - _gather(pw, y)
-            if c_ngce:
-                d = z.shape[1] - pw.sum(1)
-                total.add_(one_minus_pw_y / d, alpha=c_ngce)
-            if c_gce:
-                total.add_(one_minus_pw_y, alpha=c_gce / w)
-        ctx.save_for_backward(p, pw, y, l_y, s_l, d)
-        ctx.coefs = (c_rce, c_nce, c_ngce, c_gce, w, delta)
+            pw_y = l_y.mul(w).exp_()
+            if c_ngce:  # N / D;  grad: -u_y (delta_jy - p_j) / D + N (u_j - p_j U) / D^2
+                pw = zm.sub_(lse.unsqueeze(1)).mul_(w).exp_()  # p^w = exp(w log p), in place
+                d = pw.sum(1)  # sum_j p_j^w = K - D
+                inv_d = d.neg().add_(k).reciprocal_()
+                ngce_val = pw_y.neg().add_(1.0).mul_(inv_d)  # N / D
+                total = _acc(total, ngce_val.clone(), c_ngce)
+                u_y_d = pw_y * inv_d * (w * c_ngce)
+                beta = ngce_val.mul_(inv_d).mul_(w * c_ngce)  # w N / D^2, on p^w
+                alpha = _acc(alpha, u_y_d - beta * d)
+                eta = _acc(eta, u_y_d, -1.0)
+            if c_gce:  # (1 - p_y^w) / w;  grad: -p_y^w (delta_jy - p_j)
+                total = _acc(total, pw_y.neg().add_(1.0), c_gce / w)
+                alpha = _acc(alpha, pw_y.clone(), c_gce)
+                eta = _acc(eta, pw_y.clone(), -c_gce)
+        assert total is not None and alpha is not None and eta is not None
+        ctx.save_for_backward(p, pw if beta is not None else None, y, alpha, beta, gamma, eta)
         return total
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
-        p, pw, y, l_y, s_l, d = ctx.saved_tensors
-        c_rce, c_nce, c_ngce, c_gce, w, delta = ctx.coefs
-        k = p.shape[1]
-        alpha = torch.zeros_like(g)
-        eta = torch.zeros_like(g)
-        beta = gamma = None
-        if c_rce:  # -A p_y (delta_jy - p_j), A = -log(delta)
-            a_py = _gather(p, y) * (-math.log(delta) * c_rce)
-            alpha += a_py
-            eta -= a_py
-        if c_nce:  # (delta_jy - p_j) / S - l_y (1 - K p_j) / S^2
-            inv_s = c_nce / s_l
-            ly_s2 = l_y * inv_s / s_l
-            alpha += k * ly_s2 - inv_s
-            gamma = -ly_s2
-            eta += inv_s
-        if c_ngce or c_gce:
-            pw_y = _gather(pw, y)
-        if c_ngce:  # -u_y (delta_jy - p_j) / D + N (u_j - p_j U) / D^2
-            n = 1.0 - pw_y
-            u_y, u_sum = w * pw_y, w * (k - d)
-            n_d2 = c_ngce * n / (d * d)
-            alpha += c_ngce * u_y / d - n_d2 * u_sum
-            beta = n_d2 * w  # coefficient of p^w (u = w p^w)
-            eta -= c_ngce * u_y / d
-        if c_gce:  # -p_y^w (delta_jy - p_j)
-            alpha += c_gce * pw_y
-            eta -= c_gce * pw_y
+        p, pw, y, alpha, beta, gamma, eta = ctx.saved_tensors
         grad = p * (alpha * g).unsqueeze(1)
         if beta is not None:
             grad.addcmul_(pw, (beta * g).unsqueeze(1))
@@ -253,52 +266,49 @@ class _HardTerms(torch.autograd.Function):
 
 
 class _SoftTerms(torch.autograd.Function):
-    """c_ce soft CE + c_rce soft RCE + c_ngce soft NGCE_w per voxel, soft target q."""
+    """c_ce soft CE + c_rce soft RCE + c_ngce soft NGCE_w per voxel, soft target q.
+
+    Gradient: dT/dz_j = g (alpha p_j + A_j) with per-voxel alpha and a [B, K, *sp] tensor A,
+    both computed in the forward.
+    """
 
     @staticmethod
     def forward(ctx: Any, z: Tensor, q: Tensor, c_ce: float, c_rce: float, c_ngce: float,
                 w: float, delta: float) -> Tensor:
-        logp = torch.log_softmax(z, 1)
-        p = logp.exp()
-        total = torch.zeros((z.shape[0], *z.shape[2:]), dtype=z.dtype, device=z.device)
-        c = r = pw = n = d = None
-        if c_ce:
-            total.add_((q * logp).sum(1), alpha=-c_ce)
-        if c_rce:
-            c = q.clamp_min(delta).log_().neg_()
-            r = (p * c).sum(1)
-            total.add_(r, alpha=c_rce)
-        if c_ngce:
-            pw = logp.mul(w).exp_()
-            n = 1.0 - (q * pw).sum(1)
-            d = z.shape[1] - pw.sum(1)
-            total.add_(n / d, alpha=c_ngce)
-        ctx.save_for_backward(p, q, c, r, pw, n, d)
-        ctx.coefs = (c_ce, c_rce, c_ngce, w)
+        k = z.shape[1]
+        p, zm, lse = _softmax_parts(z)
+        logp = zm.sub_(lse)
+        total = alpha = extra = None
+        if c_ce:  # -sum q log p;  grad: p_j sum(q) - q_j
+            total = _acc(total, (q * logp).sum(1), -c_ce)
+            alpha = _acc(alpha, q.sum(1), c_ce)
+            extra = _acc(extra, q * (-c_ce))
+        if c_rce:  # R = sum p c, c = -log max(q, delta);  grad: p_j (c_j - R)
+            pc = q.clamp_min(delta).log_().mul_(-1.0).mul_(p)
+            r = pc.sum(1)
+            total = _acc(total, r.clone(), c_rce)
+            alpha = _acc(alpha, r, -c_rce)
+            extra = _acc(extra, pc, c_rce)
+        if c_ngce:  # N / D;  grad: p_j (QU/D - N U/D^2) + u_j (N/D^2 - q_j/D), u = w p^w
+            pw = logp.mul_(w).exp_()
+            inv_d = pw.sum(1).neg_().add_(k).reciprocal_()  # 1 / D
+            n = (q * pw).sum(1).neg_().add_(1.0)  # N = 1 - sum q p^w
+            ngce_val = n * inv_d
+            total = _acc(total, ngce_val.clone(), c_ngce)
+            # QU/D - N U/D^2 with QU = w (1 - N), U = w (K - D)
+            a_ngce = (1.0 - n).mul_(inv_d).sub_(ngce_val * inv_d * (k - 1.0 / inv_d))
+            alpha = _acc(alpha, a_ngce, w * c_ngce)
+            coef = ngce_val.mul_(inv_d).unsqueeze(1) - inv_d.unsqueeze(1) * q  # N/D^2 - q_j/D
+            extra = _acc(extra, coef.mul_(pw), w * c_ngce)
+        assert total is not None and alpha is not None and extra is not None
+        ctx.save_for_backward(p, alpha, extra)
         return total
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
-        p, q, c, r, pw, n, d = ctx.saved_tensors
-        c_ce, c_rce, c_ngce, w = ctx.coefs
-        k = p.shape[1]
-        alpha = torch.zeros_like(g)
-        if c_ce:  # p_j sum(q) - q_j
-            alpha += c_ce * q.sum(1)
-        if c_rce:  # p_j (c_j - R)
-            alpha -= c_rce * r
-        if c_ngce:  # p_j (QU/D - N U/D^2) + u_j (N/D^2 - q_j/D)
-            qu, u_sum = w * (1.0 - n), w * (k - d)
-            alpha += c_ngce * (qu / d - n * u_sum / (d * d))
-        grad = p * (alpha * g).unsqueeze(1)
-        if c_rce:
-            grad.addcmul_(p * c, (c_rce * g).unsqueeze(1))
-        if c_ngce:
-            coef_u = (c_ngce * w * n / (d * d) * g).unsqueeze(1)
-            coef_uq = (c_ngce * w / d * g).unsqueeze(1)
-            grad.addcmul_(pw, coef_u - coef_uq * q)
-        if c_ce:
-            grad.addcmul_(q, (c_ce * g).unsqueeze(1), value=-1.0)
+        p, alpha, extra = ctx.saved_tensors
+        grad = p * alpha.unsqueeze(1)
+        grad.add_(extra).mul_(g.unsqueeze(1))
         return grad, None, None, None, None, None, None
 
 
@@ -464,10 +474,8 @@ def svls_targets(target: Tensor, num_classes: int, sigma: float,
     e = math.exp(-1.0 / (2.0 * sigma**2))
     w_sum = math.expm1(ndim * math.log1p(2.0 * e))  # (1 + 2e)^d - 1, accurate for tiny e
     with torch.no_grad(), _no_autocast(target):
-        labels = target.long()
-        x = torch.zeros((labels.shape[0], num_classes, *labels.shape[2:]), device=target.device,
-                        dtype=torch.float32)
-        x.scatter_(1, labels, 1.0)
+        classes = torch.arange(num_classes, device=target.device).view(1, -1, *([1] * ndim))
+        x = (target.long() == classes).to(torch.float32)  # one-hot [B, K, *sp]
         part: Tensor | None = None
         for dim in range(2, 2 + ndim):
             s = _neighbour_sum(x if part is None else x + part, dim)
@@ -483,38 +491,70 @@ def svls_targets(target: Tensor, num_classes: int, sigma: float,
 # --------------------------------------------------------------------------------------------
 
 
-def _prepare_mask(mask: Tensor | None, logits: Tensor) -> Tensor | None:
-    """Check a keep-mask and return it as float32 ``[B, 1, *spatial]``; None for all-kept."""
+class _Mask:
+    """A checked keep-mask: float ``[B, 1, *sp]`` for the Dice, bool ``[B, *sp]``, count."""
+
+    def __init__(self, mask: Tensor, logits: Tensor) -> None:
+        expected = (logits.shape[0], 1, *logits.shape[2:])
+        if mask.ndim == logits.ndim - 1:
+            mask = mask.unsqueeze(1)
+        if tuple(mask.shape) != expected:
+            # never broadcast a mask across samples or classes (a bug of the public code)
+            raise ValueError(f"mask shape {tuple(mask.shape)} must be [B, 1, *spatial] = "
+                             f"{expected}")
+        keep = mask if mask.dtype == torch.bool else mask != 0
+        self.keep = keep[:, 0]  # explicit [B, 1, *sp] -> [B, *sp], never a broadcast
+        self.count = int(torch.count_nonzero(keep))
+        self.all = self.count == keep.numel()
+        self.dice = None if self.all else keep.to(torch.float32)
+
+
+def _prepare_mask(mask: Tensor | None, logits: Tensor) -> _Mask | None:
+    """None for no mask or an all-ones mask (exactly the unmasked loss), else a :class:`_Mask`."""
     if mask is None:
         return None
-    expected = (logits.shape[0], 1, *logits.shape[2:])
-    if mask.ndim == logits.ndim - 1:
-        mask = mask.unsqueeze(1)
-    if tuple(mask.shape) != expected:
-        # never broadcast a mask across samples or classes (a bug of the public code)
-        raise ValueError(f"mask shape {tuple(mask.shape)} must be [B, 1, *spatial] = {expected}")
-    keep = mask != 0
-    if bool(keep.all()):
-        return None  # exactly the unmasked loss
-    return keep.to(torch.float32)
+    m = _Mask(mask, logits)
+    return None if m.all else m
 
 
-def _masked_mean(per_voxel: Tensor, mask: Tensor | None) -> Tensor:
+def _check_per_voxel(per_voxel: Tensor, logits: Tensor) -> Tensor:
+    expected = (logits.shape[0], *logits.shape[2:])
+    if tuple(per_voxel.shape) != expected:
+        raise ValueError(f"per_voxel shape {tuple(per_voxel.shape)} must be [B, *spatial] = "
+                         f"{expected}")
+    return per_voxel
+
+
+def _masked_mean(per_voxel: Tensor, mask: _Mask | None) -> Tensor:
     """Mean over voxels, or over kept voxels only: sum(term * m) / max(sum(m), 1)."""
     if mask is None:
         return per_voxel.mean()
-    m = mask[:, 0]  # [B, 1, *sp] -> [B, *sp]: explicit, never broadcast against [B, *sp]
-    kept = torch.where(m > 0, per_voxel, torch.zeros_like(per_voxel))
-    return kept.sum() / m.sum().clamp_min(1.0)
+    kept = torch.where(mask.keep, per_voxel, torch.zeros_like(per_voxel))
+    return kept.sum() / max(mask.count, 1)
+
+
+def _masked_ce(logits: Tensor, y: Tensor, mask: _Mask) -> Tensor:
+    """Mean CE over kept voxels, via ``ignore_index`` on the dropped ones (one fused kernel)."""
+    y_kept = torch.where(mask.keep, y, torch.full_like(y, -100))
+    # an empty mask: 'sum' over no voxel is 0 with zero gradients ('mean' would be 0/0)
+    reduction = "mean" if mask.count > 0 else "sum"
+    with _no_autocast(logits):
+        return F.cross_entropy(_at_least_float32(logits), y_kept, ignore_index=-100,
+                               reduction=reduction)
 
 
 class MaskedCompoundLoss(nn.Module):
     """Base: mean of per-voxel terms (float32) + weight_dice x nnU-Net's soft Dice.
 
-    Subclasses implement :meth:`terms`. ``forward(logits, target, mask=None) -> scalar`` with
-    ``logits`` ``[B, K, *sp]``, ``target`` ``[B, 1, *sp]`` integer labels and an optional keep
-    mask (bool/float ``[B, 1, *sp]``, nonzero = keep). ``soft_dice_kwargs`` go to
-    ``MemoryEfficientSoftDiceLoss`` on top of :data:`DEFAULT_SOFT_DICE_KWARGS`.
+    Subclasses implement :meth:`terms` (and :meth:`dice_target` if the Dice target is not the
+    hard label). ``forward(logits, target, mask=None, per_voxel=None) -> scalar`` with
+    ``logits`` ``[B, K, *sp]``, ``target`` ``[B, 1, *sp]`` integer labels, an optional keep mask
+    (bool/float ``[B, 1, *sp]``, nonzero = keep) and optionally the already computed
+    ``per_voxel_terms(logits, target)`` (with their graph) to avoid computing them twice, e.g.
+    when a co-teaching peer ranks its own per-voxel loss and is trained on it. Under nnU-Net's
+    ``DeepSupervisionWrapper`` pass lists: ``ds(outputs, targets, masks[, per_voxels])``.
+    ``soft_dice_kwargs`` go to ``MemoryEfficientSoftDiceLoss`` on top of
+    :data:`DEFAULT_SOFT_DICE_KWARGS`.
     """
 
     def __init__(self, soft_dice_kwargs: Mapping[str, Any] | None = None,
@@ -530,6 +570,10 @@ class MaskedCompoundLoss(nn.Module):
         """Return (per-voxel robust terms float32 ``[B, *sp]``, the Dice target)."""
         raise NotImplementedError
 
+    def dice_target(self, logits: Tensor, target: Tensor) -> Tensor:
+        """The Dice target alone (the hard label unless a subclass smooths it)."""
+        return target
+
     def per_voxel_terms(self, logits: Tensor, target: Tensor) -> Tensor:
         """The per-voxel sum of this loss's non-Dice terms, float32 ``[B, *spatial]``."""
         with _no_autocast(logits):
@@ -540,16 +584,21 @@ class MaskedCompoundLoss(nn.Module):
         """Per-voxel hard-label CE for small-loss ranking (see module-level per_voxel_ce)."""
         return per_voxel_ce(logits, target)
 
-    def forward(self, logits: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(self, logits: Tensor, target: Tensor, mask: Tensor | None = None,
+                per_voxel: Tensor | None = None) -> Tensor:
         """Scalar loss of one resolution; ``mask`` keeps voxels (see class docstring)."""
         _labels(logits, target)
         m = _prepare_mask(mask, logits)
         with _no_autocast(logits):
-            per_voxel, dice_target = self.terms(logits, target)
+            if per_voxel is None:
+                per_voxel, dice_target = self.terms(logits, target)
+            else:
+                per_voxel = _check_per_voxel(per_voxel, logits)
+                dice_target = self.dice_target(logits, target)
             robust = _masked_mean(per_voxel, m)
         if self.weight_dice == 0:
             return robust
-        dc = self.dc(logits, dice_target, loss_mask=m)
+        dc = self.dc(logits, dice_target, loss_mask=None if m is None else m.dice)
         return robust + self.weight_dice * dc
 
 
@@ -559,7 +608,8 @@ class CEDiceLoss(MaskedCompoundLoss):
     With ``soft_dice_kwargs`` as ``nnUNetTrainer._build_loss`` sets them (batch_dice from the
     plans, smooth 1e-5, do_bg False), ``weight_ce = weight_dice = 1`` and ``mask`` None or all
     ones, the value and gradients are those of ``DC_and_CE_loss`` bit for bit (same operations in
-    the same order). With a mask: CE averaged over kept voxels, Dice with the mask as
+    the same order; a given ``per_voxel`` is then not used). With a mask: CE averaged over kept
+    voxels (from ``per_voxel`` = :func:`per_voxel_ce` if given), Dice with the mask as
     ``loss_mask``. Ignore labels are not supported.
     """
 
@@ -572,18 +622,22 @@ class CEDiceLoss(MaskedCompoundLoss):
         """Per-voxel CE and the hard label as Dice target."""
         return per_voxel_ce(logits, target), target
 
-    def forward(self, logits: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(self, logits: Tensor, target: Tensor, mask: Tensor | None = None,
+                per_voxel: Tensor | None = None) -> Tensor:
         """Scalar CE + Dice of one resolution, optionally restricted to the kept voxels."""
         y = _labels(logits, target)
         m = _prepare_mask(mask, logits)
-        dc = self.dc(logits, target, loss_mask=m) if self.weight_dice != 0 else 0
+        dice_mask = None if m is None else m.dice
+        dc = self.dc(logits, target, loss_mask=dice_mask) if self.weight_dice != 0 else 0
         if self.weight_ce == 0:
             ce: Tensor | int = 0
         elif m is None:
             # what RobustCrossEntropyLoss does (autocast runs cross_entropy in float32 anyway)
             ce = F.cross_entropy(logits, y)
+        elif per_voxel is not None:
+            ce = _masked_mean(_check_per_voxel(per_voxel, logits), m)
         else:
-            ce = _masked_mean(per_voxel_ce(logits, target), m)
+            ce = _masked_ce(logits, y, m)
         return self.weight_ce * ce + self.weight_dice * dc
 
 
@@ -632,6 +686,12 @@ class SVLSLoss(MaskedCompoundLoss):
         self.kernel = _check_kernel(kernel)
         self.hard_dice = bool(hard_dice)
 
+    def dice_target(self, logits: Tensor, target: Tensor) -> Tensor:
+        """The SVLS soft target, or the hard label with ``hard_dice``."""
+        if self.hard_dice:
+            return target
+        return svls_targets(target, logits.shape[1], self.sigma, self.kernel)
+
     def terms(self, logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """Per-voxel soft CE and the Dice target (soft, or hard with ``hard_dice``)."""
         _labels(logits, target)
@@ -654,6 +714,12 @@ class HRLLoss(MaskedCompoundLoss):
         self.kernel = _check_kernel(kernel)
         self.hard_dice = bool(hard_dice)
         self.delta = _check_delta(delta)
+
+    def dice_target(self, logits: Tensor, target: Tensor) -> Tensor:
+        """The SVLS soft target, or the hard label with ``hard_dice``."""
+        if self.hard_dice:
+            return target
+        return svls_targets(target, logits.shape[1], self.sigma, self.kernel)
 
     def terms(self, logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """Per-voxel soft RCE + soft NGCE on the SVLS target, and the Dice target."""

@@ -207,20 +207,24 @@ def _acc(acc: Tensor | None, t: Tensor, scale: float = 1.0) -> Tensor:
 
 
 class _HardTerms(torch.autograd.Function):
-    """c_rce RCE + c_nce NCE + c_ngce NGCE_w + c_gce GCE_w per voxel, hard labels.
+    """c_ce CE + c_rce RCE + c_nce NCE + c_ngce NGCE_w + c_gce GCE_w per voxel, hard labels.
 
     The forward also computes the per-voxel gradient coefficients (alpha, beta, gamma, eta of
     the section comment); the backward only scales them by the incoming gradient.
     """
 
     @staticmethod
-    def forward(ctx: Any, z: Tensor, y: Tensor, c_rce: float, c_nce: float, c_ngce: float,
-                c_gce: float, w: float, delta: float) -> Tensor:
+    def forward(ctx: Any, z: Tensor, y: Tensor, c_ce: float, c_rce: float, c_nce: float,
+                c_ngce: float, c_gce: float, w: float, delta: float) -> Tensor:
         k = z.shape[1]
         p, zm, lse = _softmax_parts(z)
         lse = lse[:, 0]
         l_y = _gather(zm, y).sub_(lse)  # log p_y
         total = alpha = beta = gamma = eta = None
+        if c_ce:  # CE = -l_y;  grad: p_j - delta_jy
+            total = _acc(total, l_y.neg(), c_ce)
+            alpha = torch.full_like(l_y, c_ce)
+            eta = torch.full_like(l_y, -c_ce)
         if c_rce:  # RCE = A (1 - p_y);  grad: -A p_y (delta_jy - p_j)
             a_py = l_y.exp().mul_(-math.log(delta) * c_rce)
             total = _acc(total, a_py.neg().add_(-math.log(delta) * c_rce))
@@ -262,7 +266,7 @@ class _HardTerms(torch.autograd.Function):
         if gamma is not None:
             grad.add_((gamma * g).unsqueeze(1))
         grad.scatter_add_(1, y.unsqueeze(1), (eta * g).unsqueeze(1))
-        return grad, None, None, None, None, None, None, None
+        return grad, None, None, None, None, None, None, None, None
 
 
 class _SoftTerms(torch.autograd.Function):
@@ -279,10 +283,9 @@ class _SoftTerms(torch.autograd.Function):
         p, zm, lse = _softmax_parts(z)
         logp = zm.sub_(lse)
         total = alpha = extra = None
-        if c_ce:  # -sum q log p;  grad: p_j sum(q) - q_j
+        if c_ce:  # -sum q log p;  grad: p_j sum(q) - q_j  (the -q_j part in the backward)
             total = _acc(total, (q * logp).sum(1), -c_ce)
             alpha = _acc(alpha, q.sum(1), c_ce)
-            extra = _acc(extra, q * (-c_ce))
         if c_rce:  # R = sum p c, c = -log max(q, delta);  grad: p_j (c_j - R)
             pc = q.clamp_min(delta).log_().mul_(-1.0).mul_(p)
             r = pc.sum(1)
@@ -300,25 +303,30 @@ class _SoftTerms(torch.autograd.Function):
             alpha = _acc(alpha, a_ngce, w * c_ngce)
             coef = ngce_val.mul_(inv_d).unsqueeze(1) - inv_d.unsqueeze(1) * q  # N/D^2 - q_j/D
             extra = _acc(extra, coef.mul_(pw), w * c_ngce)
-        assert total is not None and alpha is not None and extra is not None
-        ctx.save_for_backward(p, alpha, extra)
+        assert total is not None and alpha is not None
+        ctx.save_for_backward(p, alpha, extra, q if c_ce else None)
+        ctx.c_ce = c_ce
         return total
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
-        p, alpha, extra = ctx.saved_tensors
+        p, alpha, extra, q = ctx.saved_tensors
         grad = p * alpha.unsqueeze(1)
-        grad.add_(extra).mul_(g.unsqueeze(1))
+        if extra is not None:
+            grad.add_(extra)
+        if q is not None:
+            grad.sub_(q, alpha=ctx.c_ce)
+        grad.mul_(g.unsqueeze(1))
         return grad, None, None, None, None, None, None
 
 
-def _hard(logits: Tensor, target: Tensor, c_rce: float = 0.0, c_nce: float = 0.0,
-          c_ngce: float = 0.0, c_gce: float = 0.0, w: float = 1.0,
+def _hard(logits: Tensor, target: Tensor, c_ce: float = 0.0, c_rce: float = 0.0,
+          c_nce: float = 0.0, c_ngce: float = 0.0, c_gce: float = 0.0, w: float = 1.0,
           delta: float = DEFAULT_DELTA) -> Tensor:
     y = _labels(logits, target)
     with _no_autocast(logits):
-        return _HardTerms.apply(_at_least_float32(logits), y, c_rce, c_nce, c_ngce, c_gce, w,
-                                delta)
+        return _HardTerms.apply(_at_least_float32(logits), y, c_ce, c_rce, c_nce, c_ngce, c_gce,
+                                w, delta)
 
 
 def _soft(logits: Tensor, soft_target: Tensor, c_ce: float = 0.0, c_rce: float = 0.0,
@@ -334,11 +342,10 @@ def per_voxel_ce(logits: Tensor, target: Tensor) -> Tensor:
     """Per-voxel cross-entropy -log p_y, float32 ``[B, *spatial]`` (the small-loss ranking key).
 
     ``logits`` ``[B, K, *spatial]``; ``target`` integer labels ``[B, 1, *spatial]`` in [0, K).
-    Differentiable; computed in (at least) float32 outside autocast.
+    Differentiable (fused gradient p - q, cheaper than ``F.cross_entropy(reduction="none")``
+    followed by a masked mean); computed in (at least) float32 outside autocast.
     """
-    y = _labels(logits, target)
-    with _no_autocast(logits):
-        return F.cross_entropy(_at_least_float32(logits), y, reduction="none")
+    return _hard(logits, target, c_ce=1.0)
 
 
 def nce(logits: Tensor, target: Tensor) -> Tensor:
@@ -464,6 +471,9 @@ def svls_targets(target: Tensor, num_classes: int, sigma: float,
     P = (prod_d (I + e S_d) - I) x (S_d: sum of the two neighbours along axis d) is accumulated
     axis by axis without cancellation; with W = (1 + 2e)^d - 1 the total neighbour weight,
     gaussian = (x + P) / (1 + W) and islam = (W x + P) / (2 W) (centre weight W / 2W = 1/2).
+    Only classes 1..K-1 are convolved; class 0 gets 1 minus their sum (the convolution of a
+    one-hot that sums to 1 with a kernel that sums to 1 sums to 1), clamped at 0 against
+    rounding.
     """
     if target.ndim not in (4, 5) or target.shape[1] != 1:
         raise ValueError(f"target must be [B, 1, *spatial] with 2 or 3 spatial dims, got "
@@ -474,16 +484,25 @@ def svls_targets(target: Tensor, num_classes: int, sigma: float,
     e = math.exp(-1.0 / (2.0 * sigma**2))
     w_sum = math.expm1(ndim * math.log1p(2.0 * e))  # (1 + 2e)^d - 1, accurate for tiny e
     with torch.no_grad(), _no_autocast(target):
-        classes = torch.arange(num_classes, device=target.device).view(1, -1, *([1] * ndim))
-        x = (target.long() == classes).to(torch.float32)  # one-hot [B, K, *sp]
+        b, spatial = target.shape[0], target.shape[2:]
+        out = torch.empty((b, num_classes, *spatial), device=target.device, dtype=torch.float32)
+        if num_classes == 1:
+            return out.fill_(1.0)
+        # smooth classes 1..K-1; class 0 is the rest (the smoothed one-hot sums to 1)
+        classes = torch.arange(1, num_classes, device=target.device).view(1, -1, *([1] * ndim))
+        x = (target.long() == classes).to(torch.float32)  # one-hot of classes 1..K-1
         part: Tensor | None = None
         for dim in range(2, 2 + ndim):
             s = _neighbour_sum(x if part is None else x + part, dim)
             part = s.mul_(e) if part is None else part.add_(s, alpha=e)
         assert part is not None
+        rest = out[:, 1:]
         if kernel == "gaussian":
-            return part.add_(x).div_(1.0 + w_sum)
-        return part.add_(x, alpha=w_sum).div_(2.0 * w_sum)
+            torch.add(part, x, out=rest).div_(1.0 + w_sum)
+        else:
+            torch.add(part, x, alpha=w_sum, out=rest).div_(2.0 * w_sum)
+        torch.sum(rest, 1, out=out[:, 0]).neg_().add_(1.0).clamp_(min=0.0)
+        return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -492,7 +511,8 @@ def svls_targets(target: Tensor, num_classes: int, sigma: float,
 
 
 class _Mask:
-    """A checked keep-mask: float ``[B, 1, *sp]`` for the Dice, bool ``[B, *sp]``, count."""
+    """A checked keep-mask: float32 0/1 ``[B, 1, *sp]`` (Dice ``loss_mask`` and weights of the
+    per-voxel mean), bool ``[B, *sp]`` and the number of kept voxels."""
 
     def __init__(self, mask: Tensor, logits: Tensor) -> None:
         expected = (logits.shape[0], 1, *logits.shape[2:])
@@ -517,6 +537,20 @@ def _prepare_mask(mask: Tensor | None, logits: Tensor) -> _Mask | None:
     return None if m.all else m
 
 
+def _dice_onehot(logits: Tensor, dice_target: Tensor) -> Tensor:
+    """A label map ``[B, 1, *sp]`` as float32 one-hot ``[B, K, *sp]``; soft targets unchanged.
+
+    nnU-Net's Dice takes a target of the logits' shape as the one-hot itself; building it by
+    comparison is ~2x cheaper on the CPU than the zeros + scatter_ it does for a label map, and
+    gives the same 0/1 values, hence bit-identical Dice values and gradients.
+    """
+    if dice_target.shape == logits.shape:
+        return dice_target
+    k = logits.shape[1]
+    classes = torch.arange(k, device=logits.device).view(1, k, *([1] * (logits.ndim - 2)))
+    return (dice_target.long() == classes).to(torch.float32)
+
+
 def _check_per_voxel(per_voxel: Tensor, logits: Tensor) -> Tensor:
     expected = (logits.shape[0], *logits.shape[2:])
     if tuple(per_voxel.shape) != expected:
@@ -529,8 +563,10 @@ def _masked_mean(per_voxel: Tensor, mask: _Mask | None) -> Tensor:
     """Mean over voxels, or over kept voxels only: sum(term * m) / max(sum(m), 1)."""
     if mask is None:
         return per_voxel.mean()
-    kept = torch.where(mask.keep, per_voxel, torch.zeros_like(per_voxel))
-    return kept.sum() / max(mask.count, 1)
+    # a dot product with the 0/1 mask: ~5x cheaper (forward + backward) than torch.where on the
+    # CPU; the per-voxel terms are finite for finite logits, so 0 * term is 0
+    weights = mask.dice.reshape(-1).to(per_voxel.dtype)
+    return torch.dot(per_voxel.reshape(-1), weights) / max(mask.count, 1)
 
 
 def _masked_ce(logits: Tensor, y: Tensor, mask: _Mask) -> Tensor:
@@ -598,7 +634,8 @@ class MaskedCompoundLoss(nn.Module):
             robust = _masked_mean(per_voxel, m)
         if self.weight_dice == 0:
             return robust
-        dc = self.dc(logits, dice_target, loss_mask=None if m is None else m.dice)
+        dc = self.dc(logits, _dice_onehot(logits, dice_target),
+                     loss_mask=None if m is None else m.dice)
         return robust + self.weight_dice * dc
 
 
@@ -628,7 +665,8 @@ class CEDiceLoss(MaskedCompoundLoss):
         y = _labels(logits, target)
         m = _prepare_mask(mask, logits)
         dice_mask = None if m is None else m.dice
-        dc = self.dc(logits, target, loss_mask=dice_mask) if self.weight_dice != 0 else 0
+        dc = (self.dc(logits, _dice_onehot(logits, target), loss_mask=dice_mask)
+              if self.weight_dice != 0 else 0)
         if self.weight_ce == 0:
             ce: Tensor | int = 0
         elif m is None:

@@ -2,10 +2,12 @@
 
 Notation: logits ``z`` of shape ``[B, K, *spatial]`` (float, any dtype), ``p = softmax(z)`` over
 the K classes, integer target ``y`` of shape ``[B, 1, *spatial]`` (``[B, *spatial]`` is accepted
-too), one-hot ``q``. Every per-voxel function returns a float32 tensor ``[B, *spatial]``; the
-loss modules return a scalar and follow nnU-Net's loss call ``loss(logits, target)`` plus an
-optional keep-mask ``loss(logits, target, mask)`` so that nnU-Net's ``DeepSupervisionWrapper``
-can apply them per resolution with a list of masks as its third argument.
+too), one-hot ``q``. Every per-voxel function returns a float32 tensor ``[B, *spatial]``
+(float64 for float64 logits); the loss modules return a scalar and follow nnU-Net's loss call
+``loss(logits, target)`` plus an optional keep-mask ``loss(logits, target, mask)`` and optional
+precomputed per-voxel terms ``loss(logits, target, mask, per_voxel)``, so that nnU-Net's
+``DeepSupervisionWrapper`` applies them per resolution with lists of masks (and per-voxel
+terms) as further arguments.
 
 Formulas and where they come from (checked against the authors' public code):
 
@@ -43,7 +45,9 @@ Numerics: every robust term is computed in float32 outside autocast; the Dice is
 nnU-Net. Masked losses (co-teaching): per-voxel terms are averaged over kept voxels only,
 ``sum(term * mask) / max(sum(mask), 1)``, and the Dice receives the mask as nnU-Net's
 ``loss_mask``; an all-ones mask takes exactly the unmasked code path, an empty one gives a finite
-loss with zero gradients.
+loss with zero gradients (for finite logits). Speed: the robust terms are fused autograd
+functions with hand-derived gradients (see ``benchmarks/losses.py`` for their cost relative to
+nnU-Net's ``DC_and_CE_loss``).
 """
 
 from __future__ import annotations

@@ -25,7 +25,26 @@ References and what is deliberately not copied:
   16x16 grid of thresholds per sample and tiles it periodically over the 128x128 image
   (``repeat(1, 1, 8, 8)``) to save sampling time: ``mode="tiled"`` reproduces that, with a 16^d
   grid tiled periodically over d spatial dims. They compare with ``>``; DESIGN says "at least",
-  so we keep ``p >= ramp * theta`` (identical with probability one for ramp > 0).
+  so we keep ``p >= ramp * theta`` (identical with probability one for ramp > 0). As their
+  segmentation code, we neither clip theta to [0.01, 0.99] nor redraw when fewer than 10% are
+  kept (their classification code does both). Beta draws come from a ``torch.Generator`` by
+  inverse-CDF sampling (:func:`sample_beta`), so a seeded generator reproduces them exactly.
+
+Use in a trainer, per deep-supervision level l (logits ``out_a[l]``, ``out_b[l]``, label map
+``t[l]``, loss modules from :mod:`nnrobustloss.losses`)::
+
+    ce_a, ce_b = per_voxel_ce(out_a[l], t[l]), per_voxel_ce(out_b[l], t[l])   # with graph
+    r = R * ramp(epoch, delay, gradual)
+    keep_from_a = small_loss_mask(ce_a.detach(), r)          # CoT: A's small-loss voxels
+    # CoT+:   cot_plus_mask(ce_a.detach(), predicted_labels(out_a[l]),
+    #                       predicted_labels(out_b[l]), r, epoch, delay)
+    # StoCoT: stocot_mask(torch.exp(-ce_a.detach()), ramp(...), a, b, generator)
+    # HRL:    stocot_mask(label_probability(out_a[l], t[l]), ramp(...), a, b, generator)
+    loss_b = loss(out_b[l], t[l], keep_from_a, ce_b)         # B learns from A's selection
+    loss_a = loss(out_a[l], t[l], keep_from_b, ce_a)
+
+(``DeepSupervisionWrapper(loss, weights)(outs, targets, masks, per_voxels)`` does the sum over
+levels when the four arguments are lists.)
 """
 
 from __future__ import annotations

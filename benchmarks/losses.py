@@ -154,6 +154,10 @@ def main() -> None:
                                  else (base, base_lo, "Baseline"))
         print(f"| {name} | {1000 * med[name]:.1f} | {med[name] / ref:.2f} | "
               f"{1000 * low[name]:.1f} | {low[name] / ref_lo:.2f} | {ref_name} |")
+    print()
+    print("Co-teaching rows: both peers' per-voxel CE (kept and reused by the masked CE), the two "
+          "masks, the two masked CE + Dice losses, one backward; HRL: label probabilities, "
+          "StoCoT masks, two masked HRL losses. min: least-disturbed repeat on a shared machine.")
 
 
 if __name__ == "__main__":

@@ -225,10 +225,8 @@ class _HardTerms(torch.autograd.Function):
         lse = lse[:, 0]
         l_y = _gather(zm, y).sub_(lse)  # log p_y
         total = alpha = beta = gamma = eta = None
-        if c_ce:  # CE = -l_y;  grad: p_j - delta_jy
+        if c_ce:  # CE = -l_y;  grad: c_ce (p_j - delta_jy), constant coefficients
             total = _acc(total, l_y.neg(), c_ce)
-            alpha = torch.full_like(l_y, c_ce)
-            eta = torch.full_like(l_y, -c_ce)
         if c_rce:  # RCE = A (1 - p_y);  grad: -A p_y (delta_jy - p_j)
             a_py = l_y.exp().mul_(-math.log(delta) * c_rce)
             total = _acc(total, a_py.neg().add_(-math.log(delta) * c_rce))
@@ -257,19 +255,23 @@ class _HardTerms(torch.autograd.Function):
                 total = _acc(total, pw_y.neg().add_(1.0), c_gce / w)
                 alpha = _acc(alpha, pw_y.clone(), c_gce)
                 eta = _acc(eta, pw_y.clone(), -c_gce)
-        assert total is not None and alpha is not None and eta is not None
+        assert total is not None
         ctx.save_for_backward(p, pw if beta is not None else None, y, alpha, beta, gamma, eta)
+        ctx.c_ce = c_ce
         return total
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
         p, pw, y, alpha, beta, gamma, eta = ctx.saved_tensors
-        grad = p * (alpha * g).unsqueeze(1)
+        c_ce = ctx.c_ce
+        a = g * c_ce if alpha is None else (alpha + c_ce) * g if c_ce else alpha * g
+        e = -c_ce * g if eta is None else (eta - c_ce) * g if c_ce else eta * g
+        grad = p * a.unsqueeze(1)
         if beta is not None:
             grad.addcmul_(pw, (beta * g).unsqueeze(1))
         if gamma is not None:
             grad.add_((gamma * g).unsqueeze(1))
-        grad.scatter_add_(1, y.unsqueeze(1), (eta * g).unsqueeze(1))
+        grad.scatter_add_(1, y.unsqueeze(1), e.unsqueeze(1))
         return grad, None, None, None, None, None, None, None, None
 
 

@@ -108,8 +108,9 @@ def _check_rate(forget_rate: float) -> float:
     return r
 
 
-def _kth_smallest(flat: Tensor, k: int) -> Tensor:
-    """The k-th smallest entry (1-based) of 1-D ``flat``, exactly; a 0-d tensor.
+def _kth_smallest(flat: Tensor, k: int) -> tuple[Tensor, int | None]:
+    """The k-th smallest entry v (1-based) of 1-D ``flat``, exactly (a 0-d tensor), and
+    count(flat <= v) when it comes for free (else None).
 
     For large inputs, a strided sample of every 61st entry brackets the answer between two
     sample order statistics [lo, hi]; if count(< lo) < k <= count(<= hi), the answer is the
@@ -119,19 +120,21 @@ def _kth_smallest(flat: Tensor, k: int) -> Tensor:
     """
     n = flat.numel()
     if n < 65_536:
-        return flat.kthvalue(k).values
-    sample = flat[::61].sort().values  # a prime stride: no alignment with the patch axes
+        return flat.kthvalue(k).values, None
+    sample = flat[::61].clone()  # a prime stride: no alignment with the patch axes
     m = sample.numel()
     rank = k * m / n
     margin = 3.0 * math.sqrt(m) + 2.0  # >= 6 standard deviations of a random sample's rank
     lo_i, hi_i = math.floor(rank - margin), math.ceil(rank + margin)
-    lo = sample[lo_i] if lo_i >= 0 else flat.new_tensor(-math.inf)
-    hi = sample[hi_i] if hi_i < m else flat.new_tensor(math.inf)
+    # two selections on the small sample (cheaper than sorting it)
+    lo = sample.kthvalue(lo_i + 1).values if lo_i >= 0 else flat.new_tensor(-math.inf)
+    hi = sample.kthvalue(hi_i + 1).values if hi_i < m else flat.new_tensor(math.inf)
     n_below = int(torch.count_nonzero(flat < lo))
     candidates = flat[(flat >= lo) & (flat <= hi)]
     if n_below < k <= n_below + candidates.numel():
-        return candidates.kthvalue(k - n_below).values
-    return flat.kthvalue(k).values
+        v = candidates.kthvalue(k - n_below).values
+        return v, n_below + int(torch.count_nonzero(candidates <= v))
+    return flat.kthvalue(k).values, None
 
 
 def _keep_smallest(flat: Tensor, n_keep: int) -> Tensor:
@@ -146,9 +149,10 @@ def _keep_smallest(flat: Tensor, n_keep: int) -> Tensor:
         return torch.zeros(n, dtype=torch.bool, device=flat.device)
     if n_keep >= n:
         return torch.ones(n, dtype=torch.bool, device=flat.device)
-    v = _kth_smallest(flat, n_keep)
+    v, n_le = _kth_smallest(flat, n_keep)
     keep = flat <= v
-    n_le = int(torch.count_nonzero(keep))
+    if n_le is None:
+        n_le = int(torch.count_nonzero(keep))
     if n_le > n_keep:  # ties at v straddle the cut: keep the first ones by index
         equal = flat == v
         n_less = n_le - int(torch.count_nonzero(equal))

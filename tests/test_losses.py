@@ -176,6 +176,26 @@ def test_fused_gradients_equal_autograd_of_the_formulas(name, w):
                                                                           .requires_grad_(),))
 
 
+def test_combined_terms_equal_the_sum_of_single_terms_with_gradients():
+    g = torch.Generator().manual_seed(14)
+    z = (2 * torch.randn((2, 3, 4, 3, 2), generator=g, dtype=torch.float64)).requires_grad_(True)
+    y = torch.randint(0, 3, (2, 1, 4, 3, 2), generator=g)
+    q = svls_targets(y, 3, 0.8).double()
+    weights = torch.rand((2, 4, 3, 2), generator=g, dtype=torch.float64)
+    cases = [
+        (APL1Loss().per_voxel_terms(z, y), rce(z, y) + nce(z, y)),
+        (APL2Loss(0.4).per_voxel_terms(z, y), rce(z, y) + ngce(z, y, 0.4)),
+        (HRLLoss(0.4, 0.8).per_voxel_terms(z, y), soft_rce(z, q) + soft_ngce(z, q, 0.4)),
+        (SVLSLoss(0.8).per_voxel_terms(z, y), soft_ce(z, q)),
+        (CEDiceLoss().per_voxel_terms(z, y), F.cross_entropy(z, y[:, 0], reduction="none")),
+    ]
+    for combined, separate in cases:
+        assert torch.allclose(combined, separate, rtol=1e-12, atol=1e-12)
+        (g1,) = torch.autograd.grad((combined * weights).sum(), z)
+        (g2,) = torch.autograd.grad((separate * weights).sum(), z)
+        assert torch.allclose(g1, g2, rtol=1e-10, atol=1e-12)
+
+
 def test_gradients_are_finite_for_saturated_logits():
     # p of the label underflows to 0 in float32: p**w would have an infinite derivative
     z = torch.tensor([[200.0, -200.0, 0.0], [0.0, 0.0, 0.0]]).T[None, :, :, None]

@@ -137,14 +137,10 @@ def _check_semantics(cfg: Mapping[str, Any]) -> None:
 def evaluation_regions(task: Mapping[str, Any]) -> dict[str, list[int]]:
     """Regions evaluated for a task: each foreground class (unless ``include_classes`` is false)
     followed by the task's extra ``regions``, as ``{name: [label values]}`` in that order."""
-    regions: dict[str, list[int]] = {}
-    if task.get("include_classes", True):
-        for name, value in task["labels"].items():
-            if value != 0:
-                regions[name] = [int(value)]
-    for name, values in (task.get("regions") or {}).items():
-        regions[name] = [int(v) for v in values]
-    return regions
+    from nnrobustloss.metrics import build_regions
+
+    labels = task["labels"] if task.get("include_classes", True) else {"background": 0}
+    return build_regions(labels, task.get("regions") or {})
 
 
 def load_config(*paths: str | os.PathLike[str], overrides: Mapping[str, Any] | None = None

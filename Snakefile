@@ -1,0 +1,54 @@
+# nnRobustLoss: do robust losses still help a strong nnU-Net baseline under label noise?
+# Entry point: loads the config, validates it against the schema, includes one rule file per stage.
+#   snakemake --cores 2                                   # the bundled phantom task
+#   snakemake --profile profiles/slurm --configfile config/paper.yaml   # the paper's study
+
+from nnrobustloss import pipeline as P
+from nnrobustloss.config import validate_config
+from nnrobustloss.methods import get_method
+
+
+configfile: "config/config.yaml"
+
+
+config = validate_config(config)
+R = config["results_dir"]
+TASKS = list(config["tasks"])
+METHODS = list(config["methods"])
+FOLDS = list(config["folds"])
+TUNED = [m for m in METHODS if get_method(m).needs_tuning]
+ENV = "envs/nnrobustloss.yaml"
+
+
+wildcard_constraints:
+    task="|".join(TASKS),
+    method="|".join(METHODS),
+    fold=r"\d+",
+    worker=r"\d+",
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/plan.smk"
+include: "workflow/rules/tune.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/predict.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+localrules:
+    all,
+    data,
+
+
+rule all:
+    input:
+        report_outputs(),
+
+
+rule data:
+    """The data stage only: raw datasets, noise reports, splits and preprocessed data."""
+    input:
+        expand(f"{R}/preprocessed/{{task}}.json", task=TASKS),
+        expand(f"{R}/noise/{{task}}.csv", task=TASKS),

@@ -1,0 +1,43 @@
+"""Where every stage's outputs live under the results folder (DESIGN.md section 2)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from nnrobustloss.datasets.raw import dataset_name
+
+__all__ = ["dataset_name", "raw_dir", "reference_labels_dir", "preprocessed_dir", "study_dir",
+           "training_dir", "predictions_dir"]
+
+
+def raw_dir(results_dir: str | os.PathLike[str], task: str, dataset_id: int,
+            reference: bool = False) -> Path:
+    """``raw/DatasetNNN_<Task>[Ref]``."""
+    return Path(results_dir) / "raw" / dataset_name(dataset_id, task, reference)
+
+
+def reference_labels_dir(results_dir: str | os.PathLike[str], task: str) -> Path:
+    """``reference/<Task>``: the reference labels used for every evaluation."""
+    return Path(results_dir) / "reference" / task
+
+
+def preprocessed_dir(results_dir: str | os.PathLike[str], task: str, dataset_id: int,
+                     reference: bool = False) -> Path:
+    """``preprocessed/DatasetNNN_<Task>[Ref]``."""
+    return Path(results_dir) / "preprocessed" / dataset_name(dataset_id, task, reference)
+
+
+def study_dir(results_dir: str | os.PathLike[str], task: str, method: str, fold: int) -> Path:
+    """``tuning/<Task>/<Method>/fold<k>``: the study's storage file, trials and results."""
+    return Path(results_dir) / "tuning" / task / method / f"fold{fold}"
+
+
+def training_dir(results_dir: str | os.PathLike[str], task: str, method: str, fold: int) -> Path:
+    """``training/<Task>/<Method>/fold<k>``: the nnU-Net output folder of a final training."""
+    return Path(results_dir) / "training" / task / method / f"fold{fold}"
+
+
+def predictions_dir(results_dir: str | os.PathLike[str], task: str, method: str, fold: int) -> Path:
+    """``predictions/<Task>/<Method>/fold<k>``."""
+    return Path(results_dir) / "predictions" / task / method / f"fold{fold}"

@@ -1,0 +1,310 @@
+"""The pipeline's stages, shared by the Snakemake rules and the ``nnrobustloss`` command.
+
+Each stage has two functions:
+
+- ``<stage>_params(config, ...)``: the result-relevant settings of the stage, taken from the
+  validated config. The Snakefile puts exactly this dict into the rule's ``params:`` (so that
+  Snakemake reruns a job when, and only when, one of them changes); the command line uses it too.
+- ``run_<stage>(**params, <outputs>)``: does the work and writes the outputs atomically.
+
+Settings that do not change results (``device``, ``tuning.workers``, number of processes) are
+passed separately. Output locations follow DESIGN.md section 2 (:mod:`nnrobustloss.layout`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+
+from nnrobustloss import layout
+from nnrobustloss.config import evaluation_regions
+from nnrobustloss.errors import ConfigError
+from nnrobustloss.fileio import atomic_path, read_image, read_json, write_json
+from nnrobustloss.methods import get_method
+
+
+def _task(config: Mapping[str, Any], task: str) -> Mapping[str, Any]:
+    if task not in config["tasks"]:
+        raise ConfigError(f"tasks.{task}: unknown task; the config defines "
+                          f"{', '.join(config['tasks'])}.")
+    return config["tasks"][task]
+
+
+# --- convert -------------------------------------------------------------------------------
+
+def convert_params(config: Mapping[str, Any], task: str) -> dict[str, Any]:
+    """Settings of the convert stage: the task's definition and the seed."""
+    t = _task(config, task)
+    keys = ("dataset_id", "reference_dataset_id", "labels", "channel", "noise", "sources")
+    return {"task": task, "task_cfg": {k: t[k] for k in keys if k in t}, "seed": config["seed"]}
+
+
+def run_convert(task: str, task_cfg: Mapping[str, Any], seed: int,
+                results_dir: str | os.PathLike[str], manifest: str | os.PathLike[str]) -> None:
+    """Convert the task's sources into its raw datasets; write the manifest ``raw/<Task>.json``
+    (dataset folders and case ids) last."""
+    from nnrobustloss.datasets.convert import convert_task
+
+    raw = convert_task(task, task_cfg, results_dir, seed=seed)
+    write_json(manifest, {"task": task, "noisy": raw.noisy.name, "reference": raw.reference.name,
+                          "case_ids": list(raw.case_ids)})
+
+
+# --- noise report --------------------------------------------------------------------------
+
+def noise_params(config: Mapping[str, Any], task: str) -> dict[str, Any]:
+    """Settings of the noise report: the task's ids, regions and surface tolerance."""
+    t = _task(config, task)
+    return {"task": task, "dataset_id": t["dataset_id"], "regions": evaluation_regions(t),
+            "tolerance_mm": t["tolerance_mm"]}
+
+
+def run_noise_report(task: str, dataset_id: int, regions: Mapping[str, Sequence[int]],
+                     tolerance_mm: float | Mapping[str, float],
+                     results_dir: str | os.PathLike[str], out_csv: str | os.PathLike[str]) -> pd.DataFrame:
+    """Measure every case's label noise: Dice, ASD and surface Dice of the noisy training labels
+    against the reference labels, per class/region; write the tidy ``noise/<Task>.csv``
+    (``task, case, region, metric, value``) and print the dataset means."""
+    from nnrobustloss.metrics import evaluate_case
+
+    noisy_dir = layout.raw_dir(results_dir, task, dataset_id) / "labelsTr"
+    ref_dir = layout.reference_labels_dir(results_dir, task)
+    rows = []
+    files = sorted(noisy_dir.glob("*.nii.gz"))
+    for i, f in enumerate(files, 1):
+        case = f.name[: -len(".nii.gz")]
+        noisy_img, ref_img = read_image(f), read_image(ref_dir / f.name)
+        spacing = ref_img.GetSpacing()[::-1]
+        res = evaluate_case(sitk.GetArrayFromImage(noisy_img), sitk.GetArrayFromImage(ref_img),
+                            spacing, regions, tolerance_mm)
+        for region, metrics in res.items():
+            for metric, value in metrics.items():
+                rows.append({"task": task, "case": case, "region": region, "metric": metric,
+                             "value": value})
+        print(f"[noise {task}] {i}/{len(files)} {case}", file=sys.stderr, flush=True)
+    df = pd.DataFrame(rows, columns=["task", "case", "region", "metric", "value"])
+    with atomic_path(out_csv) as tmp:
+        df.to_csv(tmp, index=False, na_rep="NaN")
+    means = df.groupby(["region", "metric"])["value"].mean().unstack()
+    print(f"[noise {task}] mean noisy-vs-reference per region:\n{means.to_string()}",
+          file=sys.stderr)
+    return df
+
+
+# --- splits --------------------------------------------------------------------------------
+
+def splits_params(config: Mapping[str, Any], task: str) -> dict[str, Any]:
+    """Settings of the splits stage: number of folds and seed."""
+    t = _task(config, task)
+    return {"task": task, "dataset_id": t["dataset_id"], "n_folds": config["n_folds"],
+            "seed": config["seed"]}
+
+
+def run_splits(task: str, dataset_id: int, n_folds: int, seed: int,
+               results_dir: str | os.PathLike[str], out_json: str | os.PathLike[str]) -> None:
+    """Write the task's k-fold splits (shared by the noisy and reference datasets)."""
+    from nnrobustloss.splits import write_splits
+
+    write_splits(layout.raw_dir(results_dir, task, dataset_id), out_json, n_folds=n_folds, seed=seed)
+
+
+# --- plan ----------------------------------------------------------------------------------
+
+def plan_params(config: Mapping[str, Any], task: str) -> dict[str, Any]:
+    """Settings of the plan stage: dataset ids, planner and (for ``cpu``) the CPU plan."""
+    t = _task(config, task)
+    p = config["planning"]
+    return {"task": task, "dataset_id": t["dataset_id"],
+            "reference_dataset_id": t["reference_dataset_id"], "planner": p["planner"],
+            "configuration": p["configuration"], "cpu_plan": p.get("cpu_plan")}
+
+
+def run_plan(task: str, dataset_id: int, reference_dataset_id: int, planner: str,
+             configuration: str, cpu_plan: Mapping[str, Any] | None,
+             results_dir: str | os.PathLike[str], splits_json: str | os.PathLike[str],
+             manifest: str | os.PathLike[str], num_processes: int = 2) -> None:
+    """Plan and preprocess both datasets with identical plans; write ``preprocessed/<Task>.json``."""
+    from nnrobustloss.planning import PLANS_IDENTIFIER, plan_and_preprocess
+
+    noisy, ref = plan_and_preprocess(task, dataset_id, reference_dataset_id, results_dir,
+                                     planner=planner, configuration=configuration,
+                                     cpu_plan=cpu_plan, splits_file=splits_json,
+                                     num_processes=num_processes)
+    write_json(manifest, {"task": task, "noisy": noisy.name, "reference": ref.name,
+                          "plans": PLANS_IDENTIFIER, "configuration": configuration})
+
+
+# --- training (shared by tuning and final training) ----------------------------------------
+
+def _training_kwargs(config: Mapping[str, Any], task: str, method: str, fold: int,
+                     budget: Mapping[str, Any]) -> dict[str, Any]:
+    t = _task(config, task)
+    spec = get_method(method)
+    ds = t["reference_dataset_id"] if spec.uses_reference else t["dataset_id"]
+    return {
+        "task": task, "method": spec.id, "fold": int(fold),
+        "dataset": layout.dataset_name(ds, task, reference=spec.uses_reference),
+        "epochs": budget["epochs"], "iterations_per_epoch": budget["iterations_per_epoch"],
+        "val_iterations_per_epoch": budget["val_iterations_per_epoch"],
+        "coteaching": dict(config["coteaching"]), "svls": dict(config["svls"]),
+        "seed": config["seed"], "configuration": config["planning"]["configuration"],
+    }
+
+
+def _train_call(kw: Mapping[str, Any], results_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Keyword arguments of :func:`nnrobustloss.training.train` from training kwargs."""
+    return {"preprocessed_dataset_dir": Path(results_dir) / "preprocessed" / kw["dataset"],
+            "method": kw["method"], "fold": kw["fold"], "epochs": kw["epochs"],
+            "iterations_per_epoch": kw["iterations_per_epoch"],
+            "val_iterations_per_epoch": kw["val_iterations_per_epoch"],
+            "coteaching": kw["coteaching"], "svls": kw["svls"], "seed": kw["seed"],
+            "configuration": kw["configuration"]}
+
+
+# --- tune ----------------------------------------------------------------------------------
+
+def tune_params(config: Mapping[str, Any], task: str, method: str, fold: int) -> dict[str, Any]:
+    """Settings of a study: its trial budget, sampler and pruner, and the trials' training."""
+    tu = config["tuning"]
+    kw = _training_kwargs(config, task, method, fold, tu)
+    kw.update({"n_trials": tu["n_trials"], "storage": tu["storage"], "pruner": tu["pruner"],
+               "n_startup_trials": tu["n_startup_trials"]})
+    return kw
+
+
+def run_tune_worker(params: Mapping[str, Any], worker: int, workers: int,
+                    results_dir: str | os.PathLike[str], marker: str | os.PathLike[str],
+                    url_env: str = "NNROBUSTLOSS_OPTUNA_URL", device: str = "auto") -> None:
+    """Run one worker's quota of a study; write the worker's marker JSON when done."""
+    from nnrobustloss.tuning import run_worker, training_objective
+
+    p = dict(params)
+    call = _train_call(p, results_dir)
+    call["device"] = device
+    summary = run_worker(
+        task=p["task"], method=p["method"], fold=p["fold"], worker=worker, workers=workers,
+        n_trials=p["n_trials"], study_dir=layout.study_dir(results_dir, p["task"], p["method"],
+                                                           p["fold"]),
+        storage=p["storage"], seed=p["seed"], n_startup_trials=p["n_startup_trials"],
+        pruner=p["pruner"], epochs=p["epochs"], run_trial=training_objective(call),
+        url_env=url_env)
+    write_json(marker, summary)
+
+
+def run_select_best(params: Mapping[str, Any], results_dir: str | os.PathLike[str],
+                    trials_csv: str | os.PathLike[str], best_params_json: str | os.PathLike[str],
+                    url_env: str = "NNROBUSTLOSS_OPTUNA_URL") -> dict[str, Any]:
+    """Write ``trials.csv`` and ``best_params.json`` of a complete study."""
+    from nnrobustloss.tuning import select_best
+
+    p = dict(params)
+    return select_best(task=p["task"], method=p["method"], fold=p["fold"], n_trials=p["n_trials"],
+                       study_dir=layout.study_dir(results_dir, p["task"], p["method"], p["fold"]),
+                       storage=p["storage"], trials_csv=trials_csv,
+                       best_params_json=best_params_json, url_env=url_env)
+
+
+# --- train ---------------------------------------------------------------------------------
+
+def train_params(config: Mapping[str, Any], task: str, method: str, fold: int) -> dict[str, Any]:
+    """Settings of a final training (its hyper-parameters come from ``best_params.json``)."""
+    return _training_kwargs(config, task, method, fold, config["training"])
+
+
+def run_train(params: Mapping[str, Any], results_dir: str | os.PathLike[str],
+              best_params_json: str | os.PathLike[str] | None = None,
+              hparams: Mapping[str, Any] | None = None, device: str = "auto") -> Path:
+    """Train the final model of a (task, method, fold), resuming from its latest checkpoint.
+
+    Hyper-parameters: ``hparams`` if given, else the ``params`` of ``best_params_json``, else the
+    method's defaults (methods without any).
+    """
+    from nnrobustloss.training import train
+
+    p = dict(params)
+    if hparams is None and best_params_json is not None:
+        hparams = read_json(best_params_json)["params"]
+    out = layout.training_dir(results_dir, p["task"], p["method"], p["fold"])
+    return train(output_dir=out, params=hparams, device=device, continue_training=True,
+                 **_train_call(p, results_dir))
+
+
+# --- predict -------------------------------------------------------------------------------
+
+def predict_params(config: Mapping[str, Any], task: str, method: str, fold: int) -> dict[str, Any]:
+    """Settings of inference: test-time mirroring, tile step, peer averaging, probabilities."""
+    t = _task(config, task)
+    return {"task": task, "method": get_method(method).id, "fold": int(fold),
+            "dataset_id": t["dataset_id"], **config["prediction"]}
+
+
+def run_predict(params: Mapping[str, Any], results_dir: str | os.PathLike[str],
+                splits_json: str | os.PathLike[str], out_dir: str | os.PathLike[str],
+                device: str = "auto") -> None:
+    """Predict the held-out (``val``) cases of the fold with the final model."""
+    from nnrobustloss.prediction import predict_cases
+    from nnrobustloss.splits import fold_cases
+
+    p = dict(params)
+    spec = get_method(p["method"])
+    cases = fold_cases(splits_json, p["fold"], "val")
+    average = bool(p["average_peers"]) and spec.id in ("CoT", "CoTPlus", "StoCoT", "HRL")
+    predict_cases(layout.training_dir(results_dir, p["task"], p["method"], p["fold"]),
+                  layout.raw_dir(results_dir, p["task"], p["dataset_id"]) / "imagesTr",
+                  cases, out_dir, mirroring=p["mirroring"], tile_step_size=p["tile_step_size"],
+                  average_peers=average, save_probabilities=p["save_probabilities"],
+                  device=device)
+
+
+# --- evaluate ------------------------------------------------------------------------------
+
+def evaluate_params(config: Mapping[str, Any], task: str, method: str, fold: int) -> dict[str, Any]:
+    """Settings of evaluation: the task's regions and surface-Dice tolerances."""
+    t = _task(config, task)
+    return {"task": task, "method": get_method(method).id, "fold": int(fold),
+            "regions": evaluation_regions(t), "tolerance_mm": t["tolerance_mm"]}
+
+
+def run_evaluate(params: Mapping[str, Any], results_dir: str | os.PathLike[str],
+                 splits_json: str | os.PathLike[str], pred_dir: str | os.PathLike[str],
+                 out_csv: str | os.PathLike[str], n_workers: int = 1) -> None:
+    """Evaluate a fold's predictions against the reference labels (``metrics/.../fold<k>.csv``)."""
+    from nnrobustloss.metrics import evaluate_folder
+    from nnrobustloss.splits import fold_cases
+
+    p = dict(params)
+    evaluate_folder(pred_dir, layout.reference_labels_dir(results_dir, p["task"]),
+                    fold_cases(splits_json, p["fold"], "val"), p["task"], p["method"], p["fold"],
+                    p["regions"], p["tolerance_mm"], out_csv, n_workers=n_workers)
+
+
+# --- report --------------------------------------------------------------------------------
+
+def report_params(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Settings of the report: task order with their table metrics, method order."""
+    return {"tasks": {name: {"table_metrics": list(t["table_metrics"])}
+                      for name, t in config["tasks"].items()},
+            "methods": list(config["methods"])}
+
+
+def run_report(params: Mapping[str, Any], metrics_csvs: Sequence[str], noise_csvs: Sequence[str],
+               trials_csvs: Sequence[str], tables_dir: str | os.PathLike[str],
+               figures_dir: str | os.PathLike[str]) -> dict[str, Path]:
+    """Regenerate Table 1, Table 2, the noise table and Figure 1 from the stage CSVs."""
+    from nnrobustloss.report import build_report
+
+    return build_report(metrics_csvs, noise_csvs, trials_csvs, tables_dir, figures_dir,
+                        tasks=params["tasks"], methods=params["methods"])
+
+
+def mean_dice(noise_csv: str | os.PathLike[str]) -> float:
+    """Mean noisy-vs-reference Dice over cases and regions of a noise report (for logs/tests)."""
+    df = pd.read_csv(noise_csv)
+    return float(np.nanmean(df.loc[df["metric"] == "dice", "value"]))

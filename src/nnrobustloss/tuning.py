@@ -1,0 +1,253 @@
+"""Optuna hyper-parameter tuning: one study per (task, method, fold), run by one or more workers.
+
+DESIGN.md section 4. A study is named ``<Task>.<Method>.fold<k>`` and lives in the configured
+storage: a per-study SQLite file by default, a journal file (several workers on a shared file
+system) or a PostgreSQL URL read from an environment variable (never from the config). Each
+worker runs a fixed quota of the ``n_trials`` trials with a TPE sampler seeded ``seed + worker``
+(constant liar when several workers share the study), so ``MaxTrialsCallback`` overshoot cannot
+happen. A trial is one training of ``tuning.epochs`` epochs; its value is the EMA (lambda 0.9)
+of the training-set pseudo Dice after the last epoch, reported to Optuna every epoch so that an
+optional pruner can stop it.
+
+Fault tolerance: a worker tags its trials with its index. When it starts it marks its own
+leftover RUNNING trials (from a killed run) as FAIL and enqueues their parameters again, so the
+retry evaluates exactly the same point; it then runs only the part of its quota that is not yet
+finished. Finished trials are never repeated. RDB storages (SQLite, PostgreSQL) additionally
+record heartbeats, so that another worker fails a dead worker's trial and
+``RetryFailedTrialCallback`` re-enqueues it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import RetryFailedTrialCallback
+from optuna.trial import TrialState
+
+from nnrobustloss.errors import ConfigError, NNRobustLossError
+from nnrobustloss.fileio import atomic_path, write_json
+from nnrobustloss.methods import get_method
+
+FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+HEARTBEAT_SECONDS = 60
+WORKER_ATTR = "worker"
+
+#: An objective: (trial, params, trial output folder) -> objective value (higher is better).
+TrialRunner = Callable[[optuna.Trial, dict[str, float], Path], float]
+
+
+def study_name(task: str, method: str, fold: int) -> str:
+    """The study's name: ``<Task>.<Method>.fold<k>``."""
+    return f"{task}.{method}.fold{fold}"
+
+
+def storage_url(kind: str, study_dir: str | os.PathLike[str],
+                url_env: str = "NNROBUSTLOSS_OPTUNA_URL") -> str:
+    """A storage locator: ``sqlite:///<study_dir>/study.sqlite3``, a journal file path
+    ``<study_dir>/study.journal``, or the PostgreSQL URL held by the environment variable
+    ``url_env``. Raises ConfigError for an unknown kind or an unset variable."""
+    d = Path(study_dir).resolve()
+    if kind == "sqlite":
+        return f"sqlite:///{d / 'study.sqlite3'}"
+    if kind == "journal":
+        return str(d / "study.journal")
+    if kind == "postgresql":
+        url = os.environ.get(url_env)
+        if not url:
+            raise ConfigError(f"tuning.postgresql_url_env: the environment variable {url_env} is "
+                              "not set; export it with the PostgreSQL URL "
+                              "(postgresql://user:password@host/db) before running.")
+        return url
+    raise ConfigError(f"tuning.storage: unknown storage {kind!r}; use sqlite, journal or "
+                      "postgresql.")
+
+
+def open_storage(kind: str, locator: str) -> optuna.storages.BaseStorage:
+    """An Optuna storage for ``storage_url``'s locator; RDB storages get heartbeats and retries."""
+    if kind == "journal":
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        Path(locator).parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(locator))
+    if kind == "sqlite":
+        Path(locator.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.RDBStorage(
+        locator, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=2 * HEARTBEAT_SECONDS,
+        failed_trial_callback=RetryFailedTrialCallback(max_retry=3))
+
+
+def make_sampler(seed: int, n_startup_trials: int, workers: int) -> optuna.samplers.TPESampler:
+    """Seeded multivariate TPE; constant liar when several workers share a study."""
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials,
+                                      multivariate=True, constant_liar=workers > 1)
+
+
+def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
+    """``none`` -> NopPruner (Optuna would default to MedianPruner), ``median``, ``hyperband``."""
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=max(1, max_epochs // 4))
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs)
+    raise ConfigError(f"tuning.pruner: unknown pruner {name!r}; use none, median or hyperband.")
+
+
+def worker_quota(n_trials: int, workers: int, worker: int) -> int:
+    """Trials worker ``worker`` of ``workers`` runs: an even split, the first ones take the rest."""
+    if not 0 <= worker < workers:
+        raise ConfigError(f"worker {worker} does not exist with tuning.workers={workers}.")
+    return n_trials // workers + (1 if worker < n_trials % workers else 0)
+
+
+def _own(trial: optuna.trial.FrozenTrial, worker: int) -> bool:
+    return trial.user_attrs.get(WORKER_ATTR) == worker
+
+
+def recover_leftover_trials(study: optuna.Study, worker: int) -> int:
+    """Fail this worker's RUNNING trials (left by a killed run) and enqueue their parameters again.
+
+    Returns how many trials were recovered. Safe because one worker index runs in one job at a
+    time (Snakemake never runs the same job twice concurrently).
+    """
+    storage = study._storage
+    recovered = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if _own(t, worker):
+            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            if t.params:
+                study.enqueue_trial(t.params, user_attrs={"retry_of": t.number},
+                                    skip_if_exists=False)
+            recovered += 1
+    return recovered
+
+
+def run_worker(*, task: str, method: str, fold: int, worker: int, workers: int, n_trials: int,
+               study_dir: str | os.PathLike[str], storage: str, seed: int,
+               n_startup_trials: int, pruner: str, epochs: int, run_trial: TrialRunner,
+               url_env: str = "NNROBUSTLOSS_OPTUNA_URL", keep_checkpoints: bool = False
+               ) -> dict[str, Any]:
+    """Run worker ``worker``'s quota of the study's trials; return a summary dict.
+
+    ``run_trial(trial, params, trial_dir)`` trains one trial and returns its objective; it may
+    raise ``optuna.TrialPruned``. Trial folders are ``<study_dir>/trials/trial<N>``; their
+    checkpoints are deleted after the trial unless ``keep_checkpoints``.
+    """
+    spec = get_method(method)
+    if not spec.needs_tuning:
+        raise ConfigError(f"method {method} has no hyper-parameters to tune.")
+    study_dir = Path(study_dir)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    quota = worker_quota(n_trials, workers, worker)
+    st = open_storage(storage, storage_url(storage, study_dir, url_env))
+    study = optuna.create_study(
+        study_name=study_name(task, method, fold), storage=st, direction="maximize",
+        sampler=make_sampler(seed + worker, n_startup_trials, workers),
+        pruner=make_pruner(pruner, epochs), load_if_exists=True)
+    recovered = recover_leftover_trials(study, worker)
+    done = sum(1 for t in study.get_trials(deepcopy=False, states=FINISHED_STATES)
+               if _own(t, worker))
+    todo = max(0, quota - done)
+    print(f"[tune {study.study_name}] worker {worker}/{workers}: quota {quota}, finished {done}, "
+          f"recovered {recovered}, running {todo}", file=sys.stderr, flush=True)
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr(WORKER_ATTR, worker)
+        params = spec.suggest(trial)
+        trial_dir = study_dir / "trials" / f"trial{trial.number}"
+        try:
+            value = float(run_trial(trial, params, trial_dir))
+        finally:
+            if not keep_checkpoints:
+                for ckpt in trial_dir.glob("checkpoint_*.pth"):
+                    ckpt.unlink()
+        if not math.isfinite(value):
+            raise NNRobustLossError(f"trial {trial.number}: objective is {value}")
+        return value
+
+    # A failing trial (not pruned) is an error of the code or data: stop and show it.
+    for _ in range(todo):
+        study.optimize(objective, n_trials=1, catch=())
+    return {"study": study.study_name, "worker": worker, "quota": quota,
+            "finished_before": done, "ran": todo, "recovered": recovered}
+
+
+def training_objective(config_training: Mapping[str, Any]) -> TrialRunner:
+    """A :data:`TrialRunner` that trains with :func:`nnrobustloss.training.train`.
+
+    ``config_training`` holds the keyword arguments of ``train`` except params, output folder
+    and callback (preprocessed_dataset_dir, method, fold, epochs, iterations, ...). Every epoch's
+    EMA pseudo Dice is reported to the trial (step = epoch) and the pruner consulted.
+    """
+    from nnrobustloss.training import train
+
+    def run(trial: optuna.Trial, params: dict[str, float], trial_dir: Path) -> float:
+        last: dict[str, float] = {}
+
+        def on_epoch(epoch: int, metrics: dict[str, Any]) -> None:
+            value = float(metrics["train_pseudo_dice_ema"])
+            last["value"] = value
+            trial.report(value, step=epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {epoch} (EMA {value:.4f})")
+
+        train(output_dir=trial_dir, params=params, epoch_callback=on_epoch,
+              continue_training=False, **config_training)
+        if "value" not in last:
+            raise NNRobustLossError(f"{trial_dir}: training finished without an epoch.")
+        return last["value"]
+
+    return run
+
+
+def select_best(*, task: str, method: str, fold: int, n_trials: int,
+                study_dir: str | os.PathLike[str], storage: str,
+                trials_csv: str | os.PathLike[str], best_params_json: str | os.PathLike[str],
+                url_env: str = "NNROBUSTLOSS_OPTUNA_URL") -> dict[str, Any]:
+    """Write ``trials.csv`` and ``best_params.json`` once the study holds ``n_trials`` finished
+    trials (COMPLETE or PRUNED); otherwise raise NNRobustLossError saying what is missing.
+
+    ``trials.csv`` has the columns ``task, method, fold, number, value, state``, the trial's
+    parameters as ``params_<name>``, its worker and timing. ``best_params.json`` holds
+    ``{"params": {...}, "value": best EMA, "trial": number, "study": name, "n_finished": n}``.
+    """
+    locator = storage_url(storage, study_dir, url_env)
+    st = open_storage(storage, locator)
+    name = study_name(task, method, fold)
+    try:
+        study = optuna.load_study(study_name=name, storage=st)
+    except KeyError as e:
+        raise NNRobustLossError(f"{study_dir}: study {name} not found in the {storage} storage; "
+                                "run its tune_worker jobs first.") from e
+    finished = study.get_trials(deepcopy=False, states=FINISHED_STATES)
+    if len(finished) < n_trials:
+        raise NNRobustLossError(f"study {name}: {len(finished)} of {n_trials} trials finished; "
+                                "rerun the pipeline to let its workers complete the study.")
+    complete = [t for t in finished if t.state == TrialState.COMPLETE]
+    if not complete:
+        raise NNRobustLossError(f"study {name}: every trial was pruned; no best parameters.")
+    best = max(complete, key=lambda t: (t.value, -t.number))
+    df = study.trials_dataframe(attrs=("number", "value", "state", "params", "user_attrs",
+                                       "datetime_start", "datetime_complete", "duration"))
+    df.insert(0, "fold", fold)
+    df.insert(0, "method", method)
+    df.insert(0, "task", task)
+    df["state"] = df["state"].astype(str).str.replace("TrialState.", "", regex=False)
+    with atomic_path(trials_csv) as tmp:
+        df.to_csv(tmp, index=False)
+    result = {"study": name, "params": dict(best.params), "value": float(best.value),
+              "trial": best.number, "n_finished": len(finished)}
+    write_json(best_params_json, result)
+    return result
+
+
+def remove_trial_folders(study_dir: str | os.PathLike[str]) -> None:
+    """Delete a study's trial training folders (the storage and results are kept)."""
+    shutil.rmtree(Path(study_dir) / "trials", ignore_errors=True)

@@ -1,0 +1,19 @@
+# Evaluation against the reference labels of the held-out fold: Dice, ASD, surface Dice.
+
+
+rule evaluate:
+    input:
+        predictions=f"{R}/predictions/{{task}}/{{method}}/fold{{fold}}",
+        splits=f"{R}/splits/{{task}}.json",
+    output:
+        csv=f"{R}/metrics/{{task}}/{{method}}/fold{{fold}}.csv",
+    params:
+        p=lambda w: P.evaluate_params(config, w.task, w.method, int(w.fold)),
+        results_dir=R,
+    threads: config["evaluation"]["n_workers"]
+    log:
+        f"{R}/logs/evaluate/{{task}}/{{method}}/fold{{fold}}.log",
+    conda:
+        f"../../{ENV}"
+    script:
+        "../scripts/evaluate.py"

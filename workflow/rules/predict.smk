@@ -1,0 +1,22 @@
+# Sliding-window inference (nnUNetPredictor, test-time mirroring) on the held-out cases.
+
+
+rule predict:
+    input:
+        checkpoint=f"{R}/training/{{task}}/{{method}}/fold{{fold}}/checkpoint_final.pth",
+        splits=f"{R}/splits/{{task}}.json",
+    output:
+        predictions=directory(f"{R}/predictions/{{task}}/{{method}}/fold{{fold}}"),
+    params:
+        p=lambda w: P.predict_params(config, w.task, w.method, int(w.fold)),
+        results_dir=R,
+    resources:
+        gpu=1,
+        runtime=4 * 60,
+        mem_mb=32000,
+    log:
+        f"{R}/logs/predict/{{task}}/{{method}}/fold{{fold}}.log",
+    conda:
+        f"../../{ENV}"
+    script:
+        "../scripts/predict.py"

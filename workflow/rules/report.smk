@@ -1,0 +1,37 @@
+# The paper's tables and figure, from the metric, noise and trial CSVs alone.
+
+
+rule report:
+    input:
+        metrics=all_metrics(),
+        noise=expand(f"{R}/noise/{{task}}.csv", task=TASKS),
+        trials=all_trials(),
+    output:
+        report(
+            multiext(f"{R}/tables/table1", ".csv", ".md", ".tex"),
+            category="Tables",
+            labels={"table": "Table 1"},
+        ),
+        report(
+            multiext(f"{R}/tables/table2", ".csv", ".md", ".tex"),
+            category="Tables",
+            labels={"table": "Table 2"},
+        ),
+        report(
+            multiext(f"{R}/tables/noise_levels", ".csv", ".md", ".tex"),
+            category="Tables",
+            labels={"table": "Noise levels"},
+        ),
+        report(
+            multiext(f"{R}/figures/figure1", ".png", ".pdf"),
+            category="Figures",
+            labels={"figure": "Figure 1"},
+        ),
+    params:
+        p=P.report_params(config),
+    log:
+        f"{R}/logs/report.log",
+    conda:
+        f"../../{ENV}"
+    script:
+        "../scripts/report.py"

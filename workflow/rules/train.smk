@@ -1,0 +1,22 @@
+# Final training with the best hyper-parameters; a rerun after a kill continues from
+# checkpoint_latest.pth (nnU-Net writes it every epoch for our trainers).
+
+
+rule train:
+    input:
+        unpack(train_inputs),
+    output:
+        checkpoint=f"{R}/training/{{task}}/{{method}}/fold{{fold}}/checkpoint_final.pth",
+    params:
+        p=lambda w: P.train_params(config, w.task, w.method, int(w.fold)),
+        results_dir=R,
+    resources:
+        gpu=1,
+        runtime=48 * 60,
+        mem_mb=32000,
+    log:
+        f"{R}/logs/train/{{task}}/{{method}}/fold{{fold}}.log",
+    conda:
+        f"../../{ENV}"
+    script:
+        "../scripts/train.py"

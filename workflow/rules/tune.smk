@@ -1,0 +1,41 @@
+# Tuning: one Optuna study per task x method x fold, run by tuning.workers jobs (tune_worker), then
+# select_best writes trials.csv and best_params.json once the study holds n_trials finished trials.
+# The study's storage is a params value (never an output: Snakemake deletes the outputs of a
+# failed job); tuning.workers is not a param, so changing it does not rerun finished studies.
+
+
+rule tune_worker:
+    input:
+        plans=f"{R}/preprocessed/{{task}}.json",
+    output:
+        marker=f"{R}/tuning/{{task}}/{{method}}/fold{{fold}}/worker{{worker}}.done",
+    params:
+        p=lambda w: P.tune_params(config, w.task, w.method, int(w.fold)),
+        results_dir=R,
+    resources:
+        gpu=1,
+        runtime=24 * 60,
+        mem_mb=32000,
+    log:
+        f"{R}/logs/tune/{{task}}/{{method}}/fold{{fold}}/worker{{worker}}.log",
+    conda:
+        f"../../{ENV}"
+    script:
+        "../scripts/tune_worker.py"
+
+
+rule select_best:
+    input:
+        workers=worker_markers,
+    output:
+        trials=f"{R}/tuning/{{task}}/{{method}}/fold{{fold}}/trials.csv",
+        best=f"{R}/tuning/{{task}}/{{method}}/fold{{fold}}/best_params.json",
+    params:
+        p=lambda w: P.tune_params(config, w.task, w.method, int(w.fold)),
+        results_dir=R,
+    log:
+        f"{R}/logs/tune/{{task}}/{{method}}/fold{{fold}}/select_best.log",
+    conda:
+        f"../../{ENV}"
+    script:
+        "../scripts/select_best.py"

@@ -1,0 +1,13 @@
+"""Snakemake adapter: one worker's quota of trials of an Optuna study."""
+
+from nnrobustloss.logs import logged
+from nnrobustloss.pipeline import run_tune_worker
+
+# Guarded: nnU-Net starts worker processes with 'spawn', which re-imports this file.
+if __name__ == "__main__":
+    with logged(snakemake.log[0]):
+        run_tune_worker(snakemake.params.p, worker=int(snakemake.wildcards.worker),
+                        workers=snakemake.config["tuning"]["workers"],
+                        results_dir=snakemake.params.results_dir, marker=snakemake.output.marker,
+                        url_env=snakemake.config["tuning"]["postgresql_url_env"],
+                        device=snakemake.config["device"])

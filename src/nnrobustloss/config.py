@@ -97,6 +97,12 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _check_semantics(cfg: Mapping[str, Any]) -> None:
+    from nnrobustloss.methods import METHODS
+
+    for method in cfg["methods"]:
+        if method not in METHODS:
+            raise ConfigError(f"config key methods: unknown method {method!r}; registered methods "
+                              f"are {', '.join(METHODS)} (nnrobustloss.methods).")
     for fold in cfg["folds"]:
         if fold >= cfg["n_folds"]:
             raise ConfigError(f"config key folds: fold {fold} does not exist with "

@@ -158,6 +158,17 @@ def _training_kwargs(config: Mapping[str, Any], task: str, method: str, fold: in
     }
 
 
+def single_threaded_augmentation_on_cpu(device: str) -> None:
+    """On the CPU, run nnU-Net's data augmentation in-process (``nnUNet_n_proc_DA=0``) unless the
+    user set the variable: trainings are then exactly reproducible (nnU-Net seeds augmentation
+    worker processes from the OS), which also makes TPE's trial sequence reproducible, and no
+    worker processes compete with training for the few CPU cores."""
+    from nnrobustloss.training import resolve_device
+
+    if resolve_device(device).type == "cpu":
+        os.environ.setdefault("nnUNet_n_proc_DA", "0")
+
+
 def _train_call(kw: Mapping[str, Any], results_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Keyword arguments of :func:`nnrobustloss.training.train` from training kwargs."""
     return {"preprocessed_dataset_dir": Path(results_dir) / "preprocessed" / kw["dataset"],
@@ -186,6 +197,7 @@ def run_tune_worker(params: Mapping[str, Any], worker: int, workers: int,
     from nnrobustloss.tuning import run_worker, training_objective
 
     p = dict(params)
+    single_threaded_augmentation_on_cpu(device)
     call = _train_call(p, results_dir)
     call["device"] = device
     summary = run_worker(
@@ -229,6 +241,7 @@ def run_train(params: Mapping[str, Any], results_dir: str | os.PathLike[str],
     from nnrobustloss.training import train
 
     p = dict(params)
+    single_threaded_augmentation_on_cpu(device)
     if hparams is None and best_params_json is not None:
         hparams = read_json(best_params_json)["params"]
     out = layout.training_dir(results_dir, p["task"], p["method"], p["fold"])

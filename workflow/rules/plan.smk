@@ -12,9 +12,6 @@ rule plan:
         p=lambda w: P.plan_params(config, w.task),
         results_dir=R,
     threads: config["planning"]["num_processes"]
-    resources:
-        mem_mb=16000,
-        runtime=120,
     log:
         f"{R}/logs/plan/{{task}}.log",
     conda:

@@ -10,10 +10,6 @@ rule predict:
     params:
         p=lambda w: P.predict_params(config, w.task, w.method, int(w.fold)),
         results_dir=R,
-    resources:
-        gpu=1,
-        runtime=4 * 60,
-        mem_mb=32000,
     log:
         f"{R}/logs/predict/{{task}}/{{method}}/fold{{fold}}.log",
     conda:

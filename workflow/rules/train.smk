@@ -10,10 +10,6 @@ rule train:
     params:
         p=lambda w: P.train_params(config, w.task, w.method, int(w.fold)),
         results_dir=R,
-    resources:
-        gpu=1,
-        runtime=48 * 60,
-        mem_mb=32000,
     log:
         f"{R}/logs/train/{{task}}/{{method}}/fold{{fold}}.log",
     conda:

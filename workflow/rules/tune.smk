@@ -12,10 +12,6 @@ rule tune_worker:
     params:
         p=lambda w: P.tune_params(config, w.task, w.method, int(w.fold)),
         results_dir=R,
-    resources:
-        gpu=1,
-        runtime=24 * 60,
-        mem_mb=32000,
     log:
         f"{R}/logs/tune/{{task}}/{{method}}/fold{{fold}}/worker{{worker}}.log",
     conda:

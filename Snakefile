@@ -8,7 +8,11 @@ from nnrobustloss.config import validate_config
 from nnrobustloss.methods import get_method
 
 
-configfile: "config/config.yaml"
+# The embedded default; --configfile replaces it (pass it first to extend it instead).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
+
 
 
 config = validate_config(config)

@@ -1,4 +1,4 @@
-# Helpers shared by the rule files: target lists and input functions.
+# Helpers shared by the workflow: target lists and input functions.
 
 import os
 

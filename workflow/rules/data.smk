@@ -8,7 +8,6 @@ rule convert:
         reference=directory(f"{R}/reference/{{task}}"),
     params:
         p=lambda w: P.convert_params(config, w.task),
-        results_dir=R,
     log:
         f"{R}/logs/convert/{{task}}.log",
     conda:
@@ -24,7 +23,6 @@ rule noise_report:
         csv=f"{R}/noise/{{task}}.csv",
     params:
         p=lambda w: P.noise_params(config, w.task),
-        results_dir=R,
     log:
         f"{R}/logs/noise/{{task}}.log",
     conda:
@@ -40,7 +38,6 @@ rule splits:
         splits=f"{R}/splits/{{task}}.json",
     params:
         p=lambda w: P.splits_params(config, w.task),
-        results_dir=R,
     log:
         f"{R}/logs/splits/{{task}}.log",
     conda:

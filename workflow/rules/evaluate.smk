@@ -9,7 +9,6 @@ rule evaluate:
         csv=f"{R}/metrics/{{task}}/{{method}}/fold{{fold}}.csv",
     params:
         p=lambda w: P.evaluate_params(config, w.task, w.method, int(w.fold)),
-        results_dir=R,
     threads: config["evaluation"]["n_workers"]
     log:
         f"{R}/logs/evaluate/{{task}}/{{method}}/fold{{fold}}.log",

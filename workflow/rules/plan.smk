@@ -10,7 +10,6 @@ rule plan:
         manifest=f"{R}/preprocessed/{{task}}.json",
     params:
         p=lambda w: P.plan_params(config, w.task),
-        results_dir=R,
     threads: config["planning"]["num_processes"]
     log:
         f"{R}/logs/plan/{{task}}.log",

@@ -9,7 +9,6 @@ rule predict:
         predictions=directory(f"{R}/predictions/{{task}}/{{method}}/fold{{fold}}"),
     params:
         p=lambda w: P.predict_params(config, w.task, w.method, int(w.fold)),
-        results_dir=R,
     log:
         f"{R}/logs/predict/{{task}}/{{method}}/fold{{fold}}.log",
     conda:

@@ -9,7 +9,6 @@ rule train:
         checkpoint=f"{R}/training/{{task}}/{{method}}/fold{{fold}}/checkpoint_final.pth",
     params:
         p=lambda w: P.train_params(config, w.task, w.method, int(w.fold)),
-        results_dir=R,
     log:
         f"{R}/logs/train/{{task}}/{{method}}/fold{{fold}}.log",
     conda:

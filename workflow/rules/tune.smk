@@ -11,7 +11,6 @@ rule tune_worker:
         marker=f"{R}/tuning/{{task}}/{{method}}/fold{{fold}}/worker{{worker}}.done",
     params:
         p=lambda w: P.tune_params(config, w.task, w.method, int(w.fold)),
-        results_dir=R,
     log:
         f"{R}/logs/tune/{{task}}/{{method}}/fold{{fold}}/worker{{worker}}.log",
     conda:
@@ -28,7 +27,6 @@ rule select_best:
         best=f"{R}/tuning/{{task}}/{{method}}/fold{{fold}}/best_params.json",
     params:
         p=lambda w: P.tune_params(config, w.task, w.method, int(w.fold)),
-        results_dir=R,
     log:
         f"{R}/logs/tune/{{task}}/{{method}}/fold{{fold}}/select_best.log",
     conda:

@@ -8,6 +8,6 @@ if __name__ == "__main__":
     with logged(snakemake.log[0]):
         run_tune_worker(snakemake.params.p, worker=int(snakemake.wildcards.worker),
                         workers=snakemake.config["tuning"]["workers"],
-                        results_dir=snakemake.params.results_dir, marker=snakemake.output.marker,
+                        results_dir=snakemake.config["results_dir"], marker=snakemake.output.marker,
                         url_env=snakemake.config["tuning"]["postgresql_url_env"],
                         device=snakemake.config["device"])

@@ -1,0 +1,182 @@
+"""The Snakemake workflow: schema, lint, dry runs of the paper's DAG, an end-to-end run of the
+whole DAG on a tiny phantom config, partial reruns, and resuming a killed training."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT = REPO / "config" / "config.yaml"
+OVERLAY = REPO / "tests" / "data" / "e2e_overlay.yaml"
+ALL_METHODS = ["Baseline", "BaselineRef", "APL1", "APL2", "CoT", "CoTPlus", "StoCoT", "SVLS", "HRL"]
+TUNED = ["APL2", "CoT", "CoTPlus", "StoCoT", "SVLS", "HRL"]
+
+
+def snakemake(workdir: Path, *args: str, configfiles: tuple[Path, ...] = (DEFAULT, OVERLAY),
+              check: bool = True, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+    """Run snakemake on the repository's Snakefile in ``workdir`` with ``configfiles`` (which
+    replace the embedded default); returns the finished process (stdout and stderr merged)."""
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
+           "--directory", str(workdir), "--configfile", *map(str, configfiles), *args]
+    env = dict(os.environ, nnUNet_compile="false")
+    proc = subprocess.run(cmd, cwd=workdir, env=env, text=True, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-6000:]}")
+    return proc
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a snakemake run or dry run as {rule: count}."""
+    counts: dict[str, int] = {}
+    block = output.split("Job stats:")[-1]
+    for line in block.splitlines():
+        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if m and m.group(1) != "total":
+            counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+def test_paper_dag_dry_runs_without_data(tmp_path: Path) -> None:
+    proc = snakemake(tmp_path, "-n", configfiles=(REPO / "config" / "paper.yaml",))
+    counts = job_counts(proc.stdout)
+    # 3 tasks x 9 methods x 3 folds; 6 tuned methods with one worker each.
+    assert counts["train"] == counts["predict"] == counts["evaluate"] == 81
+    assert counts["tune_worker"] == counts["select_best"] == 54
+    assert counts["convert"] == counts["plan"] == counts["splits"] == counts["noise_report"] == 3
+    assert counts["report"] == 1
+
+
+def test_paper_dag_dry_runs_with_slurm_profile(tmp_path: Path) -> None:
+    proc = snakemake(tmp_path, "-n", "--profile", str(REPO / "profiles" / "slurm"),
+                     configfiles=(REPO / "config" / "paper.yaml",))
+    assert job_counts(proc.stdout)["train"] == 81
+
+
+def test_bad_config_value_stops_with_the_key_named(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tuning: {workers: 0}\n")
+    proc = snakemake(tmp_path, "-n", configfiles=(DEFAULT, bad), check=False)
+    assert proc.returncode != 0
+    assert "tuning.workers" in proc.stdout and "minimum" in proc.stdout
+
+
+def test_lint_is_clean(tmp_path: Path) -> None:
+    proc = snakemake(tmp_path, "--lint", check=False)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+
+
+@pytest.fixture(scope="module")
+def e2e_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The whole DAG on the tiny phantom config (every method, 3 folds)."""
+    workdir = tmp_path_factory.mktemp("e2e")
+    proc = snakemake(workdir, "--cores", "2")
+    return workdir, proc.stdout
+
+
+@pytest.mark.slow
+def test_end_to_end_builds_every_output(e2e_run: tuple[Path, str]) -> None:
+    workdir, out = e2e_run
+    results = workdir / "results"
+    counts = job_counts(out)
+    assert counts["train"] == counts["predict"] == counts["evaluate"] == 27
+    assert counts["tune_worker"] == counts["select_best"] == 18
+    for name in ("table1", "table2", "noise_levels"):
+        for ext in ("csv", "md", "tex"):
+            assert (results / "tables" / f"{name}.{ext}").stat().st_size > 0
+    assert (results / "figures" / "figure1.png").stat().st_size > 10_000
+    assert (results / "figures" / "figure1.pdf").read_bytes().startswith(b"%PDF")
+    table1 = (results / "tables" / "table1.md").read_text()
+    for name in ("Baseline", "Baseline (ref.)", "APL1", "APL2", "CoT", "CoT+", "StoCoT", "SVLS",
+                 "HRL"):
+        assert f"| {name} " in table1
+    # Metrics: every held-out case of every fold, both classes, three metrics.
+    splits = json.loads((results / "splits" / "Phantom.json").read_text())
+    for method in ALL_METHODS:
+        for fold in range(3):
+            df = pd.read_csv(results / "metrics" / "Phantom" / method / f"fold{fold}.csv")
+            assert set(df["case"]) == set(splits[fold]["val"])
+            assert set(df["region"]) == {"organ", "lesion"}
+            assert len(df) == len(splits[fold]["val"]) * 2 * 3
+            dice = df.loc[df["metric"] == "dice", "value"]
+            assert dice.between(0, 1).all()
+    # Tuning: one finished trial per study, its value the EMA of the trial's progress.csv.
+    for method in TUNED:
+        trials = pd.read_csv(results / "tuning" / "Phantom" / method / "fold0" / "trials.csv")
+        assert list(trials["state"]) == ["COMPLETE"]
+        best = json.loads((results / "tuning" / "Phantom" / method / "fold0" / "best_params.json")
+                          .read_text())
+        assert best["value"] == pytest.approx(float(trials["value"].iloc[0]))
+        assert (results / "training" / "Phantom" / method / "fold0" / "progress.csv").is_file()
+
+
+@pytest.mark.slow
+def test_nothing_left_to_do_and_workers_change_reruns_nothing(e2e_run: tuple[Path, str]) -> None:
+    workdir, _ = e2e_run
+    assert "Nothing to be done" in snakemake(workdir, "-n").stdout
+    # tuning.workers is not result-relevant: finished studies stay finished.
+    assert "Nothing to be done" in snakemake(workdir, "-n", "--config", "device=cpu").stdout
+    more = workdir / "workers.yaml"
+    more.write_text("tuning: {workers: 2}\n")
+    assert "Nothing to be done" in snakemake(workdir, "-n", configfiles=(DEFAULT, OVERLAY, more)).stdout
+
+
+@pytest.mark.slow
+def test_rerun_one_method_and_fold(e2e_run: tuple[Path, str]) -> None:
+    workdir, _ = e2e_run
+    proc = snakemake(workdir, "-n", "--forcerun", "train", "--config", "methods=[APL2]",
+                     "folds=[1]")
+    counts = job_counts(proc.stdout)
+    assert counts == {"train": 1, "predict": 1, "evaluate": 1, "report": 1, "all": 1}
+    assert "fold=1" in proc.stdout and "method=APL2" in proc.stdout
+    only_tables = job_counts(snakemake(workdir, "-n", "--forcerun", "report").stdout)
+    assert only_tables == {"report": 1, "all": 1}
+
+
+@pytest.mark.slow
+def test_killed_training_continues_from_its_checkpoint(tmp_path: Path) -> None:
+    longer = tmp_path / "longer.yaml"
+    longer.write_text("training: {epochs: 4, iterations_per_epoch: 2, val_iterations_per_epoch: 1}\n")
+    target = "results/training/Phantom/Baseline/fold0/checkpoint_final.pth"
+    snakemake(tmp_path, "--cores", "2", "results/preprocessed/Phantom.json")
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
+           str(tmp_path), "--configfile", str(DEFAULT), str(OVERLAY), str(longer), "--cores", "1",
+           target]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    progress = tmp_path / "results" / "training" / "Phantom" / "Baseline" / "fold0" / "progress.csv"
+    deadline = time.time() + 600
+    try:
+        while time.time() < deadline:
+            ckpt = progress.with_name("checkpoint_latest.pth")
+            if (progress.is_file() and len(progress.read_text().strip().splitlines()) >= 3
+                    and ckpt.is_file() and ckpt.stat().st_mtime >= progress.stat().st_mtime):
+                break  # epoch 1's progress row and then its checkpoint are written
+            if proc.poll() is not None:
+                pytest.fail("training finished before it could be killed")
+            time.sleep(0.2)
+        else:
+            pytest.fail("training did not reach epoch 2 in time")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # like a SLURM job hitting its time limit
+        proc.wait()
+    assert not (tmp_path / target).exists()
+    snakemake(tmp_path, "--cores", "1", "--rerun-incomplete", target,
+              configfiles=(DEFAULT, OVERLAY, longer))
+    rows = pd.read_csv(progress)
+    assert list(rows["epoch"]) == [0, 1, 2, 3]
+    log = (tmp_path / "results" / "logs" / "train" / "Phantom" / "Baseline" / "fold0.log").read_text()
+    # Epochs 0 and 1 ran once (before the kill); the rerun started from the checkpoint.
+    assert len(re.findall(r": Epoch 0\n", log)) == 1
+    assert len(re.findall(r": Epoch 1\n", log)) == 1
+    assert len(re.findall(r": Epoch 3\n", log)) == 1

@@ -10,6 +10,8 @@ rule convert:
         p=lambda w: P.convert_params(config, w.task),
     log:
         f"{R}/logs/convert/{{task}}.log",
+    benchmark:
+        f"{R}/benchmarks/convert/{{task}}.tsv",
     conda:
         f"../../{ENV}"
     script:
@@ -25,6 +27,8 @@ rule noise_report:
         p=lambda w: P.noise_params(config, w.task),
     log:
         f"{R}/logs/noise/{{task}}.log",
+    benchmark:
+        f"{R}/benchmarks/noise/{{task}}.tsv",
     conda:
         f"../../{ENV}"
     script:
@@ -40,6 +44,8 @@ rule splits:
         p=lambda w: P.splits_params(config, w.task),
     log:
         f"{R}/logs/splits/{{task}}.log",
+    benchmark:
+        f"{R}/benchmarks/splits/{{task}}.tsv",
     conda:
         f"../../{ENV}"
     script:

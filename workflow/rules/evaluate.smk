@@ -12,6 +12,8 @@ rule evaluate:
     threads: config["evaluation"]["n_workers"]
     log:
         f"{R}/logs/evaluate/{{task}}/{{method}}/fold{{fold}}.log",
+    benchmark:
+        f"{R}/benchmarks/evaluate/{{task}}/{{method}}/fold{{fold}}.tsv",
     conda:
         f"../../{ENV}"
     script:

@@ -13,6 +13,8 @@ rule plan:
     threads: config["planning"]["num_processes"]
     log:
         f"{R}/logs/plan/{{task}}.log",
+    benchmark:
+        f"{R}/benchmarks/plan/{{task}}.tsv",
     conda:
         f"../../{ENV}"
     script:

@@ -11,6 +11,8 @@ rule predict:
         p=lambda w: P.predict_params(config, w.task, w.method, int(w.fold)),
     log:
         f"{R}/logs/predict/{{task}}/{{method}}/fold{{fold}}.log",
+    benchmark:
+        f"{R}/benchmarks/predict/{{task}}/{{method}}/fold{{fold}}.tsv",
     conda:
         f"../../{ENV}"
     script:

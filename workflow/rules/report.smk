@@ -31,6 +31,8 @@ rule report:
         p=P.report_params(config),
     log:
         f"{R}/logs/report.log",
+    benchmark:
+        f"{R}/benchmarks/report.tsv",
     conda:
         f"../../{ENV}"
     script:

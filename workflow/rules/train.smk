@@ -11,6 +11,8 @@ rule train:
         p=lambda w: P.train_params(config, w.task, w.method, int(w.fold)),
     log:
         f"{R}/logs/train/{{task}}/{{method}}/fold{{fold}}.log",
+    benchmark:
+        f"{R}/benchmarks/train/{{task}}/{{method}}/fold{{fold}}.tsv",
     conda:
         f"../../{ENV}"
     script:

@@ -13,6 +13,8 @@ rule tune_worker:
         p=lambda w: P.tune_params(config, w.task, w.method, int(w.fold)),
     log:
         f"{R}/logs/tune/{{task}}/{{method}}/fold{{fold}}/worker{{worker}}.log",
+    benchmark:
+        f"{R}/benchmarks/tune/{{task}}/{{method}}/fold{{fold}}/worker{{worker}}.tsv",
     conda:
         f"../../{ENV}"
     script:
@@ -29,6 +31,8 @@ rule select_best:
         p=lambda w: P.tune_params(config, w.task, w.method, int(w.fold)),
     log:
         f"{R}/logs/tune/{{task}}/{{method}}/fold{{fold}}/select_best.log",
+    benchmark:
+        f"{R}/benchmarks/tune/{{task}}/{{method}}/fold{{fold}}/select_best.tsv",
     conda:
         f"../../{ENV}"
     script:

@@ -3,18 +3,19 @@
 DESIGN.md section 4. A study is named ``<Task>.<Method>.fold<k>`` and lives in the configured
 storage: a per-study SQLite file by default, a journal file (several workers on a shared file
 system) or a PostgreSQL URL read from an environment variable (never from the config). Each
-worker runs a fixed quota of the ``n_trials`` trials with a TPE sampler seeded ``seed + worker``
-(constant liar when several workers share the study), so ``MaxTrialsCallback`` overshoot cannot
-happen. A trial is one training of ``tuning.epochs`` epochs; its value is the EMA (lambda 0.9)
-of the training-set pseudo Dice after the last epoch, reported to Optuna every epoch so that an
-optional pruner can stop it.
+worker runs a fixed quota of the ``n_trials`` trials with a TPE sampler seeded from ``seed + worker``
+and the index of the trial within the worker's quota (constant liar when several workers share
+the study), so ``MaxTrialsCallback`` overshoot cannot happen and a restarted worker does not
+replay the random draws of its first run. A trial is one training of ``tuning.epochs`` epochs;
+its value is the EMA (lambda 0.9) of the training-set pseudo Dice after the last epoch, reported
+to Optuna every epoch so that an optional pruner can stop it.
 
 Fault tolerance: a worker tags its trials with its index. When it starts it marks its own
 leftover RUNNING trials (from a killed run) as FAIL and enqueues their parameters again, so the
 retry evaluates exactly the same point; it then runs only the part of its quota that is not yet
 finished. Finished trials are never repeated. RDB storages (SQLite, PostgreSQL) additionally
 record heartbeats, so that another worker fails a dead worker's trial and
-``RetryFailedTrialCallback`` re-enqueues it.
+``RetryHeartbeatStaleTrialCallback`` re-enqueues it.
 """
 
 from __future__ import annotations
@@ -23,12 +24,15 @@ import math
 import os
 import shutil
 import sys
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
-from optuna.storages import RetryFailedTrialCallback
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from nnrobustloss.errors import ConfigError, NNRobustLossError
@@ -78,15 +82,30 @@ def open_storage(kind: str, locator: str) -> optuna.storages.BaseStorage:
         return JournalStorage(JournalFileBackend(locator))
     if kind == "sqlite":
         Path(locator.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.RDBStorage(
-        locator, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=2 * HEARTBEAT_SECONDS,
-        failed_trial_callback=RetryFailedTrialCallback(max_retry=3))
+    # Optuna 5 names the callback heartbeat_stale_trial_callback (failed_trial_callback and
+    # RetryFailedTrialCallback are deprecated aliases); heartbeats are "experimental" since 2.9.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            locator, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=2 * HEARTBEAT_SECONDS,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
 
 
 def make_sampler(seed: int, n_startup_trials: int, workers: int) -> optuna.samplers.TPESampler:
     """Seeded multivariate TPE; constant liar when several workers share a study."""
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials,
                                       multivariate=True, constant_liar=workers > 1)
+
+
+def trial_seed(seed: int, index: int) -> int:
+    """Sampler seed of a worker's ``index``-th trial (0-based, in its quota) from its seed
+    ``seed + worker``: a uint32 from ``numpy.random.SeedSequence([seed, index])``.
+
+    A sampler seeded once per worker would replay its random draws after a restart (the same
+    parameters evaluated twice); seeding per trial index makes a restarted worker continue the
+    sequence of an uninterrupted run.
+    """
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
 
 
 def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
@@ -121,7 +140,10 @@ def recover_leftover_trials(study: optuna.Study, worker: int) -> int:
     recovered = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if _own(t, worker):
-            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            try:
+                storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            except UpdateFinishedTrialError:
+                continue  # another worker failed it (heartbeat) and its callback re-enqueued it
             if t.params:
                 study.enqueue_trial(t.params, user_attrs={"retry_of": t.number},
                                     skip_if_exists=False)
@@ -152,9 +174,11 @@ def run_worker(*, task: str, method: str, fold: int, worker: int, workers: int, 
         sampler=make_sampler(seed + worker, n_startup_trials, workers),
         pruner=make_pruner(pruner, epochs), load_if_exists=True)
     recovered = recover_leftover_trials(study, worker)
-    done = sum(1 for t in study.get_trials(deepcopy=False, states=FINISHED_STATES)
-               if _own(t, worker))
-    todo = max(0, quota - done)
+    finished = study.get_trials(deepcopy=False, states=FINISHED_STATES)
+    done = sum(1 for t in finished if _own(t, worker))
+    # Never more than the study still needs: after a change of tuning.workers the other
+    # workers' finished trials may exceed their new quotas (no overshoot of n_trials).
+    todo = max(0, min(quota - done, n_trials - len(finished)))
     print(f"[tune {study.study_name}] worker {worker}/{workers}: quota {quota}, finished {done}, "
           f"recovered {recovered}, running {todo}", file=sys.stderr, flush=True)
 
@@ -173,7 +197,9 @@ def run_worker(*, task: str, method: str, fold: int, worker: int, workers: int, 
         return value
 
     # A failing trial (not pruned) is an error of the code or data: stop and show it.
-    for _ in range(todo):
+    for j in range(todo):
+        study.sampler = make_sampler(trial_seed(seed + worker, done + j), n_startup_trials,
+                                     workers)
         study.optimize(objective, n_trials=1, catch=())
     return {"study": study.study_name, "worker": worker, "quota": quota,
             "finished_before": done, "ran": todo, "recovered": recovered}

@@ -304,6 +304,18 @@ def test_remap_labels_keeps_geometry_and_maps_voxelwise() -> None:
         remap_labels(to_image(arr, spacing=(1.0, 1.0, 1.0)), {0: 0, 3: 1, 255: 4}, "x.nii")
 
 
+def test_remap_labels_negative_fractional_and_wide_values() -> None:
+    arr = np.array([[[-1, 0, 1000]]], np.int32)
+    out = remap_labels(to_image(arr, spacing=(1.0, 1.0, 1.0)), {-1: 3, 0: 0, 1000: 1}, "x.nii")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(out), [[[3, 0, 1]]])
+    # A mapped value above 255 is kept (not wrapped to uint8) so that validation reports it.
+    out = remap_labels(to_image(arr, spacing=(1.0, 1.0, 1.0)), {-1: 300, 0: 0, 1000: 1}, "x.nii")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(out), [[[300, 0, 1]]])
+    frac = np.array([[[0.0, 1.5, np.nan]]], np.float32)
+    with pytest.raises(InputDataError, match=r"x\.nii: unexpected label values \[1\.5, nan\]"):
+        remap_labels(to_image(frac, spacing=(1.0, 1.0, 1.0)), {0: 0, 1: 1}, "x.nii")
+
+
 # --- combined task and the written raw layout ------------------------------------------------
 
 HEART_CFG = {

@@ -8,10 +8,12 @@ later run would mistake for a result.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import os
 import shutil
 import tempfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -92,16 +94,76 @@ def read_json(path: str | os.PathLike[str]) -> Any:
 
 
 def read_image(path: str | os.PathLike[str]) -> sitk.Image:
-    """Read a medical image with SimpleITK; a missing or unreadable file raises InputDataError."""
+    """Read a medical image with SimpleITK; a missing or unreadable file raises InputDataError.
+
+    NIfTI files are also checked for what SimpleITK's NIfTI reader silently hides (see
+    :func:`nifti_problem`): a truncated file and NaN or infinite voxel values.
+    """
     p = Path(path)
     if not p.is_file():
         raise InputDataError(f"{p}: file not found. Check the source path in the config.")
     try:
-        return sitk.ReadImage(str(p))
+        image = sitk.ReadImage(str(p))
     except RuntimeError as e:
         first = str(e).strip().splitlines()[-1] if str(e).strip() else "unknown reason"
         raise InputDataError(f"{p}: cannot be read as an image ({first}). "
                              "Replace the file with a valid NIfTI/NRRD/MHA image.") from e
+    if p.name.endswith((".nii", ".nii.gz")):
+        problem = nifti_problem(p)
+        if problem:
+            raise InputDataError(f"{p}: {problem}")
+    return image
+
+
+def _gzip_stream_error(path: Path) -> str | None:
+    """Decompress a gzip file to its end; return why it fails, or None when it is complete."""
+    try:
+        with gzip.open(path, "rb") as f:
+            while f.read(1 << 24):
+                pass
+    except (OSError, EOFError, zlib.error) as e:
+        return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return None
+
+
+def nifti_problem(path: str | os.PathLike[str]) -> str | None:
+    """Describe what SimpleITK would read wrongly from a NIfTI file, or None when it is sound.
+
+    SimpleITK (nifticlib) reads a truncated file, compressed or not, without an error, filling
+    the missing voxels with 0, and replaces NaN and infinite float voxels by 0. This checks the
+    file size against the header (for ``.nii.gz`` the gzip trailer's size field, with a full
+    decompression only when it disagrees, so a sound file costs a header read) and scans float
+    data for non-finite values (one extra read of float images). Files nibabel cannot parse are
+    left to SimpleITK.
+    """
+    import nibabel as nib
+
+    p = Path(path)
+    try:
+        proxy = nib.load(str(p)).dataobj
+        dtype = np.dtype(proxy.dtype)
+        expected = int(proxy.offset) + int(np.prod(proxy.shape)) * dtype.itemsize
+    except Exception:  # not parseable by nibabel: SimpleITK's own reading is all we have
+        return None
+    if p.name.endswith(".gz"):
+        with p.open("rb") as f:
+            f.seek(-4, os.SEEK_END)
+            isize = int.from_bytes(f.read(4), "little")  # uncompressed size mod 2**32
+        if isize != expected % 2**32:
+            err = _gzip_stream_error(p)
+            if err:
+                return (f"the compressed data is truncated or corrupt ({err}); it would be read "
+                        "with zeros in place of the missing voxels. Replace it with a complete copy.")
+    elif p.stat().st_size < expected:
+        return (f"the file is truncated ({p.stat().st_size} of {expected} bytes); it would be "
+                "read with zeros in place of the missing voxels. Replace it with a complete copy.")
+    if dtype.kind in "fc":
+        data = np.asarray(proxy.get_unscaled())
+        bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+        if bad:
+            return (f"{bad} NaN or infinite values (they would be read as 0). Replace them "
+                    "(for example with the background value) before conversion.")
+    return None
 
 
 def write_image(image: sitk.Image, path: str | os.PathLike[str]) -> None:

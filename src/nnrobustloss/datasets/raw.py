@@ -81,10 +81,10 @@ def validate_case(case: SourceCase, data: CaseData, label_values: Sequence[int])
         if diff:
             raise InputDataError(f"{name}: label geometry differs from the image {img_name}: "
                                  f"{diff}. Resample the labels onto the image grid.")
-        lab = sitk.GetArrayViewFromImage(label)
-        values = np.unique(lab)
-        unexpected = sorted(float(v) if float(v) != int(v) else int(v) for v in values
-                            if float(v) != int(v) or int(v) not in allowed)
+        values = np.unique(sitk.GetArrayViewFromImage(label)).tolist()
+        # Float label images may hold fractions, NaN or inf: report them as they are.
+        unexpected = [int(v) if float(v).is_integer() else float(v) for v in values
+                      if not (float(v).is_integer() and int(v) in allowed)]
         if unexpected:
             raise InputDataError(f"{name}: unexpected label values {unexpected}; the task declares "
                                  f"{sorted(allowed)}. Fix the file or the task's labels.")

@@ -42,20 +42,28 @@ def _require_dir(path: Path, what: str) -> None:
 def remap_labels(label: sitk.Image, mapping: Mapping[int, int], path: str) -> sitk.Image:
     """Map label values through ``mapping``; a value not in it raises InputDataError naming ``path``.
 
-    The output is uint8 with the input's geometry.
+    The output has the input's geometry; it is uint8 when every mapped value fits, else int32
+    (the writer then reports the values outside the task's labels).
     """
     arr = sitk.GetArrayViewFromImage(label)
-    values = np.unique(arr)
-    unknown = [int(v) for v in values if int(v) not in mapping or float(v) != int(v)]
+    values = np.unique(arr).tolist()
+    # Fractions, NaN and inf (float label images) are never in the mapping.
+    unknown = [int(v) if float(v).is_integer() else float(v) for v in values
+               if not (float(v).is_integer() and int(v) in mapping)]
     if unknown:
         raise InputDataError(
             f"{path}: unexpected label values {unknown}; this source maps only "
             f"{sorted(mapping)}. Fix the file or extend label_map in the config.")
-    lut = np.zeros(int(values.max()) + 1 if values.size else 1, dtype=np.uint8)
-    for src, dst in mapping.items():
-        if src < lut.size:
-            lut[src] = dst
-    out = sitk.GetImageFromArray(lut[arr.astype(np.int64)])
+    if not values:
+        return sitk.Cast(label, sitk.sitkUInt8)
+    # Look-up table over the occurring range (source values may be negative).
+    low, high = int(values[0]), int(values[-1])
+    targets = [mapping[int(v)] for v in values]
+    lut = np.zeros(high - low + 1, dtype=np.uint8 if 0 <= min(targets) and max(targets) <= 255
+                   else np.int32)
+    for v, dst in zip(values, targets):
+        lut[int(v) - low] = dst
+    out = sitk.GetImageFromArray(lut[arr.astype(np.int64) - low])
     out.CopyInformation(label)
     return out
 

@@ -158,6 +158,18 @@ def _training_kwargs(config: Mapping[str, Any], task: str, method: str, fold: in
     }
 
 
+def limit_cpu_threads(device: str, threads: int | None) -> None:
+    """On the CPU, let PyTorch use ``threads`` threads (the job's share of the cores, e.g.
+    Snakemake's ``threads``), so that parallel jobs do not oversubscribe the machine.
+    ``None`` keeps PyTorch's default."""
+    from nnrobustloss.training import resolve_device
+
+    if threads and resolve_device(device).type == "cpu":
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
 def single_threaded_augmentation_on_cpu(device: str) -> None:
     """On the CPU, run nnU-Net's data augmentation in-process (``nnUNet_n_proc_DA=0``) unless the
     user set the variable: trainings are then exactly reproducible (nnU-Net seeds augmentation
@@ -192,12 +204,14 @@ def tune_params(config: Mapping[str, Any], task: str, method: str, fold: int) ->
 
 def run_tune_worker(params: Mapping[str, Any], worker: int, workers: int,
                     results_dir: str | os.PathLike[str], marker: str | os.PathLike[str],
-                    url_env: str = "NNROBUSTLOSS_OPTUNA_URL", device: str = "auto") -> None:
+                    url_env: str = "NNROBUSTLOSS_OPTUNA_URL", device: str = "auto",
+                    threads: int | None = None) -> None:
     """Run one worker's quota of a study; write the worker's marker JSON when done."""
     from nnrobustloss.tuning import run_worker, training_objective
 
     p = dict(params)
     single_threaded_augmentation_on_cpu(device)
+    limit_cpu_threads(device, threads)
     call = _train_call(p, results_dir)
     call["device"] = device
     summary = run_worker(
@@ -232,7 +246,8 @@ def train_params(config: Mapping[str, Any], task: str, method: str, fold: int) -
 
 def run_train(params: Mapping[str, Any], results_dir: str | os.PathLike[str],
               best_params_json: str | os.PathLike[str] | None = None,
-              hparams: Mapping[str, Any] | None = None, device: str = "auto") -> Path:
+              hparams: Mapping[str, Any] | None = None, device: str = "auto",
+              threads: int | None = None) -> Path:
     """Train the final model of a (task, method, fold), resuming from its latest checkpoint.
 
     Hyper-parameters: ``hparams`` if given, else the ``params`` of ``best_params_json``, else the
@@ -242,6 +257,7 @@ def run_train(params: Mapping[str, Any], results_dir: str | os.PathLike[str],
 
     p = dict(params)
     single_threaded_augmentation_on_cpu(device)
+    limit_cpu_threads(device, threads)
     if hparams is None and best_params_json is not None:
         hparams = read_json(best_params_json)["params"]
     out = layout.training_dir(results_dir, p["task"], p["method"], p["fold"])
@@ -260,12 +276,13 @@ def predict_params(config: Mapping[str, Any], task: str, method: str, fold: int)
 
 def run_predict(params: Mapping[str, Any], results_dir: str | os.PathLike[str],
                 splits_json: str | os.PathLike[str], out_dir: str | os.PathLike[str],
-                device: str = "auto") -> None:
+                device: str = "auto", threads: int | None = None) -> None:
     """Predict the held-out (``val``) cases of the fold with the final model."""
     from nnrobustloss.prediction import predict_cases
     from nnrobustloss.splits import fold_cases
 
     p = dict(params)
+    limit_cpu_threads(device, threads)
     spec = get_method(p["method"])
     cases = fold_cases(splits_json, p["fold"], "val")
     average = bool(p["average_peers"]) and spec.id in ("CoT", "CoTPlus", "StoCoT", "HRL")

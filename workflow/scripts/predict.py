@@ -8,4 +8,4 @@ if __name__ == "__main__":
     with logged(snakemake.log[0]):
         run_predict(snakemake.params.p, results_dir=snakemake.config["results_dir"],
                     splits_json=snakemake.input.splits, out_dir=snakemake.output.predictions,
-                    device=snakemake.config["device"])
+                    device=snakemake.config["device"], threads=snakemake.threads)

@@ -7,4 +7,5 @@ from nnrobustloss.pipeline import run_train
 if __name__ == "__main__":
     with logged(snakemake.log[0]):
         run_train(snakemake.params.p, results_dir=snakemake.config["results_dir"],
-                  best_params_json=snakemake.input.get("best"), device=snakemake.config["device"])
+                  best_params_json=snakemake.input.get("best"),
+                  device=snakemake.config["device"], threads=snakemake.threads)

@@ -64,6 +64,9 @@ from nnrobustloss.trainers.progress import (
 
 EpochCallback = Callable[[int, dict[str, Any]], None]
 
+#: nnU-Net's progress.png is redrawn every this many epochs (and after the last one).
+PROGRESS_PLOT_EVERY = 10
+
 STOCOT_THRESHOLD_MODES = ("random", "tiled")
 SVLS_KERNEL_NAMES = ("islam", "gaussian")
 GRAD_CLIP_NORM = 12.0  # nnU-Net's clip_grad_norm_ value
@@ -221,6 +224,15 @@ class RobustTrainerMixin:
         self._pd_counts: np.ndarray | None = None
         self._epoch_extras: dict[str, Any] = {}
         self._pending_rng_state: dict[str, Any] | None = None
+        # nnU-Net redraws its 30 x 54 inch progress.png after every epoch (seconds on a CPU,
+        # more than a whole phantom epoch); redraw every PROGRESS_PLOT_EVERY epochs and at the end.
+        self._plot_progress_png = self.logger.plot_progress_png  # type: ignore[attr-defined]
+        self.logger.plot_progress_png = self._plot_progress_throttled  # type: ignore[attr-defined]
+
+    def _plot_progress_throttled(self, output_folder: str) -> None:
+        epoch = self.current_epoch  # type: ignore[attr-defined]
+        if (epoch + 1) % PROGRESS_PLOT_EVERY == 0 or epoch >= self.num_epochs - 1:  # type: ignore[attr-defined]
+            self._plot_progress_png(output_folder)
 
     # ------------------------------------------------------------------ settings and paths
     def configure(self, settings: TrainerSettings,

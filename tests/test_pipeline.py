@@ -1,0 +1,77 @@
+"""Stage parameters (what reruns a job) and the command line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nnrobustloss import pipeline as P
+from nnrobustloss.cli import STAGES, main
+from nnrobustloss.config import load_config, validate_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def config() -> dict:
+    return load_config(REPO / "config" / "config.yaml")
+
+
+def test_workers_and_device_do_not_change_any_stage_params(config: dict) -> None:
+    other = validate_config({**config, "device": "cpu",
+                             "tuning": {**config["tuning"], "workers": 4}})
+    for fn in (P.tune_params, P.train_params, P.predict_params, P.evaluate_params):
+        assert fn(config, "Phantom", "HRL", 1) == fn(other, "Phantom", "HRL", 1)
+
+
+def test_result_relevant_settings_change_the_params(config: dict) -> None:
+    longer = validate_config({**config, "training": {**config["training"], "epochs": 9}})
+    assert P.train_params(longer, "Phantom", "APL2", 0)["epochs"] == 9
+    assert P.train_params(longer, "Phantom", "APL2", 0) != P.train_params(config, "Phantom", "APL2", 0)
+    assert P.tune_params(longer, "Phantom", "APL2", 0) == P.tune_params(config, "Phantom", "APL2", 0)
+
+
+def test_baseline_ref_trains_on_the_reference_twin(config: dict) -> None:
+    assert P.train_params(config, "Phantom", "BaselineRef", 0)["dataset"] == "Dataset502_PhantomRef"
+    assert P.train_params(config, "Phantom", "Baseline", 0)["dataset"] == "Dataset501_Phantom"
+
+
+def test_evaluation_regions_of_the_phantom_and_kits(config: dict) -> None:
+    assert P.evaluate_params(config, "Phantom", "SVLS", 2)["regions"] == {"organ": [1], "lesion": [2]}
+    paper = load_config(REPO / "config" / "paper.yaml")
+    assert P.evaluate_params(paper, "KiTS23", "HRL", 0)["regions"] == {
+        "Kidney+Tumor+Cyst": [1, 2, 3], "Tumor+Cyst": [2, 3], "Tumor": [2]}
+
+
+def test_unknown_task_is_a_clear_error(config: dict) -> None:
+    with pytest.raises(Exception, match="tasks.Nope: unknown task"):
+        P.train_params(config, "Nope", "Baseline", 0)
+
+
+def test_cli_lists_every_stage() -> None:
+    out = subprocess.run([sys.executable, "-m", "nnrobustloss.cli", "--help"], text=True,
+                         capture_output=True, check=True).stdout
+    for stage in STAGES:
+        assert stage in out
+
+
+def test_cli_user_error_exits_1_with_one_message(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tasks: {P: {dataset_id: 1, reference_dataset_id: 2, labels: {background: 0}, "
+                   "sources: [{type: phantom}]}}\nseed: -1\n")
+    assert main(["splits", "--task", "P", "--configfile", str(bad)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: config key seed:")
+
+
+def test_cli_missing_stage_input_names_the_file(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["splits", "--task", "Phantom", "--configfile", str(REPO / "config" / "config.yaml"),
+               "--results-dir", str(tmp_path)])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "Dataset501_Phantom" in err and "dataset.json" in err

@@ -21,12 +21,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import SimpleITK as sitk
 
 from nnrobustloss import layout
 from nnrobustloss.config import evaluation_regions
 from nnrobustloss.errors import ConfigError
-from nnrobustloss.fileio import atomic_path, read_image, read_json, write_json
+from nnrobustloss.fileio import atomic_path, read_json, write_json
 from nnrobustloss.methods import get_method
 
 
@@ -69,27 +68,13 @@ def noise_params(config: Mapping[str, Any], task: str) -> dict[str, Any]:
 def run_noise_report(task: str, dataset_id: int, regions: Mapping[str, Sequence[int]],
                      tolerance_mm: float | Mapping[str, float],
                      results_dir: str | os.PathLike[str], out_csv: str | os.PathLike[str]) -> pd.DataFrame:
-    """Measure every case's label noise: Dice, ASD and surface Dice of the noisy training labels
-    against the reference labels, per class/region; write the tidy ``noise/<Task>.csv``
-    (``task, case, region, metric, value``) and print the dataset means."""
-    from nnrobustloss.metrics import evaluate_case
+    """Write the task's label-noise report ``noise/<Task>.csv`` (tidy: ``task, case, region,
+    metric, value``; see :func:`nnrobustloss.noise.measure_noise_levels`) and print the means."""
+    from nnrobustloss.noise import measure_noise_levels
 
-    noisy_dir = layout.raw_dir(results_dir, task, dataset_id) / "labelsTr"
-    ref_dir = layout.reference_labels_dir(results_dir, task)
-    rows = []
-    files = sorted(noisy_dir.glob("*.nii.gz"))
-    for i, f in enumerate(files, 1):
-        case = f.name[: -len(".nii.gz")]
-        noisy_img, ref_img = read_image(f), read_image(ref_dir / f.name)
-        spacing = ref_img.GetSpacing()[::-1]
-        res = evaluate_case(sitk.GetArrayFromImage(noisy_img), sitk.GetArrayFromImage(ref_img),
-                            spacing, regions, tolerance_mm)
-        for region, metrics in res.items():
-            for metric, value in metrics.items():
-                rows.append({"task": task, "case": case, "region": region, "metric": metric,
-                             "value": value})
-        print(f"[noise {task}] {i}/{len(files)} {case}", file=sys.stderr, flush=True)
-    df = pd.DataFrame(rows, columns=["task", "case", "region", "metric", "value"])
+    df = measure_noise_levels(layout.raw_dir(results_dir, task, dataset_id) / "labelsTr",
+                              layout.reference_labels_dir(results_dir, task), regions,
+                              tolerance_mm, task=task)
     with atomic_path(out_csv) as tmp:
         df.to_csv(tmp, index=False, na_rep="NaN")
     means = df.groupby(["region", "metric"])["value"].mean().unstack()

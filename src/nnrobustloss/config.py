@@ -82,7 +82,8 @@ def _message(err: jsonschema.ValidationError) -> str:
 def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """Validate ``config`` against the schema and return a copy with all defaults filled in.
 
-    Raises :class:`ConfigError` naming the first offending key (the deepest schema error).
+    ``folds`` defaults to every fold ``0 .. n_folds - 1``. Raises :class:`ConfigError` naming
+    the first offending key (the deepest schema error).
     """
     cfg = copy.deepcopy(dict(config))
     schema = config_schema()
@@ -91,6 +92,8 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
     if errors:
         best = jsonschema.exceptions.best_match(errors)
         raise ConfigError(_message(best) + " See workflow/schemas/config.schema.yaml.")
+    if "folds" not in cfg:  # the schema's static default would not follow n_folds
+        cfg["folds"] = list(range(int(cfg.get("n_folds", 3))))
     _fill_defaults(cfg, schema, schema)
     _check_semantics(cfg)
     return cfg
@@ -120,6 +123,22 @@ def _check_semantics(cfg: Mapping[str, Any]) -> None:
         values = list(task["labels"].values())
         if len(set(values)) != len(values):
             raise ConfigError(f"config key tasks.{name}.labels: label values must be unique.")
+        declared = set(values) - {0}
+        for region, region_values in task["regions"].items():
+            if region in task["labels"]:
+                raise ConfigError(f"config key tasks.{name}.regions.{region}: the name is already "
+                                  "used by a class of the task's labels. Rename the region.")
+            unknown = sorted(set(region_values) - declared)
+            if unknown:
+                raise ConfigError(f"config key tasks.{name}.regions.{region}: label values "
+                                  f"{unknown} are not foreground labels of the task "
+                                  f"({sorted(declared)}).")
+        for j, structure in enumerate(task["noise"].get("structures") or []):
+            unknown = sorted(set(structure) - declared)
+            if unknown:
+                raise ConfigError(f"config key tasks.{name}.noise.structures[{j}]: label values "
+                                  f"{unknown} are not foreground labels of the task "
+                                  f"({sorted(declared)}).")
         tol = task["tolerance_mm"]
         if isinstance(tol, dict):
             known = set(evaluation_regions(task))

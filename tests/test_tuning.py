@@ -411,6 +411,25 @@ def test_worker_killed_twice_is_recovered_each_time(tmp_path, worker_script, scr
     assert [t.params for t in finished(study)] == [t.params for t in ref]
 
 
+def test_journal_worker_recovers_only_its_own_leftover_trial(tmp_path, worker_script, script):
+    """Journal (no heartbeat), 2 workers: worker 1 leaves worker 0's RUNNING trial alone; the
+    rerun of worker 0 fails it and evaluates its point again."""
+    kw0 = worker_kwargs(tmp_path, n_trials=5, worker=0, workers=2)
+    _run_killed_worker(worker_script, kw0, 0, tmp_path / "marker")
+    s1 = tuning.run_worker(**{**kw0, "worker": 1}, run_trial=script.make_objective(EPOCHS))
+    assert (s1["recovered"], s1["ran"]) == (0, 2)
+    study = load(tmp_path)
+    assert [t.state for t in study.trials] == [TrialState.RUNNING] + [TrialState.COMPLETE] * 2
+    s0 = tuning.run_worker(**kw0, run_trial=script.make_objective(EPOCHS))
+    assert (s0["recovered"], s0["finished_before"], s0["ran"]) == (1, 0, 3)
+    study = load(tmp_path)
+    assert study.trials[0].state == TrialState.FAIL
+    assert study.trials[3].params == study.trials[0].params
+    assert study.trials[3].user_attrs == {"worker": 0, "retry_of": 0}
+    assert len(finished(study)) == 5 and len(study.trials) == 6
+    assert [sum(t.user_attrs["worker"] == w for t in finished(study)) for w in (0, 1)] == [3, 2]
+
+
 def test_other_worker_takes_over_a_dead_workers_trial_by_heartbeat(
         tmp_path, worker_script, script, monkeypatch):
     """SQLite: worker 0 dies in trial 0; after the grace period worker 1 fails it through the
@@ -421,7 +440,8 @@ def test_other_worker_takes_over_a_dead_workers_trial_by_heartbeat(
     assert killed.state == TrialState.RUNNING
 
     monkeypatch.setattr(tuning, "HEARTBEAT_SECONDS", 1)  # grace period 2 s in this process
-    time.sleep(2.5)  # let worker 0's last heartbeat become stale
+    # let worker 0's heartbeat become stale: SQLite's clock (CURRENT_TIMESTAMP) has whole seconds
+    time.sleep(3.5)
     s1 = tuning.run_worker(**{**kw0, "worker": 1}, run_trial=script.make_objective(EPOCHS))
     assert (s1["recovered"], s1["ran"]) == (0, 2)
     study = load(tmp_path, "sqlite")

@@ -174,6 +174,10 @@ def run_worker(*, task: str, method: str, fold: int, worker: int, workers: int, 
         sampler=make_sampler(seed + worker, n_startup_trials, workers),
         pruner=make_pruner(pruner, epochs), load_if_exists=True)
     recovered = recover_leftover_trials(study, worker)
+    if not keep_checkpoints:  # checkpoints of trials that died with their worker are never used
+        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+            for ckpt in (study_dir / "trials" / f"trial{t.number}").glob("checkpoint_*.pth"):
+                ckpt.unlink()
     finished = study.get_trials(deepcopy=False, states=FINISHED_STATES)
     done = sum(1 for t in finished if _own(t, worker))
     # Never more than the study still needs: after a change of tuning.workers the other

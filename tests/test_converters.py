@@ -441,3 +441,69 @@ def test_run_convert_writes_the_manifest_last(tmp_path: Path) -> None:
     with pytest.raises(InputDataError):
         run_convert("Heart2", bad, 0, tmp_path / "results", manifest2)
     assert not manifest2.exists()
+
+
+# --- noise report (on the shared preprocessed phantom fixture) -------------------------------
+
+def test_noise_report_on_the_phantom(preprocessed_phantom: dict[str, Path], tmp_path: Path) -> None:
+    import pandas as pd
+
+    from nnrobustloss.datasets.phantom import novice_case_indices
+    from nnrobustloss.metrics import evaluate_case
+    from nnrobustloss.pipeline import mean_dice, run_noise_report
+
+    out = tmp_path / "noise" / "PhantomTest.csv"
+    regions = {"organ": [1], "lesion": [2]}
+    df = run_noise_report("PhantomTest", 981, regions, 1.0, preprocessed_phantom["results_dir"], out)
+    csv = pd.read_csv(out)
+    assert list(csv.columns) == ["task", "case", "region", "metric", "value"]
+    assert len(csv) == 6 * 2 * 3 and (csv["task"] == "PhantomTest").all()
+    pd.testing.assert_frame_equal(csv, df, check_dtype=False)
+    assert set(csv["metric"]) == {"dice", "asd", "surface_dice"}
+    novices = {f"phantom_{i:03d}" for i in novice_case_indices(6, 2, 0)}
+    value = csv.set_index(["case", "region", "metric"])["value"]
+    for case in sorted(set(csv["case"])):
+        if case in novices:
+            assert value[case, "lesion", "dice"] < 0.9
+            assert value[case, "lesion", "asd"] > 0
+            assert value[case, "organ", "dice"] < 1
+        else:  # expert labels are the reference labels
+            for region in regions:
+                assert value[case, region, "dice"] == 1.0
+                assert value[case, region, "asd"] == 0.0
+                assert value[case, region, "surface_dice"] == 1.0
+    # The numbers are evaluate_case's, with the image spacing.
+    case = sorted(novices)[0]
+    noisy = read(preprocessed_phantom["raw_dir"] / "labelsTr" / f"{case}.nii.gz")
+    ref = read(preprocessed_phantom["reference_labels"] / f"{case}.nii.gz")
+    direct = evaluate_case(noisy, ref, (2.0, 1.0, 1.0), regions, 1.0)
+    for region in regions:
+        for metric in ("dice", "asd", "surface_dice"):
+            assert value[case, region, metric] == pytest.approx(direct[region][metric])
+    dice_rows = csv[csv["metric"] == "dice"]["value"]
+    assert mean_dice(out) == pytest.approx(dice_rows.mean())
+    assert [p.name for p in out.parent.iterdir()] == ["PhantomTest.csv"]
+
+
+def test_noise_report_without_converted_data(tmp_path: Path) -> None:
+    from nnrobustloss.pipeline import run_noise_report
+
+    out = tmp_path / "noise" / "T.csv"
+    with pytest.raises(InputDataError, match=r"Dataset991_T/labelsTr.*convert"):
+        run_noise_report("T", 991, {"a": [1]}, 1.0, tmp_path, out)
+    (tmp_path / "raw" / "Dataset991_T" / "labelsTr").mkdir(parents=True)
+    with pytest.raises(InputDataError, match=r"Dataset991_T/labelsTr: no label files"):
+        run_noise_report("T", 991, {"a": [1]}, 1.0, tmp_path, out)
+    assert not out.exists()
+
+
+def test_noise_report_missing_reference_label(tmp_path: Path) -> None:
+    from nnrobustloss.pipeline import run_noise_report
+
+    cfg, _, _ = _heart_task(tmp_path)
+    raw = convert_task("Heart", cfg, tmp_path / "results")
+    (raw.reference_labels / "c2_a.nii.gz").unlink()
+    out = tmp_path / "results" / "noise" / "Heart.csv"
+    with pytest.raises(InputDataError, match=r"reference/Heart/c2_a\.nii\.gz: file not found"):
+        run_noise_report("Heart", 701, {"LV": [1]}, 1.0, tmp_path / "results", out)
+    assert not out.exists()

@@ -24,7 +24,7 @@ import pandas as pd
 
 from nnrobustloss import layout
 from nnrobustloss.config import evaluation_regions
-from nnrobustloss.errors import ConfigError
+from nnrobustloss.errors import ConfigError, InputDataError
 from nnrobustloss.fileio import atomic_path, read_json, write_json
 from nnrobustloss.methods import get_method
 
@@ -72,8 +72,12 @@ def run_noise_report(task: str, dataset_id: int, regions: Mapping[str, Sequence[
     metric, value``; see :func:`nnrobustloss.noise.measure_noise_levels`) and print the means."""
     from nnrobustloss.noise import measure_noise_levels
 
-    df = measure_noise_levels(layout.raw_dir(results_dir, task, dataset_id) / "labelsTr",
-                              layout.reference_labels_dir(results_dir, task), regions,
+    noisy_dir = layout.raw_dir(results_dir, task, dataset_id) / "labelsTr"
+    # A missing or empty folder would give an empty report that reads as "no noise".
+    if not noisy_dir.is_dir() or not any(noisy_dir.glob("*.nii.gz")):
+        raise InputDataError(f"{noisy_dir}: no label files (*.nii.gz) found. Run the convert "
+                             f"stage for task {task} first.")
+    df = measure_noise_levels(noisy_dir, layout.reference_labels_dir(results_dir, task), regions,
                               tolerance_mm, task=task)
     with atomic_path(out_csv) as tmp:
         df.to_csv(tmp, index=False, na_rep="NaN")

@@ -24,6 +24,7 @@ from nnrobustloss.datasets.sources import (
     remap_labels,
 )
 from nnrobustloss.errors import InputDataError
+from nnrobustloss.fileio import geometry_mismatch
 from nnrobustloss.noise import DICE_TOLERANCE, dice_per_case
 from nnrobustloss.pipeline import run_convert
 
@@ -165,13 +166,50 @@ def test_kits23_task_boundary_noise(tmp_path: Path, target: float) -> None:
         ref = read(raw.reference / "labelsTr" / f"{case}.nii.gz")
         np.testing.assert_array_equal(ref, labels[i])  # the reference twin keeps the labels
         assert noisy.shape == ref.shape and noisy.dtype == np.uint8
-        assert set(np.unique(noisy)) <= set(np.unique(ref))  # no new label values
+        # No label value appears or disappears (erosions never erase a structure).
+        assert set(np.unique(noisy)) == set(np.unique(ref))
         dices.append(dice_per_case(noisy, ref))
     assert any(d < 1.0 for d in dices)
     # corrupt_dataset guarantees the mean within DICE_TOLERANCE (it raises otherwise).
     assert abs(np.mean(dices) - target) <= DICE_TOLERANCE + 1e-9
     ds = json.loads((raw.noisy / "dataset.json").read_text())
     assert ds["channel_names"] == {"0": "CT"} and ds["labels"] == KITS_LABELS
+
+
+SHARED_KITS = Path(__file__).resolve().parents[2] / "shared" / "data" / "kits23_labels"
+
+
+def test_kits23_task_on_real_labels(tmp_path: Path) -> None:
+    """Two real KiTS23 segmentations (full CT geometry) with synthetic CT images."""
+    if not SHARED_KITS.is_dir():
+        pytest.skip(f"{SHARED_KITS} not found (the shared KiTS23 labels are not available)")
+    cases = ("case_00021", "case_00402")  # the two smallest volumes (38 and 49 slices)
+    refs = {}
+    for case in cases:
+        seg = sitk.ReadImage(str(SHARED_KITS / case / "segmentation.nii.gz"))
+        d = tmp_path / "dataset" / case
+        d.mkdir(parents=True)
+        (d / "segmentation.nii.gz").symlink_to(SHARED_KITS / case / "segmentation.nii.gz")
+        arr = sitk.GetArrayFromImage(seg)
+        img = sitk.GetImageFromArray(arr.astype(np.int16) * 40 - 1000)  # HU-like
+        img.CopyInformation(seg)
+        sitk.WriteImage(img, str(d / "imaging.nii.gz"), useCompression=True)
+        refs[case] = (arr, seg)
+    task_cfg = {"dataset_id": 631, "reference_dataset_id": 632, "labels": KITS_LABELS,
+                "channel": "CT", "noise": {"type": "boundary", "target_dice": 0.96},
+                "sources": [{"type": "kits23", "path": str(tmp_path / "dataset")}]}
+    raw = convert_task("KiTS23", task_cfg, tmp_path / "results", seed=0)
+    dices = []
+    for case in cases:
+        arr, seg = refs[case]
+        noisy_img = sitk.ReadImage(str(raw.noisy / "labelsTr" / f"{case}.nii.gz"))
+        assert geometry_mismatch(noisy_img, seg) is None
+        np.testing.assert_array_equal(read(raw.reference_labels / f"{case}.nii.gz"), arr)
+        noisy = sitk.GetArrayFromImage(noisy_img)
+        assert set(np.unique(noisy)) == set(np.unique(arr))
+        dices.append(dice_per_case(noisy, arr))
+    assert abs(np.mean(dices) - 0.96) <= DICE_TOLERANCE + 1e-9
+    assert all(d < 1.0 for d in dices)
 
 
 def test_boundary_noise_deterministic_per_seed(tmp_path: Path) -> None:

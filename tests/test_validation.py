@@ -208,6 +208,24 @@ def test_label_value_outside_declared_set(tmp_path: Path, results, sub: str) -> 
                   "unexpected label values [7]", "[0, 1, 2]")
 
 
+@pytest.mark.parametrize("value,fragment", [(421, "source maps only"), (600, "task declares")])
+def test_mmwhs_label_value_unknown_or_undeclared(tmp_path: Path, results, value: int,
+                                                 fragment: str) -> None:
+    # 421 is not an MM-WHS value; 600 (RV) maps to 2, which this 2-class task does not declare.
+    whs = tmp_path / "whs"
+    for i in (1001, 1002):
+        save(good_image(i).astype(np.int16), whs / f"ct_train_{i}_image.nii.gz")
+        lab = np.where(good_label() > 0, 500, 0).astype(np.int16)
+        save(lab, whs / f"ct_train_{i}_label.nii.gz")
+    lab[0, 0, 0] = value
+    save(lab, whs / "ct_train_1002_label.nii.gz")
+    cfg = task_cfg(None)
+    cfg["labels"] = {"background": 0, "LV": 1}
+    cfg["sources"] = [{"type": "mmwhs", "path": str(whs)}]
+    convert_fails(results, cfg, InputDataError, str(whs / "ct_train_1002_label.nii.gz"),
+                  f"[{value if value == 421 else 2}]", fragment)
+
+
 def test_non_integer_label_value(tmp_path: Path, results) -> None:
     src = make_folder_source(tmp_path / "src")
     lab = good_label().astype(np.float32)

@@ -177,7 +177,9 @@ def phantom_source(n_cases: int = 14, n_noisy_cases: int = 4,
     """The phantom task as source cases ``phantom_000``, ``phantom_001``, ...
 
     Case ``i`` is generated from ``SeedSequence([seed, i])``, so adding cases never changes the
-    existing ones. Cases are generated lazily when loaded.
+    existing cases' images, reference labels or novice labels. Which cases carry the novice
+    labels (:func:`novice_case_indices`) is drawn from ``(n_cases, n_noisy_cases, seed)`` and may
+    differ when ``n_cases`` changes. Cases are generated lazily when loaded.
     """
     if n_cases < 1:
         raise ValueError(f"phantom n_cases must be at least 1, got {n_cases}")

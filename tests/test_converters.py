@@ -17,7 +17,6 @@ import SimpleITK as sitk
 from nnrobustloss.datasets.convert import convert_task, source_cases
 from nnrobustloss.datasets.raw import dataset_name, make_dataset_json, write_raw_datasets
 from nnrobustloss.datasets.sources import (
-    MMWHS_LABEL_MAP,
     folder_source,
     kits23_source,
     mmwhs_source,
@@ -269,10 +268,6 @@ def test_mmwhs_label_values_are_mapped(tmp_path: Path) -> None:
         np.testing.assert_array_equal(sitk.GetArrayFromImage(data.noisy), ref)
         assert ref.dtype == np.uint8
         assert_geometry(data.reference)
-
-
-def test_mmwhs_default_map_constant() -> None:
-    assert MMWHS_LABEL_MAP == {0: 0, 500: 1, 600: 2, 420: 3, 550: 4, 205: 5, 820: 0, 850: 0}
 
 
 def test_mmwhs_unknown_label_value_names_the_file(tmp_path: Path) -> None:

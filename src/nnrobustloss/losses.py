@@ -743,27 +743,19 @@ class SVLSLoss(MaskedCompoundLoss):
         return _soft(logits, q, c_ce=1.0), (target if self.hard_dice else q)
 
 
-class HRLLoss(MaskedCompoundLoss):
+class HRLLoss(SVLSLoss):
     """HRL peer loss: mean(soft RCE + soft NGCE_w) + Dice on SVLS soft targets.
 
-    ``w`` in (0, 1], ``sigma`` > 0, ``kernel`` and ``hard_dice`` as in :class:`SVLSLoss`.
+    ``w`` in (0, 1], ``sigma`` > 0, ``kernel`` and ``hard_dice`` as in :class:`SVLSLoss` (whose
+    SVLS target it shares).
     """
 
     def __init__(self, w: float, sigma: float, kernel: str = "islam", hard_dice: bool = False,
                  soft_dice_kwargs: Mapping[str, Any] | None = None,
                  delta: float = DEFAULT_DELTA, weight_dice: float = 1.0) -> None:
-        super().__init__(soft_dice_kwargs, weight_dice)
+        super().__init__(sigma, kernel, hard_dice, soft_dice_kwargs, weight_dice)
         self.w = _check_w(w)
-        self.sigma = _check_sigma(sigma)
-        self.kernel = _check_kernel(kernel)
-        self.hard_dice = bool(hard_dice)
         self.delta = _check_delta(delta)
-
-    def dice_target(self, logits: Tensor, target: Tensor) -> Tensor:
-        """The SVLS soft target, or the hard label with ``hard_dice``."""
-        if self.hard_dice:
-            return target
-        return svls_targets(target, logits.shape[1], self.sigma, self.kernel)
 
     def terms(self, logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """Per-voxel soft RCE + soft NGCE on the SVLS target, and the Dice target."""

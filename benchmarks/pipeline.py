@@ -23,7 +23,10 @@ def collect(results_dir: Path) -> pd.DataFrame:
     root = results_dir / "benchmarks"
     for tsv in sorted(root.rglob("*.tsv")):
         df = pd.read_csv(tsv, sep="\t")
-        rows.append({"stage": tsv.relative_to(root).parts[0], "job": str(tsv.relative_to(root)),
+        stage = tsv.relative_to(root).parts[0].removesuffix(".tsv")
+        if stage == "tune":  # tune/<T>/<M>/fold<k>/{worker<i>,select_best}.tsv
+            stage = "select_best" if tsv.stem == "select_best" else "tune_worker"
+        rows.append({"stage": stage, "job": str(tsv.relative_to(root)),
                      "s": float(df["s"].iloc[0]), "max_rss_mb": float(df["max_rss"].iloc[0])})
     if not rows:
         raise SystemExit(f"no benchmark files under {root}; run the pipeline first")
@@ -36,7 +39,8 @@ def main() -> None:
     parser.add_argument("--wall", type=float, help="measured wall time of the whole run (s)")
     args = parser.parse_args()
     jobs = collect(args.results_dir)
-    order = ["convert", "noise", "splits", "plan", "tune", "train", "predict", "evaluate", "report"]
+    order = ["convert", "noise", "splits", "plan", "tune_worker", "select_best", "train", "predict",
+             "evaluate", "report"]
     summary = (jobs.groupby("stage")
                .agg(jobs=("s", "size"), total_s=("s", "sum"), mean_s=("s", "mean"),
                     max_s=("s", "max"), peak_rss_mb=("max_rss_mb", "max"))

@@ -108,7 +108,7 @@ def test_unknown_key_in_a_source_is_named_with_its_index() -> None:
     (("training", "epochs"), "many", "config key training.epochs:"),
     (("prediction", "mirroring"), "yes", "config key prediction.mirroring:"),
     (("planning", "cpu_plan", "patch_size"), [16, 32], "config key planning.cpu_plan.patch_size:"),
-    (("tasks", "Phantom", "dataset_id"), "501", "config key tasks.Phantom.dataset_id:"),
+    (("tasks", "Phantom", "dataset_id"), "5o1", "config key tasks.Phantom.dataset_id:"),
 ])
 def test_wrong_type(key: tuple[str, ...], value: Any, fragment: str) -> None:
     cfg = default_config()

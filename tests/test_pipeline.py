@@ -75,3 +75,14 @@ def test_cli_missing_stage_input_names_the_file(tmp_path: Path,
     assert rc == 1
     err = capsys.readouterr().err
     assert "Dataset501_Phantom" in err and "dataset.json" in err
+
+
+def test_command_line_config_strings_are_parsed_by_the_schema_type() -> None:
+    # snakemake --config folds=[1] seed=3 prediction=... hands the values over as strings
+    cfg = load_config(REPO / "config" / "config.yaml",
+                      overrides={"folds": ["1"], "seed": "3", "methods": "[APL2, HRL]",
+                                 "prediction": {"mirroring": "false"}})
+    assert cfg["folds"] == [1] and cfg["seed"] == 3 and cfg["methods"] == ["APL2", "HRL"]
+    assert cfg["prediction"]["mirroring"] is False
+    with pytest.raises(Exception, match="config key seed: 'abc' is not of type 'integer'"):
+        load_config(REPO / "config" / "config.yaml", overrides={"seed": "abc"})

@@ -171,6 +171,8 @@ def test_killed_training_continues_from_its_checkpoint(tmp_path: Path) -> None:
         os.killpg(proc.pid, signal.SIGKILL)  # like a SLURM job hitting its time limit
         proc.wait()
     assert not (tmp_path / target).exists()
+    # Snakemake itself was killed too: release its lock, as a user would, then rerun.
+    snakemake(tmp_path, "--unlock", configfiles=(DEFAULT, OVERLAY, longer))
     snakemake(tmp_path, "--cores", "1", "--rerun-incomplete", target,
               configfiles=(DEFAULT, OVERLAY, longer))
     rows = pd.read_csv(progress)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from collections.abc import Mapping
 from functools import cache
 from importlib import resources
@@ -67,6 +68,52 @@ def _fill_defaults(instance: Any, schema: Mapping[str, Any], root: Mapping[str, 
             _fill_defaults(item, schema["items"], root)
 
 
+def _parse_string(text: str, kinds: list[str]) -> Any:
+    """``text`` as the first of the schema's ``kinds`` it spells, else unchanged. Snakemake's
+    ``--config`` hands nested values over as strings (YAML's BaseLoader): ``folds=[1]`` gives
+    ``['1']`` and ``'prediction={mirroring: false}'`` gives ``'false'``."""
+    t = text.strip()
+    if "integer" in kinds and re.fullmatch(r"[+-]?\d+", t):
+        return int(t)
+    if "number" in kinds:
+        try:
+            return float(t)
+        except ValueError:
+            pass
+    if "boolean" in kinds and t.lower() in ("true", "false"):
+        return t.lower() == "true"
+    if ({"array", "object"} & set(kinds)) and t[:1] in "[{":
+        try:
+            return yaml.safe_load(t)
+        except yaml.YAMLError:
+            return text
+    return text
+
+
+def _coerce_strings(instance: Any, schema: Mapping[str, Any], root: Mapping[str, Any]) -> Any:
+    """Apply :func:`_parse_string` wherever the schema wants something other than a string."""
+    schema = _resolve(schema, root)
+    kinds = schema.get("type")
+    kinds = [kinds] if isinstance(kinds, str) else list(kinds or [])
+    for alternative in schema.get("oneOf", []):
+        alt = _resolve(alternative, root).get("type")
+        kinds += [alt] if isinstance(alt, str) else list(alt or [])
+    if isinstance(instance, str) and "string" not in kinds and kinds:
+        parsed = _parse_string(instance, kinds)
+        if isinstance(parsed, str):
+            return parsed
+        instance = parsed
+    if isinstance(instance, dict):
+        props = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        return {k: _coerce_strings(v, props[k], root) if k in props else
+                (_coerce_strings(v, extra, root) if isinstance(extra, dict) else v)
+                for k, v in instance.items()}
+    if isinstance(instance, list) and isinstance(schema.get("items"), dict):
+        return [_coerce_strings(v, schema["items"], root) for v in instance]
+    return instance
+
+
 def _message(err: jsonschema.ValidationError) -> str:
     if err.validator == "additionalProperties":
         allowed = sorted(err.schema.get("properties", {}))
@@ -85,8 +132,8 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
     ``folds`` defaults to every fold ``0 .. n_folds - 1``. Raises :class:`ConfigError` naming
     the first offending key (the deepest schema error).
     """
-    cfg = copy.deepcopy(dict(config))
     schema = config_schema()
+    cfg = _coerce_strings(copy.deepcopy(dict(config)), schema, schema)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(cfg), key=lambda e: (-len(e.absolute_path), e.message))
     if errors:

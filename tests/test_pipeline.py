@@ -86,3 +86,11 @@ def test_command_line_config_strings_are_parsed_by_the_schema_type() -> None:
     assert cfg["prediction"]["mirroring"] is False
     with pytest.raises(Exception, match="config key seed: 'abc' is not of type 'integer'"):
         load_config(REPO / "config" / "config.yaml", overrides={"seed": "abc"})
+
+
+def test_train_params_from_a_best_params_file(tmp_path: Path) -> None:
+    from nnrobustloss.training import parse_params
+
+    best = tmp_path / "best_params.json"
+    best.write_text('{"study": "P.HRL.fold0", "params": {"a": 2.0, "w": 0.3}, "value": 0.8}')
+    assert parse_params(str(best)) == {"a": 2.0, "w": 0.3}

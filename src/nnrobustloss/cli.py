@@ -14,7 +14,6 @@ User errors (bad config, bad input files) print one ``error:`` line and exit wit
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -77,14 +76,6 @@ def _load(args: argparse.Namespace) -> dict[str, Any]:
     return load_config(*args.configfile, overrides=overrides)
 
 
-def _hparams(text: str | None, default_file: Path) -> dict[str, Any] | None:
-    if text is None:
-        return json.loads(default_file.read_text())["params"] if default_file.is_file() else None
-    path = Path(text)
-    data = json.loads(path.read_text()) if path.is_file() else json.loads(text)
-    return data.get("params", data) if isinstance(data, dict) else data
-
-
 def run(args: argparse.Namespace) -> None:
     """Run the stage selected by parsed command-line ``args``."""
     cfg = _load(args)
@@ -123,7 +114,10 @@ def run(args: argparse.Namespace) -> None:
         if args.epochs is not None:
             params["epochs"] = args.epochs
         best = layout.study_dir(r, args.task, params["method"], args.fold) / "best_params.json"
-        out = P.run_train(params, results_dir=r, hparams=_hparams(args.params, best),
+        from nnrobustloss.training import parse_params
+
+        source = args.params if args.params is not None else (str(best) if best.is_file() else None)
+        out = P.run_train(params, results_dir=r, hparams=parse_params(source) if source else None,
                           device=cfg["device"])
         print(f"trained: {out / 'checkpoint_final.pth'}")
     elif s == "predict":

@@ -6,7 +6,8 @@ settings, resumes from ``checkpoint_latest.pth`` when present and runs nnU-Net's
 with nnU-Net's data loading, augmentation, deep supervision, optimiser and checkpoints. The fold
 split is nnU-Net's own ``do_split`` reading ``splits_final.json`` of the preprocessed dataset.
 A finished run (``checkpoint_final.pth`` present) returns at once; to retrain, delete the output
-folder. :func:`train_from_config` maps the pipeline config onto :func:`train` for the CLI.
+folder. The pipeline's ``train`` stage (:func:`nnrobustloss.pipeline.run_train`, also behind
+``nnrobustloss train``) maps the config onto :func:`train`.
 
 Reproducibility: with ``nnUNet_n_proc_DA=0`` (single-threaded augmentation) on the CPU a run is
 a deterministic function of its settings, and a run killed after epoch k and continued is
@@ -190,7 +191,8 @@ def train(preprocessed_dataset_dir: str | os.PathLike[str], method: str, fold: i
 
 
 def parse_params(text: str | None) -> dict[str, Any]:
-    """``--params`` value: a JSON object, or the path of a JSON file holding one."""
+    """``--params`` value: a JSON object, or the path of a JSON file holding one (a tuning
+    ``best_params.json`` gives its ``params``)."""
     if text is None or text == "":
         return {}
     p = Path(text)
@@ -204,40 +206,6 @@ def parse_params(text: str | None) -> dict[str, Any]:
                               f"({e}). Example: --params '{{\"w\": 0.5}}'.") from e
     if not isinstance(obj, dict):
         raise ConfigError(f"--params {text!r}: must be a JSON object such as {{\"w\": 0.5}}.")
+    if isinstance(obj.get("params"), dict):  # a tuning best_params.json
+        return dict(obj["params"])
     return obj
-
-
-def train_from_config(config: Mapping[str, Any], task: str, method: str, fold: int,
-                      params: Mapping[str, Any] | None = None, epochs: int | None = None,
-                      epoch_callback: EpochCallback | None = None) -> Path:
-    """Run :func:`train` with the paths and budgets of the pipeline config (DESIGN section 2).
-
-    Reads ``results_dir``, ``seed``, ``device``, ``tasks.<task>.dataset_id`` /
-    ``reference_dataset_id`` (BaselineRef trains on the reference dataset),
-    ``planning.configuration``, ``training.*``, ``coteaching.*`` and ``svls.*``; writes to
-    ``<results_dir>/training/<task>/<method>/fold<k>/``. ``epochs`` overrides
-    ``training.epochs``.
-    """
-    from nnrobustloss.datasets.raw import dataset_name
-
-    spec = get_method(method)
-    tasks = config.get("tasks", {})
-    if task not in tasks:
-        raise ConfigError(f"tasks.{task}: unknown task; the config defines "
-                          f"{', '.join(tasks) or 'none'}.")
-    tcfg = tasks[task]
-    root = Path(config.get("results_dir", "results"))
-    ds_id = tcfg["reference_dataset_id"] if spec.uses_reference else tcfg["dataset_id"]
-    pre = root / "preprocessed" / dataset_name(ds_id, task, reference=spec.uses_reference)
-    tr = config.get("training", {})
-    return train(
-        pre, spec.id, fold, root / "training" / task / spec.id / f"fold{fold}",
-        params=params,
-        epochs=epochs if epochs is not None else tr.get("epochs"),
-        iterations_per_epoch=tr.get("iterations_per_epoch"),
-        val_iterations_per_epoch=tr.get("val_iterations_per_epoch"),
-        coteaching=config.get("coteaching"), svls=config.get("svls"),
-        seed=int(config.get("seed", 0)), device=config.get("device", "auto"),
-        configuration=config.get("planning", {}).get("configuration", "3d_fullres"),
-        epoch_callback=epoch_callback,
-    )

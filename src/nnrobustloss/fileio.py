@@ -183,17 +183,21 @@ def array_to_image(array: np.ndarray, like: sitk.Image | None = None,
     return img
 
 
-def geometry_mismatch(a: sitk.Image, b: sitk.Image, tol: float = 1e-4) -> str | None:
+def geometry_mismatch(a: sitk.Image, b: sitk.Image, tol: float = 1e-4, *,
+                      rtol: float | None = None, origin_atol: float | None = None) -> str | None:
     """Describe how two images' grids differ (size, spacing, origin, direction), or None if equal.
 
-    Spacing and direction are compared with relative/absolute tolerance ``tol``; origins in mm with
-    absolute tolerance ``max(tol, 1e-3)``.
+    Spacing is compared with relative tolerance ``rtol`` (default ``tol``) and absolute ``tol``,
+    direction with absolute ``tol``, origins in mm with absolute ``origin_atol`` (default
+    ``max(tol, 1e-3)``, which absorbs float32 header round-off).
     """
+    rtol = tol if rtol is None else rtol
+    origin_atol = max(tol, 1e-3) if origin_atol is None else origin_atol
     if a.GetSize() != b.GetSize():
         return f"size {a.GetSize()} vs {b.GetSize()}"
-    if not np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=tol, atol=tol):
+    if not np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=rtol, atol=tol):
         return f"spacing {a.GetSpacing()} vs {b.GetSpacing()}"
-    if not np.allclose(a.GetOrigin(), b.GetOrigin(), rtol=0, atol=max(tol, 1e-3)):
+    if not np.allclose(a.GetOrigin(), b.GetOrigin(), rtol=0, atol=origin_atol):
         return f"origin {a.GetOrigin()} vs {b.GetOrigin()}"
     if not np.allclose(a.GetDirection(), b.GetDirection(), rtol=0, atol=tol):
         return f"direction {a.GetDirection()} vs {b.GetDirection()}"

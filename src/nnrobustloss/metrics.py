@@ -34,7 +34,7 @@ from scipy.spatial import cKDTree
 from surface_distance import lookup_tables
 
 from nnrobustloss.errors import ConfigError, InputDataError
-from nnrobustloss.fileio import atomic_path, read_image
+from nnrobustloss.fileio import atomic_path, geometry_mismatch, read_image
 
 METRIC_NAMES: tuple[str, ...] = ("dice", "asd", "surface_dice")
 """Metrics computed per region, in the order they are written to the tidy CSV."""
@@ -321,17 +321,15 @@ def evaluate_case(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float],
 
 def _check_geometry(pred_path: Path, ref_path: Path, pred_img: sitk.Image,
                     ref_img: sitk.Image) -> None:
-    """Raise InputDataError naming both files when size, spacing, origin or direction differ."""
-    checks = (("size", pred_img.GetSize(), ref_img.GetSize()),
-              ("spacing", pred_img.GetSpacing(), ref_img.GetSpacing()),
-              ("origin", pred_img.GetOrigin(), ref_img.GetOrigin()),
-              ("direction", pred_img.GetDirection(), ref_img.GetDirection()))
-    for what, a, b in checks:
-        if len(a) != len(b) or not np.allclose(a, b, rtol=0.0, atol=GEOMETRY_ATOL):
-            raise InputDataError(
-                f"{pred_path}: {what} {tuple(a)} differs from {what} {tuple(b)} of the reference "
-                f"{ref_path}. The prediction must be on the reference image grid; re-run the "
-                "predict stage for this case.")
+    """Raise InputDataError naming both files when size, spacing, origin or direction differ
+    by more than :data:`GEOMETRY_ATOL` (absolute, every field)."""
+    diff = geometry_mismatch(pred_img, ref_img, GEOMETRY_ATOL, rtol=0.0,
+                             origin_atol=GEOMETRY_ATOL)
+    if diff:
+        raise InputDataError(
+            f"{pred_path}: geometry differs from the reference {ref_path}: {diff}. The "
+            "prediction must be on the reference image grid; re-run the predict stage for this "
+            "case.")
 
 
 def _evaluate_files(job: tuple[str, str, str, dict[str, list[int]], float | dict[str, float]]

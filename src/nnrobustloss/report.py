@@ -29,21 +29,12 @@ from scipy import stats
 
 from nnrobustloss.errors import ConfigError, InputDataError
 from nnrobustloss.fileio import atomic_path, write_text
+from nnrobustloss.methods import METHODS
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-METHOD_DISPLAY_NAMES: dict[str, str] = {
-    "Baseline": "Baseline",
-    "BaselineRef": "Baseline (ref.)",
-    "APL1": "APL1",
-    "APL2": "APL2",
-    "CoT": "CoT",
-    "CoTPlus": "CoT+",
-    "StoCoT": "StoCoT",
-    "SVLS": "SVLS",
-    "HRL": "HRL",
-}
+METHOD_DISPLAY_NAMES: dict[str, str] = {m.id: m.display_name for m in METHODS.values()}
 """Method identifier (paths, config) -> name printed in the paper's tables and figure."""
 
 BASELINE = "Baseline"

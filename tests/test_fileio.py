@@ -191,7 +191,8 @@ def test_read_image_truncated_nifti(tmp_path: Path, suffix: str) -> None:
 
 def test_read_image_accepts_multi_member_gzip(tmp_path: Path) -> None:
     # Valid but unusual: two concatenated gzip members (the trailer size is the last member's).
-    plain = tmp_path / "m.nii"
+    plain = tmp_path / "plain" / "m.nii"  # not beside m.nii.gz: SimpleITK would read it instead
+    plain.parent.mkdir()
     arr = np.arange(8 * 9 * 10, dtype=np.float32).reshape(8, 9, 10)
     sitk.WriteImage(image(arr), str(plain))
     raw = plain.read_bytes()

@@ -47,13 +47,12 @@ def convert_params(config: Mapping[str, Any], task: str) -> dict[str, Any]:
 
 def run_convert(task: str, task_cfg: Mapping[str, Any], seed: int,
                 results_dir: str | os.PathLike[str], manifest: str | os.PathLike[str]) -> None:
-    """Convert the task's sources into its raw datasets; write the manifest ``raw/<Task>.json``
-    (dataset folders and case ids) last."""
+    """Convert the task's sources into its raw datasets and reference labels, with the manifest
+    ``raw/<Task>.json`` (dataset folders and case ids), all committed as a whole: after a kill
+    either the old complete state or the new one is visible; one run per task at a time."""
     from nnrobustloss.datasets.convert import convert_task
 
-    raw = convert_task(task, task_cfg, results_dir, seed=seed)
-    write_json(manifest, {"task": task, "noisy": raw.noisy.name, "reference": raw.reference.name,
-                          "case_ids": list(raw.case_ids)})
+    convert_task(task, task_cfg, results_dir, seed=seed, manifest=manifest)
 
 
 # --- noise report --------------------------------------------------------------------------

@@ -53,12 +53,15 @@ def source_cases(task: str, sources: list[Mapping[str, Any]], seed: int) -> list
 
 
 def convert_task(task: str, task_cfg: Mapping[str, Any], results_dir: str | os.PathLike[str],
-                 seed: int = 0) -> RawDatasets:
-    """Convert one task (its ``tasks.<Task>`` config) into ``<results_dir>/raw`` and ``reference``."""
+                 seed: int = 0, manifest: str | os.PathLike[str] | None = None) -> RawDatasets:
+    """Convert one task (its ``tasks.<Task>`` config) into ``<results_dir>/raw`` and ``reference``,
+    with the manifest ``manifest`` when given, all committed as a whole
+    (:func:`nnrobustloss.datasets.raw.write_raw_datasets`)."""
     root = Path(results_dir)
     cases = source_cases(task, list(task_cfg["sources"]), seed)
     return write_raw_datasets(
         task, cases, dataset_id=int(task_cfg["dataset_id"]),
         reference_dataset_id=int(task_cfg["reference_dataset_id"]), labels=task_cfg["labels"],
         raw_root=root / "raw", reference_root=root / "reference",
-        channel=str(task_cfg.get("channel", "MRI")), noise=task_cfg.get("noise"), seed=seed)
+        channel=str(task_cfg.get("channel", "MRI")), noise=task_cfg.get("noise"), seed=seed,
+        manifest=manifest)

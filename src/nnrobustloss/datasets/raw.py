@@ -1,12 +1,17 @@
 """Validation of source cases and writing of the nnU-Net raw dataset twins of a task.
 
-For a task ``T`` with dataset ids ``N`` (noisy) and ``M`` (reference) this writes, each folder
-atomically (built under a temporary name, renamed when complete):
+For a task ``T`` with dataset ids ``N`` (noisy) and ``M`` (reference) this writes:
 
 - ``raw/DatasetN_T/``: ``imagesTr/<case>_0000.nii.gz``, the **noisy** labels as
   ``labelsTr/<case>.nii.gz`` and ``dataset.json``;
 - ``raw/DatasetM_TRef/``: the same images with the **reference** labels;
-- ``reference/T/<case>.nii.gz``: the reference labels again, for evaluation.
+- ``reference/T/<case>.nii.gz``: the reference labels again, for evaluation;
+- optionally the manifest (``raw/T.json``), naming the datasets and cases.
+
+All of them are committed as a whole (:func:`nnrobustloss.fileio.versioned_outputs`): they are
+built as one version in ``.convert/T/`` beside ``raw/`` and the paths above are symbolic links
+through ``.convert/T/current``, which is switched last, so a killed conversion shows the old
+complete datasets or the new ones, never a mix.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import SimpleITK as sitk
 
 from nnrobustloss.datasets.base import CaseData, SourceCase
 from nnrobustloss.errors import InputDataError
-from nnrobustloss.fileio import atomic_dir, geometry_mismatch, write_image, write_json
+from nnrobustloss.fileio import geometry_mismatch, versioned_outputs, write_image, write_json
 
 
 def dataset_name(dataset_id: int, task: str, reference: bool = False) -> str:
@@ -106,15 +111,20 @@ def write_raw_datasets(task: str, cases: Sequence[SourceCase], dataset_id: int,
                        reference_dataset_id: int, labels: Mapping[str, int],
                        raw_root: str | os.PathLike[str], reference_root: str | os.PathLike[str],
                        channel: str = "MRI", noise: Mapping[str, Any] | None = None,
-                       seed: int = 0) -> RawDatasets:
+                       seed: int = 0, manifest: str | os.PathLike[str] | None = None
+                       ) -> RawDatasets:
     """Validate every case and write the noisy/reference raw datasets and the reference labels.
 
     ``labels`` maps class names to values (must contain ``background: 0``); ``channel`` is the
     nnU-Net channel name (``CT`` selects CT normalisation). ``noise`` is the task's noise
     config: ``{"type": "none"}`` uses the sources' noisy labels; ``{"type": "boundary",
     "target_dice": 0.96, "structures": [[1, 2, 3], ...]}`` derives them from the reference labels
-    with :func:`nnrobustloss.noise.corrupt_dataset` (seeded with ``seed``). Nothing is left behind
-    when a case fails validation.
+    with :func:`nnrobustloss.noise.corrupt_dataset` (seeded with ``seed``). ``manifest``, when
+    given, is written with the datasets (``{"task", "noisy", "reference", "case_ids"}``).
+
+    Everything is committed as a whole (module docstring): nothing visible changes when a case
+    fails validation or the process is killed; one conversion of a task runs at a time
+    (:class:`~nnrobustloss.errors.StageLockedError` otherwise).
     """
     if labels.get("background") != 0:
         raise InputDataError(f"task {task}: labels must map 'background' to 0, got {dict(labels)}.")
@@ -122,16 +132,23 @@ def write_raw_datasets(task: str, cases: Sequence[SourceCase], dataset_id: int,
     noise = dict(noise or {"type": "none"})
     derive_noise = noise.get("type", "none") == "boundary"
     raw_root, reference_root = Path(raw_root), Path(reference_root)
-    noisy_final = raw_root / dataset_name(dataset_id, task)
-    ref_final = raw_root / dataset_name(reference_dataset_id, task, reference=True)
+    names = {"noisy": dataset_name(dataset_id, task),
+             "reference": dataset_name(reference_dataset_id, task, reference=True)}
+    noisy_final, ref_final = raw_root / names["noisy"], raw_root / names["reference"]
     labels_final = reference_root / task
     ids = tuple(c.case_id for c in cases)
+    links = {noisy_final: names["noisy"], ref_final: names["reference"], labels_final: "reference"}
+    if manifest is not None:
+        links[Path(manifest)] = "manifest.json"
 
-    with atomic_dir(noisy_final) as noisy_dir, atomic_dir(ref_final) as ref_dir, \
-            atomic_dir(labels_final) as lab_dir:
+    with versioned_outputs(raw_root.parent / ".convert" / task, links,
+                           f"convert stage of task {task}") as version:
+        noisy_dir, ref_dir, lab_dir = (version / names["noisy"], version / names["reference"],
+                                       version / "reference")
         for d in (noisy_dir, ref_dir):
-            (d / "imagesTr").mkdir()
+            (d / "imagesTr").mkdir(parents=True)
             (d / "labelsTr").mkdir()
+        lab_dir.mkdir()
         pending: list[tuple[str, sitk.Image]] = []  # reference labels awaiting synthetic noise
         for i, case in enumerate(cases, 1):
             data = case.load()
@@ -160,6 +177,10 @@ def write_raw_datasets(task: str, cases: Sequence[SourceCase], dataset_id: int,
             write_json(d / "dataset.json", make_dataset_json(
                 labels, len(cases), channel, dataset_name(did, task, ref_flag),
                 f"nnRobustLoss task {task}: {what}"))
+        if manifest is not None:
+            write_json(version / "manifest.json", {"task": task, "noisy": names["noisy"],
+                                                   "reference": names["reference"],
+                                                   "case_ids": list(ids)})
     return RawDatasets(noisy=noisy_final, reference=ref_final, reference_labels=labels_final,
                        case_ids=ids)
 

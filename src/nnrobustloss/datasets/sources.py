@@ -1,13 +1,16 @@
 """File-based data sources: KiTS23, MM-WHS CT and the generic two-annotator folder layout.
 
 Each reader lists the cases of a source folder and returns :class:`SourceCase` objects that load
-lazily; listing checks that the folder exists and holds cases, loading reads and label-maps the
-files. Geometry, label values and intensities are validated by the writer
+lazily; listing checks that the folder exists and holds cases, and that every entry of it ends up
+in a case or in an error (a dangling symbolic link, a link loop, a stray folder, a label file
+without its image, two spellings of one file such as ``X.nii`` and ``X.nii.gz``); loading
+reads and label-maps the files. Geometry, label values and intensities are validated by the writer
 (:mod:`nnrobustloss.datasets.raw`), which knows the task's declared labels.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,9 +37,54 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
+def _case_id(image: Path) -> str:
+    """Case id of a folder source's image: its stem without nnU-Net's ``_0000`` channel tag."""
+    case = _stem(image)
+    return case[: -len("_0000")] if case.endswith("_0000") else case
+
+
 def _require_dir(path: Path, what: str) -> None:
     if not path.is_dir():
         raise InputDataError(f"{path}: {what} folder not found. Check the source path in the config.")
+
+
+def _link_problem(entry: Path) -> str | None:
+    """Why a symbolic link cannot be followed (a loop, a missing target), or None."""
+    if not entry.is_symlink():
+        return None
+    try:
+        entry.stat()
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "a symbolic link loop; fix or remove the link"
+        return (f"a dangling symbolic link (its target {os.readlink(entry)} does not exist); "
+                "restore the target or remove the link")
+    return None
+
+
+def image_entries(folder: Path) -> dict[str, Path]:
+    """Every entry of a source folder as ``{stem: file}`` (stem: name without image suffix).
+
+    Regular files without an image suffix (:data:`IMAGE_SUFFIXES`; e.g. a ``README.txt``) are
+    not images and are skipped. Every other entry must be an image file (a symbolic link to one
+    included): a dangling link, a link loop, a folder or a second file with the same stem
+    (``X.nii`` beside ``X.nii.gz``) raises InputDataError naming it, so that no image is dropped
+    without a word.
+    """
+    out: dict[str, Path] = {}
+    for entry in sorted(folder.iterdir()):
+        problem = _link_problem(entry)
+        if problem is None and entry.is_dir():
+            problem = "a folder; this source folder holds image files only. Move it away"
+        if problem is None and not entry.name.endswith(IMAGE_SUFFIXES):
+            continue  # a regular file that is no image (notes, checksums)
+        if problem is None and _stem(entry) in out:
+            problem = (f"the folder also holds {out[_stem(entry)].name} for the same case; keep "
+                       "only one of the two files")
+        if problem:
+            raise InputDataError(f"{entry}: {problem}.")
+        out[_stem(entry)] = entry
+    return out
 
 
 def remap_labels(label: sitk.Image, mapping: Mapping[int, int], path: str) -> sitk.Image:
@@ -76,7 +124,16 @@ def kits23_source(path: str | os.PathLike[str], case_prefix: str = "") -> list[S
     """
     root = Path(path)
     _require_dir(root, "KiTS23 dataset")
-    case_dirs = sorted(d for d in root.iterdir() if d.is_dir() and d.name.startswith("case_"))
+    # Entries named case_* are cases or errors; the repository's other files (kits.json, ...)
+    # and folders are not cases.
+    case_dirs = []
+    for entry in sorted(e for e in root.iterdir() if e.name.startswith("case_")):
+        problem = _link_problem(entry)
+        if problem is None and not entry.is_dir():
+            problem = "not a case folder; remove it or replace it with the case's folder"
+        if problem:
+            raise InputDataError(f"{entry}: {problem}.")
+        case_dirs.append(entry)
     if not case_dirs:
         raise InputDataError(f"{root}: no case_XXXXX folders found. Point the KiTS23 source at "
                              "the kits23 repository's dataset/ folder.")
@@ -101,7 +158,16 @@ def mmwhs_source(path: str | os.PathLike[str], case_prefix: str = "mmwhs_",
     """
     root = Path(path)
     _require_dir(root, "MM-WHS")
-    images = sorted(root.glob("*_image.nii.gz"))
+    entries = image_entries(root)
+    for stem, entry in entries.items():
+        if not entry.name.endswith(("_image.nii.gz", "_label.nii.gz")):
+            raise InputDataError(f"{entry}: neither an *_image.nii.gz nor an *_label.nii.gz file; "
+                                 "move it out of the MM-WHS folder.")
+        if stem.endswith("_label") and f"{stem[: -len('_label')]}_image" not in entries:
+            raise InputDataError(f"{entry}: label file without its image "
+                                 f"{entry.name.replace('_label.nii.gz', '_image.nii.gz')}; add "
+                                 "the image or remove the label file.")
+    images = [e for stem, e in entries.items() if stem.endswith("_image")]
     if not images:
         raise InputDataError(f"{root}: no *_image.nii.gz files found. Point the MM-WHS source at "
                              "the ct_train folder (ct_train_1001_image.nii.gz, ...).")
@@ -136,17 +202,22 @@ def folder_source(path: str | os.PathLike[str], case_prefix: str = "",
     _require_dir(root, "source")
     for sub in ("images", "labels_noisy", "labels_reference"):
         _require_dir(root / sub, f"'{sub}'")
-    images = sorted(p for p in (root / "images").iterdir()
-                    if p.is_file() and p.name.endswith(IMAGE_SUFFIXES))
+    images = list(image_entries(root / "images").values())
     if not images:
         raise InputDataError(f"{root / 'images'}: no image files found "
                              f"(expected one of {', '.join(IMAGE_SUFFIXES)}).")
+    case_ids = {_case_id(p) for p in images}
+    label_files = {sub: image_entries(root / sub) for sub in ("labels_noisy", "labels_reference")}
+    for files in label_files.values():
+        for stem, entry in files.items():
+            if stem not in case_ids:
+                raise InputDataError(f"{entry}: label file of case '{stem}' without an image in "
+                                     f"{root / 'images'}; add the image or remove the label file.")
 
     def find_label(folder: Path, case: str) -> Path:
-        for suffix in IMAGE_SUFFIXES:
-            p = folder / f"{case}{suffix}"
-            if p.is_file():
-                return p
+        found = label_files[folder.name].get(case)
+        if found is not None:
+            return found
         raise InputDataError(f"{folder / (case + '.nii.gz')}: label file of case '{case}' not "
                              f"found. Every image in {root / 'images'} needs a label file here.")
 
@@ -165,8 +236,7 @@ def folder_source(path: str | os.PathLike[str], case_prefix: str = "",
 
     out = []
     for img_p in images:
-        case = _stem(img_p)
-        case = case[: -len("_0000")] if case.endswith("_0000") else case
+        case = _case_id(img_p)
         out.append(SourceCase(case_id=f"{case_prefix}{case}", origin=str(img_p),
                               load=loader(img_p, case)))
     return out

@@ -21,6 +21,8 @@ def config() -> dict:
 
 
 def test_workers_and_device_do_not_change_any_stage_params(config: dict) -> None:
+    # Several workers need a storage they can share (SQLite with workers > 1 is refused).
+    config = validate_config({**config, "tuning": {**config["tuning"], "storage": "journal"}})
     other = validate_config({**config, "device": "cpu",
                              "tuning": {**config["tuning"], "workers": 4}})
     for fn in (P.tune_params, P.train_params, P.predict_params, P.evaluate_params):

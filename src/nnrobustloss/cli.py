@@ -8,7 +8,8 @@ DESIGN.md section 2. Examples::
     nnrobustloss train --task Phantom --method APL2 --fold 0 --params '{"w": 0.7}' --epochs 5
     nnrobustloss report
 
-User errors (bad config, bad input files) print one ``error:`` line and exit with status 1.
+User errors (bad config, bad input files) and failed file operations (``OSError``: a full
+disk, a read-only folder, a file in the way) print one ``error:`` line and exit with status 1.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 from nnrobustloss import layout
 from nnrobustloss import pipeline as P
-from nnrobustloss.errors import NNRobustLossError
+from nnrobustloss.errors import NNRobustLossError, one_line
 
 STAGES = ("convert", "noise", "splits", "plan", "tune", "train", "predict", "evaluate", "report")
 
@@ -147,8 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         run(args)
-    except NNRobustLossError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (NNRobustLossError, OSError) as e:  # a file operation's OSError: one line too
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 1
     return 0
 

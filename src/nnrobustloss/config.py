@@ -3,7 +3,8 @@
 The JSON schema (``schemas/config.schema.yaml`` in this package; ``workflow/schemas`` links to
 it) defines every key, its type, range and default. :func:`validate_config` checks a config
 against it, fills in defaults, and adds the checks a schema cannot express (folds within
-``n_folds``, unique dataset ids, regions named in tolerances). Every problem is raised as one
+``n_folds``, unique dataset ids, consecutive label values, integer ``label_map`` keys, regions
+named in tolerances, no SQLite storage shared by several tuning workers). Every problem is raised as one
 :class:`ConfigError` naming the key.
 """
 
@@ -170,6 +171,12 @@ def _check_semantics(cfg: Mapping[str, Any]) -> None:
         values = list(task["labels"].values())
         if len(set(values)) != len(values):
             raise ConfigError(f"config key tasks.{name}.labels: label values must be unique.")
+        missing = sorted(set(range(max(values) + 1)) - set(values))
+        if missing:
+            raise ConfigError(f"config key tasks.{name}.labels: values {sorted(values)} have a gap "
+                              f"(no label {', '.join(map(str, missing))}); nnU-Net needs the "
+                              f"consecutive values 0..{len(values) - 1}. Renumber the labels and "
+                              "map the source values onto them with the source's label_map.")
         declared = set(values) - {0}
         for region, region_values in task["regions"].items():
             if region in task["labels"]:
@@ -198,9 +205,20 @@ def _check_semantics(cfg: Mapping[str, Any]) -> None:
                 raise ConfigError(f"config key tasks.{name}.tolerance_mm: no tolerance for "
                                   f"{', '.join(sorted(missing))}.")
         for i, src in enumerate(task["sources"]):
+            for key in (src.get("label_map") or {}):
+                if not re.fullmatch(r"[+-]?\d+", str(key).strip()):
+                    raise ConfigError(f"config key tasks.{name}.sources[{i}].label_map.{key}: not "
+                                      "an integer label value of the source; write the source's "
+                                      "values as integers, e.g. {500: 1, 600: 2}.")
             if src["type"] == "phantom" and src.get("n_noisy_cases", 4) > src.get("n_cases", 14):
                 raise ConfigError(f"config key tasks.{name}.sources[{i}].n_noisy_cases: larger "
                                   "than n_cases.")
+    tuning = cfg["tuning"]
+    if tuning["storage"] == "sqlite" and tuning["workers"] > 1:
+        raise ConfigError(f"config key tuning.workers: {tuning['workers']} workers cannot share "
+                          "an SQLite storage (SQLite locking is unsafe on shared and network "
+                          "file systems). Set tuning.storage to journal (or postgresql), or "
+                          "tuning.workers to 1.")
     planning = cfg["planning"]
     if planning["planner"] == "cpu" and "cpu_plan" not in planning:
         raise ConfigError("config key planning.cpu_plan: required when planning.planner is cpu.")

@@ -55,3 +55,8 @@ def user_error(e: OSError) -> OutputError:
     reason = e.strerror or str(e) or type(e).__name__
     hint = _HINTS.get(e.errno or -1, "check the path and its permissions, then rerun")
     return OutputError(f"{files or 'file operation'}: {reason}; {hint}.")
+
+
+def one_line(e: NNRobustLossError | OSError) -> str:
+    """The one-line message shown for a user error or a failed file operation."""
+    return str(user_error(e)) if isinstance(e, OSError) else str(e)

@@ -8,33 +8,47 @@ import sys
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, NoReturn
 
-from nnrobustloss.errors import NNRobustLossError
+from nnrobustloss.errors import NNRobustLossError, one_line
+
+
+def _fail(message: str, log: Any | None, log_file: str | os.PathLike[str]) -> NoReturn:
+    """Write ``error: message`` to the log (when open) and the console; exit with status 1."""
+    if log is not None:
+        print(f"error: {message}", file=log)
+    console = sys.__stderr__
+    if console is not None:
+        print(f"error: {message}\n(log: {log_file})", file=console)
+    raise SystemExit(1) from None
 
 
 @contextlib.contextmanager
 def logged(log_file: str | os.PathLike[str] | None) -> Iterator[None]:
     """Append stdout and stderr of the block to ``log_file`` (``None``: leave them alone).
 
-    A user-fixable :class:`NNRobustLossError` is written as its one-line message (also to the
-    original stderr, so it shows in Snakemake's console output) and ends the process with status
-    1; other exceptions keep their traceback in the log.
+    A user-fixable :class:`NNRobustLossError` and any ``OSError`` (a full disk, a read-only or
+    missing folder, a file in the way; :func:`nnrobustloss.errors.user_error`) are written as
+    one line (also to the original stderr, so it shows in Snakemake's console output) and end
+    the process with status 1; other exceptions keep their traceback in the log. A log file that
+    cannot be opened is such an error too.
     """
     if log_file is None:
         yield
         return
-    Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-    console = sys.__stderr__
-    with open(log_file, "a", encoding="utf-8") as f:
+    try:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        f = open(log_file, "a", encoding="utf-8")  # closed by the with below
+    except OSError as e:
+        _fail(one_line(e), None, log_file)
+    with f:
         old = sys.stdout, sys.stderr
         sys.stdout = sys.stderr = f
         try:
             yield
-        except NNRobustLossError as e:
-            print(f"error: {e}", file=f)
-            if console is not None:
-                print(f"error: {e}\n(log: {log_file})", file=console)
-            raise SystemExit(1) from None
+        except (NNRobustLossError, OSError) as e:
+            sys.stdout, sys.stderr = old
+            _fail(one_line(e), f, log_file)
         except BaseException:
             traceback.print_exc(file=f)
             raise

@@ -21,6 +21,7 @@ from typing import Any
 from nnrobustloss.datasets.raw import dataset_name
 from nnrobustloss.errors import ConfigError, InputDataError
 from nnrobustloss.fileio import read_json, write_json
+from nnrobustloss.splits import read_splits
 
 PLANS_IDENTIFIER = "nnUNetPlans"
 
@@ -134,7 +135,7 @@ def plan_and_preprocess(task: str, dataset_id: int, reference_dataset_id: int,
         if not (raw_root / name / "dataset.json").is_file():
             raise InputDataError(f"{raw_root / name / 'dataset.json'}: raw dataset not found. "
                                  f"Run the convert stage for task {task} first.")
-    splits = read_json(splits_file) if splits_file is not None else None
+    splits = read_splits(splits_file) if splits_file is not None else None
 
     final_root = root / "preprocessed"
     final_root.mkdir(parents=True, exist_ok=True)

@@ -52,9 +52,36 @@ def write_splits(raw_dataset_dir: str | os.PathLike[str], out_file: str | os.Pat
     return splits
 
 
-def fold_cases(splits_file: str | os.PathLike[str], fold: int, part: str = "val") -> list[str]:
-    """The ``part`` ("train" or "val") case ids of ``fold`` in a splits file."""
+def _splits_structure_problem(splits: object) -> str | None:
+    """What is wrong with the structure of loaded splits, or None when they are well-formed."""
+    if not isinstance(splits, list) or not splits:
+        return f"expected a non-empty list of folds, got {type(splits).__name__}"
+    for k, fold in enumerate(splits):
+        if not isinstance(fold, dict) or not {"train", "val"} <= set(fold):
+            return f"fold {k} is not an object with 'train' and 'val' lists"
+        for part in ("train", "val"):
+            ids = fold[part]
+            if not isinstance(ids, list) or not all(isinstance(c, str) for c in ids):
+                return f"fold {k}: '{part}' is not a list of case ids (strings)"
+    return None
+
+
+def read_splits(splits_file: str | os.PathLike[str]) -> list[dict[str, list[str]]]:
+    """Read a splits file (nnU-Net's ``splits_final.json`` format, as :func:`write_splits`
+    writes it); a missing, invalid or wrongly structured file raises InputDataError naming it."""
     splits = read_json(splits_file)
+    problem = _splits_structure_problem(splits)
+    if problem:
+        raise InputDataError(f"{splits_file}: not a splits file ({problem}); expected "
+                             '[{"train": [...], "val": [...]}, ...]. Delete it and rerun the '
+                             "splits stage.")
+    return splits
+
+
+def fold_cases(splits_file: str | os.PathLike[str], fold: int, part: str = "val") -> list[str]:
+    """The ``part`` ("train" or "val") case ids of ``fold`` in a splits file (checked with
+    :func:`read_splits`)."""
+    splits = read_splits(splits_file)
     if not 0 <= fold < len(splits):
         raise ConfigError(f"folds: fold {fold} does not exist in {splits_file} "
                           f"({len(splits)} folds).")

@@ -24,6 +24,7 @@ import math
 import os
 import shutil
 import sys
+import urllib.parse
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -52,14 +53,24 @@ def study_name(task: str, method: str, fold: int) -> str:
     return f"{task}.{method}.fold{fold}"
 
 
+_SQLITE_URI = "sqlite:///file:"
+
+
 def storage_url(kind: str, study_dir: str | os.PathLike[str],
                 url_env: str = "NNROBUSTLOSS_OPTUNA_URL") -> str:
     """A storage locator: ``sqlite:///<study_dir>/study.sqlite3``, a journal file path
     ``<study_dir>/study.journal``, or the PostgreSQL URL held by the environment variable
-    ``url_env``. Raises ConfigError for an unknown kind or an unset variable."""
+    ``url_env``. Raises ConfigError for an unknown kind or an unset variable.
+
+    A path that a URL cannot hold as it is (``?``, ``#``, ``%``, spaces) is percent-quoted in
+    SQLite's URI form (``sqlite:///file:<quoted path>?uri=true``), so the study never lands in
+    another file.
+    """
     d = Path(study_dir).resolve()
     if kind == "sqlite":
-        return f"sqlite:///{d / 'study.sqlite3'}"
+        path = str(d / "study.sqlite3")
+        quoted = urllib.parse.quote(path, safe="/")
+        return f"sqlite:///{path}" if quoted == path else f"{_SQLITE_URI}{quoted}?uri=true"
     if kind == "journal":
         return str(d / "study.journal")
     if kind == "postgresql":
@@ -73,22 +84,55 @@ def storage_url(kind: str, study_dir: str | os.PathLike[str],
                       "postgresql.")
 
 
+def sqlite_path(locator: str) -> Path:
+    """The database file of a :func:`storage_url` SQLite locator (either form)."""
+    if locator.startswith(_SQLITE_URI):
+        return Path(urllib.parse.unquote(locator[len(_SQLITE_URI):].removesuffix("?uri=true")))
+    return Path(locator.removeprefix("sqlite:///"))
+
+
+def _rdb_failure(kind: str, locator: str, e: Exception) -> ConfigError:
+    """One-line ConfigError for an RDB storage that cannot be opened (no driver, no server);
+    the password of a URL is never shown."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        shown = make_url(locator).render_as_string(hide_password=True)
+    except Exception:
+        shown = "the configured URL"
+    if isinstance(e, ImportError):
+        return ConfigError(f"tuning.storage: {kind}: the database driver for {shown} is not "
+                           f"installed ({e}). Install it with pip install 'nnrobustloss[postgres]' "
+                           "(psycopg2-binary), or use tuning.storage: journal.")
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return ConfigError(f"tuning.storage: {kind}: cannot open {shown} ({first}). Check the URL "
+                       "(tuning.postgresql_url_env) and that the server is running and reachable.")
+
+
 def open_storage(kind: str, locator: str) -> optuna.storages.BaseStorage:
-    """An Optuna storage for ``storage_url``'s locator; RDB storages get heartbeats and retries."""
+    """An Optuna storage for ``storage_url``'s locator; RDB storages get heartbeats and retries.
+
+    A missing database driver or an unreachable database server raises ConfigError (one line,
+    without the URL's password)."""
+    import sqlalchemy.exc
+
     if kind == "journal":
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
         Path(locator).parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(locator))
     if kind == "sqlite":
-        Path(locator.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        sqlite_path(locator).parent.mkdir(parents=True, exist_ok=True)
     # Optuna 5 names the callback heartbeat_stale_trial_callback (failed_trial_callback and
     # RetryFailedTrialCallback are deprecated aliases); heartbeats are "experimental" since 2.9.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(
-            locator, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=2 * HEARTBEAT_SECONDS,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                locator, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=2 * HEARTBEAT_SECONDS,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
+    except (ImportError, sqlalchemy.exc.SQLAlchemyError) as e:
+        raise _rdb_failure(kind, locator, e) from e
 
 
 def make_sampler(seed: int, n_startup_trials: int, workers: int) -> optuna.samplers.TPESampler:

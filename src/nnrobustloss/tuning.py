@@ -24,6 +24,7 @@ import math
 import os
 import shutil
 import sys
+import time
 import urllib.parse
 import warnings
 from collections.abc import Callable, Mapping
@@ -125,14 +126,23 @@ def open_storage(kind: str, locator: str) -> optuna.storages.BaseStorage:
         sqlite_path(locator).parent.mkdir(parents=True, exist_ok=True)
     # Optuna 5 names the callback heartbeat_stale_trial_callback (failed_trial_callback and
     # RetryFailedTrialCallback are deprecated aliases); heartbeats are "experimental" since 2.9.
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                locator, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=2 * HEARTBEAT_SECONDS,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
-    except (ImportError, sqlalchemy.exc.SQLAlchemyError) as e:
-        raise _rdb_failure(kind, locator, e) from e
+    for attempt in range(3):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    locator, heartbeat_interval=HEARTBEAT_SECONDS,
+                    grace_period=2 * HEARTBEAT_SECONDS,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as e:
+            # Workers starting together on an empty database race to create Optuna's tables
+            # ("already exists"): the tables are there now, so opening again succeeds.
+            if attempt == 2:
+                raise _rdb_failure(kind, locator, e) from e
+            time.sleep(0.5 * (attempt + 1))
+        except (ImportError, sqlalchemy.exc.SQLAlchemyError) as e:
+            raise _rdb_failure(kind, locator, e) from e
+    raise AssertionError("unreachable")
 
 
 def make_sampler(seed: int, n_startup_trials: int, workers: int) -> optuna.samplers.TPESampler:

@@ -3,6 +3,15 @@
 #   snakemake --cores 2                                   # the bundled phantom task
 #   snakemake --profile profiles/slurm --configfile config/paper.yaml   # the paper's study
 
+import os
+import sys
+
+# Rule jobs (in the conda env of envs/nnrobustloss.yaml, too) import the package from this
+# workflow's src/: no install of a relative path, and the code always matches the workflow.
+SRC = os.path.join(workflow.basedir, "src")
+sys.path.insert(0, SRC)
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p)
+
 from nnrobustloss import pipeline as P
 from nnrobustloss.config import validate_config
 from nnrobustloss.methods import get_method

@@ -131,11 +131,16 @@ def run(args: argparse.Namespace) -> None:
         P.run_evaluate(params, results_dir=r, splits_json=Path(r) / "splits" / f"{args.task}.json",
                        pred_dir=layout.predictions_dir(r, args.task, params["method"], args.fold),
                        out_csv=Path(r) / "metrics" / args.task / params["method"] / f"fold{args.fold}.csv",
-                       n_workers=cfg["evaluation"]["n_workers"])
+                       n_workers=cfg["evaluation"]["n_workers"],
+                       reliability_csv=Path(r) / "metrics" / args.task / params["method"]
+                       / f"fold{args.fold}_reliability.csv")
     elif s == "report":
         root = Path(r)
         out = P.run_report(P.report_params(cfg),
-                           metrics_csvs=sorted(map(str, root.glob("metrics/*/*/fold*.csv"))),
+                           metrics_csvs=sorted(str(f) for f in root.glob("metrics/*/*/fold*.csv")
+                                               if not f.name.endswith("_reliability.csv")),
+                           reliability_csvs=sorted(
+                               map(str, root.glob("metrics/*/*/fold*_reliability.csv"))),
                            noise_csvs=sorted(map(str, root.glob("noise/*.csv"))),
                            trials_csvs=sorted(map(str, root.glob("tuning/*/*/fold*/trials.csv"))),
                            tables_dir=root / "tables", figures_dir=root / "figures")

@@ -255,21 +255,38 @@ def run_train(params: Mapping[str, Any], results_dir: str | os.PathLike[str],
 
 # --- predict -------------------------------------------------------------------------------
 
+def calibration_params(config: Mapping[str, Any], task: str) -> dict[str, Any] | None:
+    """What calibration measures (``evaluation.calibration``): the task's evaluation regions,
+    the number of equal-width bins and the band half-width in mm; None when it is off.
+    Shared by the predict stage (which measures it) and the evaluate stage (which reports it)."""
+    ev = config["evaluation"]
+    if not ev["calibration"]:
+        return None
+    return {"regions": evaluation_regions(_task(config, task)), "bins": ev["calibration_bins"],
+            "band_mm": ev["calibration_band_mm"]}
+
+
 def predict_params(config: Mapping[str, Any], task: str, method: str, fold: int) -> dict[str, Any]:
-    """Settings of inference: test-time mirroring, tile step, peer averaging, probabilities."""
+    """Settings of inference: test-time mirroring, tile step, peer averaging, probabilities,
+    and calibration (:func:`calibration_params`)."""
     t = _task(config, task)
     return {"task": task, "method": get_method(method).id, "fold": int(fold),
-            "dataset_id": t["dataset_id"], **config["prediction"]}
+            "dataset_id": t["dataset_id"], **config["prediction"],
+            "calibration": calibration_params(config, task)}
 
 
 def run_predict(params: Mapping[str, Any], results_dir: str | os.PathLike[str],
                 splits_json: str | os.PathLike[str], out_dir: str | os.PathLike[str],
                 device: str = "auto", threads: int | None = None) -> None:
-    """Predict the held-out (``val``) cases of the fold with the final model."""
-    from nnrobustloss.prediction import predict_cases
+    """Predict the held-out (``val``) cases of the fold with the final model (and measure their
+    calibration against the reference labels when ``params["calibration"]`` is set)."""
+    from nnrobustloss.prediction import CalibrationSpec, predict_cases
     from nnrobustloss.splits import fold_cases
 
     p = dict(params)
+    cal = p.get("calibration")
+    spec_cal = (CalibrationSpec(layout.reference_labels_dir(results_dir, p["task"]),
+                                cal["regions"], cal["bins"], cal["band_mm"]) if cal else None)
     limit_cpu_threads(device, threads)
     spec = get_method(p["method"])
     cases = fold_cases(splits_json, p["fold"], "val")
@@ -278,29 +295,46 @@ def run_predict(params: Mapping[str, Any], results_dir: str | os.PathLike[str],
                   layout.raw_dir(results_dir, p["task"], p["dataset_id"]) / "imagesTr",
                   cases, out_dir, mirroring=p["mirroring"], tile_step_size=p["tile_step_size"],
                   average_peers=average, save_probabilities=p["save_probabilities"],
-                  device=device)
+                  calibration=spec_cal, device=device)
 
 
 # --- evaluate ------------------------------------------------------------------------------
 
 def evaluate_params(config: Mapping[str, Any], task: str, method: str, fold: int) -> dict[str, Any]:
-    """Settings of evaluation: the task's regions and surface-Dice tolerances."""
+    """Settings of evaluation: the task's regions and surface-Dice tolerances, calibration."""
     t = _task(config, task)
     return {"task": task, "method": get_method(method).id, "fold": int(fold),
-            "regions": evaluation_regions(t), "tolerance_mm": t["tolerance_mm"]}
+            "regions": evaluation_regions(t), "tolerance_mm": t["tolerance_mm"],
+            "calibration": calibration_params(config, task)}
 
 
 def run_evaluate(params: Mapping[str, Any], results_dir: str | os.PathLike[str],
                  splits_json: str | os.PathLike[str], pred_dir: str | os.PathLike[str],
-                 out_csv: str | os.PathLike[str], n_workers: int = 1) -> None:
-    """Evaluate a fold's predictions against the reference labels (``metrics/.../fold<k>.csv``)."""
-    from nnrobustloss.metrics import evaluate_folder
+                 out_csv: str | os.PathLike[str], n_workers: int = 1,
+                 reliability_csv: str | os.PathLike[str] | None = None) -> None:
+    """Evaluate a fold's predictions against the reference labels (``metrics/.../fold<k>.csv``).
+
+    With ``params["calibration"]`` the CSV also holds the calibration rows (from the cases'
+    ``<case>_calibration.npz``, see :func:`nnrobustloss.metrics.calibration_folder`).
+    ``reliability_csv`` (``metrics/.../fold<k>_reliability.csv``) gets the fold's
+    reliability-diagram bins, header only when calibration is off.
+    """
+    from nnrobustloss.metrics import RELIABILITY_COLUMNS, calibration_folder, evaluate_folder
     from nnrobustloss.splits import fold_cases
 
     p = dict(params)
-    evaluate_folder(pred_dir, layout.reference_labels_dir(results_dir, p["task"]),
-                    fold_cases(splits_json, p["fold"], "val"), p["task"], p["method"], p["fold"],
-                    p["regions"], p["tolerance_mm"], out_csv, n_workers=n_workers)
+    cases = fold_cases(splits_json, p["fold"], "val")
+    cal = p.get("calibration")
+    extra, reliability = None, pd.DataFrame(columns=list(RELIABILITY_COLUMNS))
+    if cal:  # cheap (kB per case): read first, so that a missing file fails before evaluation
+        extra, reliability = calibration_folder(pred_dir, cases, p["task"], p["method"], p["fold"],
+                                                list(cal["regions"]), cal["bins"], cal["band_mm"])
+    if reliability_csv is not None:
+        with atomic_path(reliability_csv) as tmp:
+            reliability.to_csv(tmp, index=False, na_rep="NaN")
+    evaluate_folder(pred_dir, layout.reference_labels_dir(results_dir, p["task"]), cases,
+                    p["task"], p["method"], p["fold"], p["regions"], p["tolerance_mm"], out_csv,
+                    n_workers=n_workers, extra_rows=extra)
 
 
 # --- report --------------------------------------------------------------------------------
@@ -314,12 +348,15 @@ def report_params(config: Mapping[str, Any]) -> dict[str, Any]:
 
 def run_report(params: Mapping[str, Any], metrics_csvs: Sequence[str], noise_csvs: Sequence[str],
                trials_csvs: Sequence[str], tables_dir: str | os.PathLike[str],
-               figures_dir: str | os.PathLike[str]) -> dict[str, Path]:
-    """Regenerate Table 1, Table 2, the noise table and Figure 1 from the stage CSVs."""
+               figures_dir: str | os.PathLike[str],
+               reliability_csvs: Sequence[str] | None = None) -> dict[str, Path]:
+    """Regenerate Table 1, Table 2, the noise table and Figure 1 from the stage CSVs (and, with
+    the evaluate stage's ``reliability_csvs``, Table 3 and the reliability diagrams)."""
     from nnrobustloss.report import build_report
 
     return build_report(metrics_csvs, noise_csvs, trials_csvs, tables_dir, figures_dir,
-                        tasks=params["tasks"], methods=params["methods"])
+                        tasks=params["tasks"], methods=params["methods"],
+                        reliability_csvs=reliability_csvs)
 
 
 def mean_dice(noise_csv: str | os.PathLike[str]) -> float:

@@ -41,7 +41,10 @@ BASELINE = "Baseline"
 TABLE2_METHODS: tuple[str, ...] = ("SVLS", "HRL")
 METRIC_LABELS: dict[str, str] = {"dice": "Dice (%)", "asd": "ASD (mm)",
                                  "surface_dice": "Surface Dice (%)"}
-METRIC_SCALE: dict[str, float] = {"dice": 100.0, "asd": 1.0, "surface_dice": 100.0}
+METRIC_SCALE: dict[str, float] = {"dice": 100.0, "asd": 1.0, "surface_dice": 100.0,
+                                  # calibration (Table 3): natural units
+                                  "ece": 1.0, "brier": 1.0, "nll": 1.0,
+                                  "ece_all": 1.0, "brier_all": 1.0, "nll_all": 1.0}
 ALPHA = 0.05
 N_BOOTSTRAP = 1000
 MISSING = "--"
@@ -242,10 +245,10 @@ def _table_metrics(task: str, spec: Mapping[str, object]) -> list[str]:
 # formatting
 
 
-def _fmt(value: float, star: bool = False, tex: bool = False) -> str:
+def _fmt(value: float, star: bool = False, tex: bool = False, digits: int = 1) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return MISSING
-    text = f"{value:.1f}"
+    text = f"{value:.{digits}f}"
     if star:
         text += "$^{*}$" if tex else "*"
     return text
@@ -566,7 +569,9 @@ def build_report(metrics_csvs: Sequence[str | os.PathLike[str]],
                  trials_csvs: Sequence[str | os.PathLike[str]],
                  tables_dir: str | os.PathLike[str], figures_dir: str | os.PathLike[str],
                  tasks: Mapping[str, Mapping[str, object]],
-                 methods: Sequence[str]) -> dict[str, Path]:
+                 methods: Sequence[str],
+                 reliability_csvs: Sequence[str | os.PathLike[str]] | None = None
+                 ) -> dict[str, Path]:
     """Write Table 1, Table 2, the noise table and Figure 1 from the stage CSVs.
 
     tasks: ordered ``{task: {"table_metrics": ["dice", "asd"] | ["dice", "surface_dice"]}}``;
@@ -574,7 +579,9 @@ def build_report(metrics_csvs: Sequence[str | os.PathLike[str]],
     Writes ``<tables_dir>/table1.{csv,md,tex}``, ``table2.{csv,md,tex}``,
     ``noise_levels.{csv,md,tex}`` and ``<figures_dir>/figure1.{png,pdf}`` atomically and returns
     ``{file name: path}``. Missing rows show as "--"; a missing file or column raises
-    InputDataError naming it.
+    InputDataError naming it. With ``reliability_csvs`` (the evaluate stage's
+    ``fold<k>_reliability.csv``; may be header-only) also ``table3.{csv,md,tex}`` (calibration
+    metrics from the metric CSVs) and ``<figures_dir>/figure2_reliability.{png,pdf}``.
     """
     tables_dir, figures_dir = Path(tables_dir), Path(figures_dir)
     methods = list(methods)
@@ -602,4 +609,177 @@ def build_report(metrics_csvs: Sequence[str | os.PathLike[str]],
     out["figure1.png"] = figures_dir / "figure1.png"
     out["figure1.pdf"] = figures_dir / "figure1.pdf"
     figure1(trials, list(tasks), methods, out["figure1.png"], out["figure1.pdf"])
+    # --- calibration (Table 3, Figure 2): only when the reliability CSVs are given
+    if reliability_csvs is not None:
+        reliability = read_reliability(reliability_csvs)
+        s3 = summarise_calibration(metrics, tasks, methods)
+        emit("table3", s3, *table3(s3, list(tasks), methods, reliability))
+        out["figure2_reliability.png"] = figures_dir / "figure2_reliability.png"
+        out["figure2_reliability.pdf"] = figures_dir / "figure2_reliability.pdf"
+        reliability_figure(reliability, list(tasks), methods, out["figure2_reliability.png"],
+                           out["figure2_reliability.pdf"])
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# calibration: Table 3 and Figure 2 (reliability diagrams)
+
+TABLE3_METRICS: tuple[str, ...] = ("ece", "brier", "nll")
+"""Table 3's columns per task (within the band); the CSV adds the all-voxel ``<name>_all``."""
+CALIBRATION_LABELS: dict[str, str] = {"ece": "ECE", "brier": "Brier", "nll": "NLL"}
+CALIBRATION_UNITS: dict[str, str] = {"ece": "", "brier": "", "nll": "nats"}
+RELIABILITY_NUMERIC = ("fold", "band_mm", "bin", "lower", "upper", "count", "confidence_sum",
+                       "correct_sum")
+
+
+def read_reliability(paths: Sequence[str | os.PathLike[str]]) -> pd.DataFrame:
+    """Read the evaluate stage's ``fold<k>_reliability.csv`` files (header-only ones when
+    calibration was off), columns :data:`nnrobustloss.metrics.RELIABILITY_COLUMNS`."""
+    from nnrobustloss.metrics import RELIABILITY_COLUMNS
+
+    return _read_csvs(paths, RELIABILITY_COLUMNS, RELIABILITY_NUMERIC, "reliability")
+
+
+def summarise_calibration(metrics: pd.DataFrame, tasks: Mapping[str, object],
+                          methods: Sequence[str]) -> pd.DataFrame:
+    """Table 3 numbers: :func:`summarise` of ECE, Brier and NLL within the band, then the same
+    over all voxels (``ece_all``, ...), per task and method; natural units (ECE and Brier in
+    [0, 1], NLL in nats per voxel), same means, bootstrap CIs and paired test vs the Baseline
+    as Table 1. ``n_nan`` counts region-case values left out (an empty band: the class is in
+    neither the reference nor the prediction)."""
+    names = [*TABLE3_METRICS, *(f"{m}_all" for m in TABLE3_METRICS)]
+    summary = summarise(metrics, {t: {"table_metrics": names} for t in tasks}, methods)
+    summary["unit"] = summary["metric"].map(lambda m: CALIBRATION_UNITS[m.removesuffix("_all")])
+    return summary
+
+
+def table3(summary: pd.DataFrame, tasks: Sequence[str], methods: Sequence[str],
+           reliability: pd.DataFrame) -> tuple[str, str]:
+    """Markdown and LaTeX of Table 3: per task ECE, Brier and NLL (band), methods as rows.
+
+    ``reliability`` (:func:`read_reliability`) gives the band and bin count for the caption.
+    """
+    measured = summary["n_cases"].sum() > 0 if len(summary) else False
+    band = (f"{reliability['band_mm'].iloc[0]:g} mm" if len(reliability) else "a band")
+    bins = int(reliability["bin"].max()) + 1 if len(reliability) else 15
+    caption = (f"Table 3: calibration per task and method against the reference labels, "
+               f"within {band} of the reference or predicted class (one-vs-rest per class: "
+               f"confidence p_k, correct where the reference is k; ECE with {bins} equal-width "
+               f"bins); {CAPTION_MEANS}. ECE and Brier in [0, 1], NLL in nats per voxel; lower "
+               f"is better. * p < {ALPHA} vs Baseline (paired Wilcoxon signed-rank test over "
+               "cases, Holm-corrected per task and metric); -- no results. Values over all "
+               "voxels: table3.csv (metrics *_all).")
+    header = ["Method"] + [f"{t} {CALIBRATION_LABELS[m]}" for t in tasks for m in TABLE3_METRICS]
+    lookup = {(r.task, r.method, r.metric): r for r in summary.itertuples()}
+    md_rows, tex_rows = [], []
+    for method in methods:
+        md_row, tex_row = [display_name(method)], [_tex_escape(display_name(method))]
+        for task in tasks:
+            for m in TABLE3_METRICS:
+                r = lookup.get((task, method, m))
+                mean = r.mean if r is not None else float("nan")
+                star = bool(r.significant) if r is not None else False
+                md_row.append(_fmt(mean, star, digits=3))
+                tex_row.append(_fmt(mean, star, tex=True, digits=3))
+        md_rows.append(md_row)
+        tex_rows.append(tex_row)
+    note = ("" if measured else "Calibration was not measured (evaluation.calibration: false, "
+            "or no calibration rows in the metric CSVs).")
+    md = [caption, ""] + _md_table(header, md_rows, ["l"] + ["r"] * (len(header) - 1))
+    if note:
+        md += ["", note]
+    k = len(TABLE3_METRICS)
+    tex = [r"\begin{table}[t]", r"\centering",
+           r"\caption{" + _tex_escape(caption.removeprefix("Table 3: "))
+           .replace(f"* p < {ALPHA}", f"$^{{*}}$ $p<{ALPHA}$") + "}",
+           r"\label{tab:calibration}", r"\begin{tabular}{l" + "r" * (k * len(tasks)) + "}",
+           r"\toprule",
+           " & ".join([""] + [rf"\multicolumn{{{k}}}{{c}}{{{_tex_escape(t)}}}" for t in tasks])
+           + r" \\",
+           " ".join(rf"\cmidrule(lr){{{2 + i * k}-{1 + (i + 1) * k}}}" for i in range(len(tasks))),
+           " & ".join(["Method"] + [CALIBRATION_LABELS[m] for _ in tasks for m in TABLE3_METRICS])
+           + r" \\", r"\midrule"]
+    tex += [" & ".join(r) + r" \\" for r in tex_rows]
+    tex += [r"\bottomrule", r"\end{tabular}"]
+    if note:
+        tex += [r"\par\smallskip\footnotesize " + _tex_escape(note)]
+    tex += [r"\end{table}"]
+    return "\n".join(md) + "\n", "\n".join(tex) + "\n"
+
+
+def reliability_curves(reliability: pd.DataFrame, voxels: str = "band") -> pd.DataFrame:
+    """Reliability-diagram points per (task, method, bin): the voxel-pooled mean confidence
+    (``confidence``) and fraction correct (``accuracy``) of the bin, summed over classes, cases
+    and folds, and the bin's voxel count; empty bins are left out."""
+    sub = reliability[reliability["voxels"] == voxels]
+    g = (sub.groupby(["task", "method", "bin"], sort=False)[["count", "confidence_sum",
+                                                              "correct_sum"]].sum()
+         .reset_index())
+    g = g[g["count"] > 0].copy()
+    g["confidence"] = g["confidence_sum"] / g["count"]
+    g["accuracy"] = g["correct_sum"] / g["count"]
+    return g[["task", "method", "bin", "count", "confidence", "accuracy"]]
+
+
+def reliability_figure(reliability: pd.DataFrame, tasks: Sequence[str], methods: Sequence[str],
+                       png: Path, pdf: Path) -> None:
+    """Figure 2: reliability diagrams, one panel per task, one line per method.
+
+    Per confidence bin the fraction of voxels that belong to the class (accuracy) against their
+    mean confidence, pooled over classes, cases and folds within the band; the diagonal is
+    perfect calibration. With no reliability bins at all a message panel. 7 in wide, 200 dpi PNG.
+    """
+    from matplotlib.figure import Figure  # noqa: F811 (runtime import: matplotlib is slow)
+
+    curves = reliability_curves(reliability)
+    if curves.empty:
+        fig = Figure(figsize=(7.0, 2.0), layout="constrained")
+        ax = fig.subplots()
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, "Calibration not measured (evaluation.calibration: false)",
+                ha="center", va="center", fontsize=11, transform=ax.transAxes)
+        _save_figure(fig, png, pdf)
+        return
+    n = len(tasks)
+    ncols = min(n, 3)
+    nrows = math.ceil(n / ncols)
+    width = 7.0
+    fig = Figure(figsize=(width, width / ncols * nrows + 0.9), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    colours = ["#1b6ca8", "#7f7f7f", "#e07b39", "#b23a48", "#3a9e5c", "#7b5ea7", "#17becf",
+               "#8c6d31", "#d62790"]
+    styles = {m: (colours[i % len(colours)], "os^vD<>ph"[i % 9]) for i, m in enumerate(methods)}
+    band = (f"{reliability['band_mm'].iloc[0]:g} mm band" if "band_mm" in reliability
+            and len(reliability) else "band")
+    for ax, task in zip(axes, tasks, strict=False):
+        ax.plot([0, 1], [0, 1], color="black", linewidth=0.8, linestyle="--", zorder=1)
+        sub = curves[curves.task == task]
+        for method in methods:
+            g = sub[sub.method == method].sort_values("bin")
+            if g.empty:
+                continue
+            colour, marker = styles[method]
+            ax.plot(g["confidence"], g["accuracy"], color=colour, marker=marker, markersize=3.5,
+                    linewidth=1.1, alpha=0.9, label=display_name(method), zorder=2)
+        if sub.empty:
+            ax.text(0.5, 0.5, "no calibration data", ha="center", va="center", fontsize=9,
+                    transform=ax.transAxes)
+        ax.set_title(f"{task} ({band})", fontsize=10)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_aspect("equal")
+        ax.set_xlabel("Confidence", fontsize=8)
+        ax.tick_params(labelsize=8)
+        ax.grid(linewidth=0.4, alpha=0.5)
+    for ax in axes[len(tasks):]:
+        ax.set_axis_off()
+    for ax in axes[::ncols]:
+        ax.set_ylabel("Accuracy (fraction of the class)", fontsize=8)
+    legend: dict[str, object] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
+    if legend:
+        fig.legend(list(legend.values()), list(legend), loc="outside lower center",
+                   ncols=min(len(legend), 5), fontsize=8, frameon=False)
+    _save_figure(fig, png, pdf)

@@ -9,6 +9,8 @@ def report_outputs():
         f"{R}/tables/table2", ".csv", ".md", ".tex"
     ) + multiext(f"{R}/tables/noise_levels", ".csv", ".md", ".tex") + multiext(
         f"{R}/figures/figure1", ".png", ".pdf"
+    ) + multiext(f"{R}/tables/table3", ".csv", ".md", ".tex") + multiext(
+        f"{R}/figures/figure2_reliability", ".png", ".pdf"
     )
 
 

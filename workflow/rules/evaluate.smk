@@ -1,4 +1,5 @@
-# Evaluation against the reference labels of the held-out fold: Dice, ASD, surface Dice.
+# Evaluation against the reference labels of the held-out fold: Dice, ASD, surface Dice, and the
+# calibration metrics with the fold's reliability-diagram bins (header only when calibration is off).
 
 
 rule evaluate:
@@ -7,6 +8,7 @@ rule evaluate:
         splits=f"{R}/splits/{{task}}.json",
     output:
         csv=f"{R}/metrics/{{task}}/{{method}}/fold{{fold}}.csv",
+        reliability=f"{R}/metrics/{{task}}/{{method}}/fold{{fold}}_reliability.csv",
     params:
         p=lambda w: P.evaluate_params(config, w.task, w.method, int(w.fold)),
     threads: config["evaluation"]["n_workers"]

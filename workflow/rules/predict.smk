@@ -1,10 +1,13 @@
-# Sliding-window inference (nnUNetPredictor, test-time mirroring) on the held-out cases.
+# Sliding-window inference (nnUNetPredictor, test-time mirroring) on the held-out cases; with
+# evaluation.calibration also each case's calibration statistics against the reference labels
+# (<case>_calibration.npz, a few kB) while its softmax is in memory.
 
 
 rule predict:
     input:
         checkpoint=f"{R}/training/{{task}}/{{method}}/fold{{fold}}/checkpoint_final.pth",
         splits=f"{R}/splits/{{task}}.json",
+        reference=f"{R}/reference/{{task}}",
     output:
         predictions=directory(f"{R}/predictions/{{task}}/{{method}}/fold{{fold}}"),
     params:

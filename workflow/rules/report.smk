@@ -6,6 +6,12 @@ rule report:
         metrics=all_metrics(),
         noise=expand(f"{R}/noise/{{task}}.csv", task=TASKS),
         trials=all_trials(),
+        reliability=expand(
+            f"{R}/metrics/{{task}}/{{method}}/fold{{fold}}_reliability.csv",
+            task=TASKS,
+            method=METHODS,
+            fold=FOLDS,
+        ),
     output:
         report(
             multiext(f"{R}/tables/table1", ".csv", ".md", ".tex"),
@@ -26,6 +32,16 @@ rule report:
             multiext(f"{R}/figures/figure1", ".png", ".pdf"),
             category="Figures",
             labels={"figure": "Figure 1"},
+        ),
+        report(
+            multiext(f"{R}/tables/table3", ".csv", ".md", ".tex"),
+            category="Tables",
+            labels={"table": "Table 3"},
+        ),
+        report(
+            multiext(f"{R}/figures/figure2_reliability", ".png", ".pdf"),
+            category="Figures",
+            labels={"figure": "Figure 2"},
         ),
     params:
         p=P.report_params(config),

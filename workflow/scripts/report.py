@@ -10,5 +10,6 @@ if __name__ == "__main__":
     with logged(snakemake.log[0]):
         run_report(snakemake.params.p, metrics_csvs=snakemake.input.metrics,
                    noise_csvs=snakemake.input.noise, trials_csvs=snakemake.input.trials,
+                   reliability_csvs=snakemake.input.reliability,
                    tables_dir=Path(snakemake.output[0]).parent,
                    figures_dir=Path(snakemake.output[-1]).parent)

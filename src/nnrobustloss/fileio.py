@@ -391,23 +391,34 @@ def _remove_entry(entry: Path) -> None:
         entry.unlink(missing_ok=True)
 
 
+def remove_temporaries(folder: str | os.PathLike[str], name: str) -> list[Path]:
+    """Delete the temporary files and folders that killed writers of ``folder/name`` left there.
+
+    Matches exactly the names this module and the planner give them (``.tmp-<pid>-<name>-<8>``
+    of :func:`atomic_dir`, ``.tmp-<pid>-<8>-<name>`` of :func:`atomic_path`, ``.tmp-<pid>-<n>-
+    link-<name>`` of a link switch), so other outputs' temporaries are never touched. Call it
+    only while holding the stage's lock (:func:`stage_lock`). Returns what was removed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    n = re.escape(name)
+    mine = re.compile(rf"\.tmp-\d+-(?:{n}-[A-Za-z0-9_]{{8}}|[A-Za-z0-9_]{{8}}-{n}|\d+-link-{n})")
+    removed = [e for e in folder.iterdir() if mine.fullmatch(e.name)]
+    for entry in removed:
+        _remove_entry(entry)
+    return removed
+
+
 def _remove_leftovers(store: Path, links: Mapping[Path, str]) -> None:
     """Delete what killed runs left: staging folders and versions that ``current`` does not name
-    in ``store``, and temporary folders of the unversioned writer beside the links."""
+    in ``store``, and temporaries beside the links (:func:`remove_temporaries`)."""
     current = os.readlink(store / CURRENT) if (store / CURRENT).is_symlink() else None
     for entry in store.iterdir():
         if entry.name.startswith((_STAGING, _VERSION)) and entry.name != current:
             _remove_entry(entry)
     for link in links:
-        if not link.parent.is_dir():
-            continue
-        # Exactly the names atomic_dir (".tmp-<pid>-<name>-<8 random>") and _replace_symlink
-        # give, so that another task's temporary files in the same folder are never touched.
-        mine = re.compile(rf"\.tmp-\d+-({re.escape(link.name)}-[A-Za-z0-9_]{{8}}|\d+-link-"
-                          rf"{re.escape(link.name)})")
-        for entry in link.parent.iterdir():
-            if mine.fullmatch(entry.name):
-                _remove_entry(entry)
+        remove_temporaries(link.parent, link.name)
 
 
 def _replace_symlink(link: Path, target: str) -> None:

@@ -13,9 +13,10 @@ passed separately. Output locations follow DESIGN.md section 2 (:mod:`nnrobustlo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ import pandas as pd
 from nnrobustloss import layout
 from nnrobustloss.config import evaluation_regions
 from nnrobustloss.errors import ConfigError, InputDataError
-from nnrobustloss.fileio import atomic_path, read_json, write_json
+from nnrobustloss.fileio import atomic_path, read_json, remove_temporaries, stage_lock, write_json
 from nnrobustloss.methods import get_method
 
 
@@ -34,6 +35,18 @@ def _task(config: Mapping[str, Any], task: str) -> Mapping[str, Any]:
         raise ConfigError(f"tasks.{task}: unknown task; the config defines "
                           f"{', '.join(config['tasks'])}.")
     return config["tasks"][task]
+
+
+@contextlib.contextmanager
+def _one_run(results_dir: str | os.PathLike[str], stage: str, task: str,
+             *outputs: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold the lock of ``stage`` for ``task`` (``<results_dir>/.locks/<stage>.<task>.lock``) and
+    delete the temporaries that killed runs left beside ``outputs`` (:func:`remove_temporaries`)."""
+    with stage_lock(Path(results_dir) / ".locks" / f"{stage}.{task}.lock",
+                    f"{stage} stage of task {task}"):
+        for out in map(Path, outputs):
+            remove_temporaries(out.parent, out.name)
+        yield
 
 
 # --- convert -------------------------------------------------------------------------------
@@ -76,10 +89,11 @@ def run_noise_report(task: str, dataset_id: int, regions: Mapping[str, Sequence[
     if not noisy_dir.is_dir() or not any(noisy_dir.glob("*.nii.gz")):
         raise InputDataError(f"{noisy_dir}: no label files (*.nii.gz) found. Run the convert "
                              f"stage for task {task} first.")
-    df = measure_noise_levels(noisy_dir, layout.reference_labels_dir(results_dir, task), regions,
-                              tolerance_mm, task=task)
-    with atomic_path(out_csv) as tmp:
-        df.to_csv(tmp, index=False, na_rep="NaN")
+    with _one_run(results_dir, "noise", task, out_csv):
+        df = measure_noise_levels(noisy_dir, layout.reference_labels_dir(results_dir, task),
+                                  regions, tolerance_mm, task=task)
+        with atomic_path(out_csv) as tmp:
+            df.to_csv(tmp, index=False, na_rep="NaN")
     means = df.groupby(["region", "metric"])["value"].mean().unstack()
     print(f"[noise {task}] mean noisy-vs-reference per region:\n{means.to_string()}",
           file=sys.stderr)
@@ -100,7 +114,9 @@ def run_splits(task: str, dataset_id: int, n_folds: int, seed: int,
     """Write the task's k-fold splits (shared by the noisy and reference datasets)."""
     from nnrobustloss.splits import write_splits
 
-    write_splits(layout.raw_dir(results_dir, task, dataset_id), out_json, n_folds=n_folds, seed=seed)
+    with _one_run(results_dir, "splits", task, out_json):
+        write_splits(layout.raw_dir(results_dir, task, dataset_id), out_json, n_folds=n_folds,
+                     seed=seed)
 
 
 # --- plan ----------------------------------------------------------------------------------
@@ -121,12 +137,14 @@ def run_plan(task: str, dataset_id: int, reference_dataset_id: int, planner: str
     """Plan and preprocess both datasets with identical plans; write ``preprocessed/<Task>.json``."""
     from nnrobustloss.planning import PLANS_IDENTIFIER, plan_and_preprocess
 
-    noisy, ref = plan_and_preprocess(task, dataset_id, reference_dataset_id, results_dir,
-                                     planner=planner, configuration=configuration,
-                                     cpu_plan=cpu_plan, splits_file=splits_json,
-                                     num_processes=num_processes)
-    write_json(manifest, {"task": task, "noisy": noisy.name, "reference": ref.name,
-                          "plans": PLANS_IDENTIFIER, "configuration": configuration})
+    # The planner's temporary folder is preprocessed/.tmp-<pid>-<task>-<8 random>.
+    with _one_run(results_dir, "plan", task, manifest, Path(manifest).parent / task):
+        noisy, ref = plan_and_preprocess(task, dataset_id, reference_dataset_id, results_dir,
+                                         planner=planner, configuration=configuration,
+                                         cpu_plan=cpu_plan, splits_file=splits_json,
+                                         num_processes=num_processes)
+        write_json(manifest, {"task": task, "noisy": noisy.name, "reference": ref.name,
+                              "plans": PLANS_IDENTIFIER, "configuration": configuration})
 
 
 # --- training (shared by tuning and final training) ----------------------------------------

@@ -277,6 +277,15 @@ def _md_table(header: list[str], rows: list[list[str]], align: list[str]) -> lis
     return lines
 
 
+def _tex_rows_and_end(rows: list[list[str]], footnote: str = "") -> list[str]:
+    r"""LaTeX body rows, the closing rules, an optional small footnote and ``\end{table}``."""
+    tex = [" & ".join(r) + r" \\" for r in rows]
+    tex += [r"\bottomrule", r"\end{tabular}"]
+    if footnote:
+        tex += [r"\par\smallskip\footnotesize " + _tex_escape(footnote)]
+    return tex + [r"\end{table}"]
+
+
 def _write_csv(df: pd.DataFrame, path: Path) -> None:
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False, na_rep="NaN")
@@ -335,11 +344,7 @@ def table1(summary: pd.DataFrame, tasks: Mapping[str, Mapping[str, object]],
     tex.append(" ".join(rules))
     sub = ["Method"] + [_tex_escape(METRIC_LABELS[m]) for _, tm in task_metrics for m in tm]
     tex += [" & ".join(sub) + r" \\", r"\midrule"]
-    tex += [" & ".join(r) + r" \\" for r in tex_rows]
-    tex += [r"\bottomrule", r"\end{tabular}"]
-    if footnote:
-        tex += [r"\par\smallskip\footnotesize " + _tex_escape(footnote)]
-    tex += [r"\end{table}"]
+    tex += _tex_rows_and_end(tex_rows, footnote)
     return "\n".join(md) + "\n", "\n".join(tex) + "\n"
 
 
@@ -699,11 +704,7 @@ def table3(summary: pd.DataFrame, tasks: Sequence[str], methods: Sequence[str],
            " ".join(rf"\cmidrule(lr){{{2 + i * k}-{1 + (i + 1) * k}}}" for i in range(len(tasks))),
            " & ".join(["Method"] + [CALIBRATION_LABELS[m] for _ in tasks for m in TABLE3_METRICS])
            + r" \\", r"\midrule"]
-    tex += [" & ".join(r) + r" \\" for r in tex_rows]
-    tex += [r"\bottomrule", r"\end{tabular}"]
-    if note:
-        tex += [r"\par\smallskip\footnotesize " + _tex_escape(note)]
-    tex += [r"\end{table}"]
+    tex += _tex_rows_and_end(tex_rows, note)
     return "\n".join(md) + "\n", "\n".join(tex) + "\n"
 
 

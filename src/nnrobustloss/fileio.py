@@ -368,6 +368,11 @@ def _check_links(store: Path, links: Mapping[Path, str]) -> list[Path]:
     earlier, unversioned conversions that the commit replaces."""
     earlier = []
     for link, name in links.items():
+        for parent in reversed(link.parents):
+            if os.path.lexists(parent) and not parent.is_dir():
+                raise OutputError(f"{parent}: exists as a file where a folder is needed for "
+                                  f"{link}. Move it away (or choose another results_dir), then "
+                                  "rerun.")
         if link.is_symlink():
             target = os.readlink(link)
             if target != _link_target(link, store, name):

@@ -17,6 +17,15 @@ the nearest surfel of the other surface. The computation is organised for speed:
 
 Empty masks follow the KiTS23 evaluation: both empty gives Dice 1 and surface Dice 1 (ASD 0),
 exactly one empty gives Dice 0 and surface Dice 0 with ASD NaN.
+
+Calibration (:func:`ece`, :func:`mce`, :func:`brier`, :func:`nll`, per case
+:func:`calibration_statistics`): one-vs-rest per region against the reference labels, i.e.
+confidence = the softmax probability of the region (sum over its labels), correct = the voxel
+belongs to the region in the reference; within a band of ``band_mm`` mm around the reference and
+the predicted region (:func:`calibration_band`), and over all voxels (metric names ``*_all``).
+The predict stage stores a case's sufficient statistics (per-bin counts and sums, Brier and NLL
+sums; :class:`CalibrationStats`, a few kB), the evaluate stage turns them into metric rows and
+the fold's reliability bins (:func:`calibration_folder`).
 """
 
 from __future__ import annotations

@@ -285,6 +285,7 @@ def test_sigkill_at_every_step_of_the_commit_leaves_old_or_new_complete(tmp_path
         assert _visible_state(root, expected) == "new"
         _no_leftovers(root)
     # Kills before the switch of 'current' show the old conversion, later ones the new one.
+    print(f"{n_ops} kill points: {seen}")
     first_new = seen.index("new")
     assert seen == ["old"] * first_new + ["new"] * (n_ops - first_new) and first_new > 1
 

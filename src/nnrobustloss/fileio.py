@@ -467,6 +467,9 @@ def versioned_outputs(store: str | os.PathLike[str], links: Mapping[str | os.Pat
             earlier = _check_links(store, paths)
             _remove_leftovers(store, paths)
             staging = Path(tempfile.mkdtemp(prefix=_STAGING, dir=store))
+            umask = os.umask(0)
+            os.umask(umask)
+            staging.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide the outputs from the group
             try:
                 yield staging
                 version = store / f"{_VERSION}{time.time_ns()}-{os.getpid()}"

@@ -29,7 +29,8 @@ R = config["results_dir"]
 TASKS = list(config["tasks"])
 METHODS = list(config["methods"])
 FOLDS = list(config["folds"])
-TUNED = [m for m in METHODS if get_method(m).needs_tuning]
+# Methods with Optuna studies (none when tuning.enabled is false: registry defaults instead).
+TUNED = [m for m in METHODS if get_method(m).needs_tuning and config["tuning"]["enabled"]]
 ENV = "envs/nnrobustloss.yaml"
 
 
@@ -38,6 +39,10 @@ wildcard_constraints:
     method="|".join(METHODS),
     fold=r"\d+",
     worker=r"\d+",
+
+
+# snakemake --report report.html: the study description and one captioned entry per table/figure.
+report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"

@@ -105,7 +105,7 @@ def _build(study: dict[str, object], **kw: object) -> dict[str, Path]:
 def test_all_outputs_written(study) -> None:
     out = _build(study)
     expected = {f"{t}.{e}" for t in ("table1", "table2", "noise_levels")
-                for e in ("csv", "md", "tex")} | {"figure1.png", "figure1.pdf"}
+                for e in ("csv", "md", "tex", "html")} | {"figure1.png", "figure1.pdf"}
     assert set(out) == expected
     for path in out.values():
         assert path.is_file() and path.stat().st_size > 0
@@ -257,3 +257,134 @@ def test_display_names() -> None:
     assert METHOD_DISPLAY_NAMES["CoTPlus"] == "CoT+"
     assert list(METHOD_DISPLAY_NAMES) == ["Baseline", "BaselineRef", "APL1", "APL2", "CoT",
                                           "CoTPlus", "StoCoT", "SVLS", "HRL"]
+
+
+# --- smoke runs, HTML tables, training curves, the noise sweep ------------------------------
+
+def _table_rows(md: str) -> dict[str, list[str]]:
+    rows = [line for line in md.splitlines() if line.startswith("| ")
+            and not line.startswith("| Method") and not line.startswith("| ---")]
+    return {r.split(" | ")[0].lstrip("| "): r.strip("| ").split(" | ")[1:] for r in rows}
+
+
+def test_smoke_run_says_so_and_marks_nothing(study) -> None:
+    out = _build(study, training_iterations=2, min_training_iterations=200,
+                 training_budget="1 epochs x 2 iterations")
+    md = out["table1.md"].read_text()
+    assert md.startswith("**SMOKE RUN: final trainings of 1 epochs x 2 iterations (2 "
+                         "iterations, fewer than the 200")
+    assert not any("*" in c for cells in _table_rows(md).values() for c in cells)
+    t1 = pd.read_csv(out["table1.csv"])
+    assert not t1["significant"].any()
+    assert t1["p_value"].notna().any()  # the tests are still computed and kept in the CSV
+    for stem in ("table2", "noise_levels"):
+        assert out[f"{stem}.md"].read_text().startswith("**SMOKE RUN")
+    assert r"\caption{\textbf{SMOKE RUN" in out["table1.tex"].read_text()
+    assert "<b>SMOKE RUN" in out["table1.html"].read_text()
+    # the same study with a real budget: no note, HRL's designed effect is marked
+    real = _build(study, training_iterations=300, min_training_iterations=200)
+    md = real["table1.md"].read_text()
+    assert "SMOKE RUN" not in md and _table_rows(md)["HRL"][0].endswith("*")
+
+
+def test_html_table_holds_the_markdown_cells(study) -> None:
+    out = _build(study)
+    html = out["table1.html"].read_text()
+    assert html.startswith("<!DOCTYPE html>") and html.count("<table>") == 1
+    md_cells = _table_rows(out["table1.md"].read_text())
+    for name, cells in md_cells.items():
+        assert f"<td style=\"text-align:left\">{name}</td>" in html
+        for c in cells:
+            assert f">{c}</td>" in html
+    assert html.count("<tr>") == len(md_cells) + 1  # header row + one row per method
+    t2 = out["table2.html"].read_text()
+    assert t2.count("<table>") == 2  # one table per task
+
+
+def _progress(root: Path, task: str, method: str, fold: int, ema: list[float]) -> Path:
+    path = root / "training" / task / method / f"fold{fold}" / "progress.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"epoch": range(len(ema)), "train_loss": [-e for e in ema],
+                  "train_pseudo_dice_ema": ema, "lr": 0.01}).to_csv(path, index=False)
+    return path
+
+
+def test_training_curves_from_progress(study, tmp_path: Path) -> None:
+    from nnrobustloss.report import read_progress
+
+    paths = [_progress(tmp_path, "Heart", m, f, list(np.linspace(0.1, 0.8 + 0.05 * f, 6)))
+             for m in ("Baseline", "HRL") for f in (0, 1)]
+    df = read_progress(paths)
+    assert set(zip(df.task, df.method, df.fold)) == {("Heart", m, f) for m in ("Baseline", "HRL")
+                                                      for f in (0, 1)}
+    assert len(df) == 4 * 6
+    out = _build(study, progress_csvs=paths)
+    png = mpimg.imread(out["training_curves.png"])
+    assert png.shape[1] >= 7 * 150
+    assert out["training_curves.pdf"].read_bytes().startswith(b"%PDF")
+    bad = tmp_path / "elsewhere" / "progress.csv"
+    bad.parent.mkdir()
+    bad.write_text(paths[0].read_text())
+    with pytest.raises(InputDataError, match="elsewhere/progress.csv: not a training"):
+        read_progress([bad])
+
+
+def _sweep_inputs(tmp_path: Path) -> tuple[list[Path], list[Path]]:
+    """Two levels; per level and method 2 folds x 2 cases; designed Dice values."""
+    metrics, noise = [], []
+    for level, (n_noisy, drop) in {"PNoisy00": (0, 0.0), "PNoisy08": (8, 0.2)}.items():
+        for method, bonus in (("Baseline", 0.0), ("HRL", 0.1)):
+            for fold in (0, 1):
+                cases = [f"c{2 * fold}", f"c{2 * fold + 1}"]
+                d = 0.8 - drop + bonus + 0.02 * fold
+                vals = {"organ": {"dice": [d, d], "asd": [1.0, 1.0]},
+                        "lesion": {"dice": [d - 0.2, d - 0.2], "asd": [2.0, 2.0]}}
+                path = tmp_path / "metrics" / level / method / f"fold{fold}.csv"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                _metric_rows(level, method, fold, cases, vals).to_csv(path, index=False)
+                metrics.append(path)
+        path = tmp_path / "noise" / f"{level}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        nd = 1.0 - 0.05 * n_noisy / 4
+        pd.DataFrame([(level, c, r, "dice", nd if r == "organ" else nd - 0.1)
+                      for c in ("c0", "c1", "c2", "c3") for r in ("organ", "lesion")],
+                     columns=["task", "case", "region", "metric", "value"]).to_csv(path,
+                                                                                    index=False)
+        noise.append(path)
+    return metrics, noise
+
+
+def test_noise_sweep_table_and_figure(tmp_path: Path) -> None:
+    metrics, noise = _sweep_inputs(tmp_path)
+    tasks = {"PNoisy00": {"table_metrics": ["dice", "asd"]},
+             "PNoisy08": {"table_metrics": ["dice", "asd"]}}
+    out = build_report(metrics, noise, [], tmp_path / "tables", tmp_path / "figures",
+                       tasks=tasks, methods=["Baseline", "HRL"],
+                       sweep={"PNoisy00": 0, "PNoisy08": 8})
+    df = pd.read_csv(out["noise_sweep.csv"])
+    row = df[(df.task == "PNoisy08") & (df.method == "HRL")].iloc[0]
+    # per fold: mean over classes (d, d - 0.2) and cases; fold 0: 0.6, fold 1: 0.62 -> -0.1
+    fold_means = np.array([0.8 - 0.2 + 0.1 - 0.1, 0.8 - 0.2 + 0.1 + 0.02 - 0.1]) * 100
+    assert row.dice_mean == pytest.approx(fold_means.mean())
+    assert row.dice_sd == pytest.approx(fold_means.std(ddof=1))
+    assert row.n_noisy_cases == 8 and row.n_folds == 2
+    assert row.noise_dice == pytest.approx((0.9 - 0.05) * 100)  # mean of organ 0.9, lesion 0.8
+    clean = df[(df.task == "PNoisy00") & (df.method == "Baseline")].iloc[0]
+    assert clean.noise_dice == pytest.approx(95.0)
+    md = out["noise_sweep.md"].read_text()
+    assert f"| PNoisy08 | 8 | 85.0 | {fold_means.mean() - 10:.1f} ± " in md
+    assert out["noise_sweep.png"].stat().st_size > 10_000
+    assert out["noise_sweep.pdf"].read_bytes().startswith(b"%PDF")
+    # without a sweep nothing of it is written
+    plain = build_report(metrics, noise, [], tmp_path / "t2", tmp_path / "f2", tasks=tasks,
+                         methods=["Baseline", "HRL"])
+    assert not any(k.startswith("noise_sweep") for k in plain)
+
+
+def test_report_without_metrics_is_an_error(tmp_path: Path) -> None:
+    from nnrobustloss.pipeline import run_report
+
+    params = {"tasks": TASKS, "methods": METHODS, "sweep": {}}
+    with pytest.raises(InputDataError, match="no metrics files"):
+        run_report(params, [], [], [], tmp_path / "tables", tmp_path / "figures")
+    assert not (tmp_path / "tables").exists()

@@ -257,3 +257,46 @@ def test_tiled_thresholds_repeat_a_16_grid_per_sample():
     assert np.unique(theta[0, :16, :16, :].numpy()).size == 16 * 16 * 8
     with pytest.raises(ConfigError, match="stocot_thresholds"):
         stocot_thresholds((1, 4, 4), 2.0, 2.0, torch.Generator(), "grid")
+
+
+# --- the co-teaching schedule of a run (scaled_schedule) ------------------------------------
+
+@pytest.mark.parametrize(("epochs", "expected"), [
+    (50, (20, 20)),    # the paper's tuning trial: selection from epoch 20, full rate at 40
+    (200, (20, 20)),   # the paper's final training keeps its absolute 20 + 20
+    (30, (12, 12)),    # the phantom default's final training: floor(0.4 * 30) = 12
+    (5, (2, 2)),       # the phantom default's tuning trial
+    (1, (0, 0)),       # a smoke run
+    (51, (20, 20)),
+])
+def test_scaled_schedule_reproduces_the_paper_and_keeps_its_proportions(epochs, expected):
+    from nnrobustloss.selection import scaled_schedule
+
+    assert scaled_schedule(20, 20, epochs) == expected
+
+
+def test_scaled_schedule_never_lengthens_and_checks_its_arguments():
+    from nnrobustloss.selection import ramp, scaled_schedule
+
+    assert scaled_schedule(3, 1, 100) == (3, 1)          # shorter than the cap: unchanged
+    assert scaled_schedule(20, 20, 30, max_fraction=0.2) == (6, 6)
+    assert scaled_schedule(20, 20, 30, max_fraction=1.0) == (20, 20)
+    d, g = scaled_schedule(20, 20, 30)
+    # selection starts after 40 % of the run and reaches the full rate at 80 %
+    assert [ramp(e, d, g) for e in (11, 12, 18, 24, 29)] == [0.0, 0.0, 0.5, 1.0, 1.0]
+    with pytest.raises(ConfigError, match="max_fraction"):
+        scaled_schedule(20, 20, 30, max_fraction=0.0)
+    with pytest.raises(ConfigError, match="epochs"):
+        scaled_schedule(20, 20, 0)
+
+
+def test_build_settings_records_the_scaled_schedule():
+    from nnrobustloss.training import build_settings
+
+    s = build_settings("StoCoT", epochs=30, coteaching={"delay": 20, "gradual": 20})
+    assert (s.coteaching_delay, s.coteaching_gradual) == (12, 12)
+    s = build_settings("StoCoT", epochs=200, coteaching={"delay": 20, "gradual": 20,
+                                                         "max_fraction": 0.4})
+    assert (s.coteaching_delay, s.coteaching_gradual) == (20, 20)
+    with pytest.raises(ConfigError, match="max_fraction"):
+        build_settings("CoT", epochs=10, coteaching={"max_fraction": 2})

@@ -391,3 +391,30 @@ def test_trainer_refuses_settings_of_another_method(phantom_dir, tmp_path):
     base = _make_trainer(phantom_dir, tmp_path, "Baseline")
     base.configure(build_settings("BaselineRef", epochs=3))
     assert base.num_epochs == 3 and base.save_every == 1
+
+
+@pytest.mark.slow
+def test_default_schedule_keeps_the_lesion_after_the_ramp(phantom_dir, tmp_path):
+    """StoCoT with the default config's final-training budget and co-teaching schedule (the
+    paper's 20 + 20 capped at 40 % of the run each): selection starts only after the network has
+    learnt the lesion, so voxels labelled lesion are still selected once the ramp is complete
+    (delay 1 / gradual 1 rejected every lesion voxel from epoch 6 on and never learnt it)."""
+    from nnrobustloss.config import load_config
+    from nnrobustloss.pipeline import train_params
+
+    repo = Path(__file__).resolve().parents[1]
+    kw = train_params(load_config(repo / "config" / "config.yaml"), "Phantom", "StoCoT", 0)
+    out = train(phantom_dir, "StoCoT", 0, tmp_path / "StoCoT", epochs=kw["epochs"],
+                iterations_per_epoch=kw["iterations_per_epoch"],
+                val_iterations_per_epoch=kw["val_iterations_per_epoch"],
+                coteaching=kw["coteaching"], seed=kw["seed"])
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["coteaching_delay"] == settings["coteaching_gradual"] == \
+        int(0.4 * kw["epochs"])
+    rows = read_progress_csv(out / "progress.csv")
+    full = [r for r in rows if float(r["ramp"]) == 1.0]
+    assert len(full) >= 3  # the run continues past the end of the ramp
+    lesion_kept = [float(r["kept_fraction_class2_peer_a"]) for r in full]
+    assert min(lesion_kept) > 0.2, lesion_kept
+    assert all(float(r["kept_fraction_class1_peer_a"]) > 0.5 for r in full)
+    assert float(full[-1]["train_dice_class2"]) > 0.3

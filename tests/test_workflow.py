@@ -17,7 +17,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = REPO / "config" / "config.yaml"
-OVERLAY = REPO / "tests" / "data" / "e2e_overlay.yaml"
+OVERLAY = REPO / "config" / "smoke.yaml"
 ALL_METHODS = ["Baseline", "BaselineRef", "APL1", "APL2", "CoT", "CoTPlus", "StoCoT", "SVLS", "HRL"]
 TUNED = ["APL2", "CoT", "CoTPlus", "StoCoT", "SVLS", "HRL"]
 
@@ -71,6 +71,42 @@ def test_bad_config_value_stops_with_the_key_named(tmp_path: Path) -> None:
     assert "tuning.workers" in proc.stdout and "minimum" in proc.stdout
 
 
+def test_noise_sweep_dag_dry_runs(tmp_path: Path) -> None:
+    sweep = REPO / "config" / "noise_sweep.yaml"
+    proc = snakemake(tmp_path, "-n", configfiles=(DEFAULT, sweep))
+    counts = job_counts(proc.stdout)
+    # 4 levels, 5 methods, 3 folds, no tuning; one report with the sweep's table and figure
+    assert counts["convert"] == counts["plan"] == counts["splits"] == 4
+    assert counts["train"] == counts["predict"] == counts["evaluate"] == 60
+    assert "tune_worker" not in counts and counts["report"] == 1
+    assert "results/noise_sweep/figures/noise_sweep.png" in proc.stdout
+    assert "results/noise_sweep/tables/noise_sweep.html" in proc.stdout
+
+
+def test_tuning_disabled_trains_with_defaults(tmp_path: Path) -> None:
+    proc = snakemake(tmp_path, "-n", "--config", "tuning={'enabled': False}", check=False)
+    if proc.returncode != 0:  # older Snakemake parses nested --config values differently
+        off = tmp_path / "off.yaml"
+        off.write_text("tuning: {enabled: false}\n")
+        proc = snakemake(tmp_path, "-n", configfiles=(DEFAULT, off))
+    counts = job_counts(proc.stdout)
+    assert counts["train"] == 27 and "tune_worker" not in counts and "select_best" not in counts
+
+
+def test_report_html_has_one_captioned_entry_per_output(tmp_path: Path) -> None:
+    """Each table and figure is one report entry (its .html / .png) with a caption file."""
+    proc = snakemake(tmp_path, "-n", "--forceall", "-p", "--rerun-triggers", "mtime")
+    assert proc.returncode == 0
+    from nnrobustloss.report import report_stems
+
+    tables, figures = report_stems(sweep=False)
+    for stem in tables:
+        assert (REPO / "workflow" / "report" / f"{stem}.rst").is_file(), stem
+    for stem in figures:
+        assert (REPO / "workflow" / "report" / f"{stem}_figure.rst").is_file(), stem
+    assert (REPO / "workflow" / "report" / "workflow.rst").is_file()
+
+
 def test_lint_is_clean(tmp_path: Path) -> None:
     proc = snakemake(tmp_path, "--lint", check=False)
     assert proc.returncode == 0, proc.stdout[-4000:]
@@ -92,11 +128,15 @@ def test_end_to_end_builds_every_output(e2e_run: tuple[Path, str]) -> None:
     assert counts["train"] == counts["predict"] == counts["evaluate"] == 27
     assert counts["tune_worker"] == counts["select_best"] == 18
     for name in ("table1", "table2", "noise_levels"):
-        for ext in ("csv", "md", "tex"):
+        for ext in ("csv", "md", "tex", "html"):
             assert (results / "tables" / f"{name}.{ext}").stat().st_size > 0
-    assert (results / "figures" / "figure1.png").stat().st_size > 10_000
-    assert (results / "figures" / "figure1.pdf").read_bytes().startswith(b"%PDF")
+    for name in ("figure1", "training_curves"):
+        assert (results / "figures" / f"{name}.png").stat().st_size > 10_000
+        assert (results / "figures" / f"{name}.pdf").read_bytes().startswith(b"%PDF")
     table1 = (results / "tables" / "table1.md").read_text()
+    # 1-epoch trainings: the tables say that this is a smoke run and mark nothing
+    assert table1.startswith("**SMOKE RUN: final trainings of 1 epochs x 2 iterations")
+    assert "*" not in table1.split("| Method")[1].split("\n\n")[0]
     for name in ("Baseline", "Baseline (ref.)", "APL1", "APL2", "CoT", "CoT+", "StoCoT", "SVLS",
                  "HRL"):
         assert f"| {name} " in table1

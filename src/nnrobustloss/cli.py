@@ -143,6 +143,7 @@ def run(args: argparse.Namespace) -> None:
                                map(str, root.glob("metrics/*/*/fold*_reliability.csv"))),
                            noise_csvs=sorted(map(str, root.glob("noise/*.csv"))),
                            trials_csvs=sorted(map(str, root.glob("tuning/*/*/fold*/trials.csv"))),
+                           progress_csvs=sorted(map(str, root.glob("training/*/*/fold*/progress.csv"))),
                            tables_dir=root / "tables", figures_dir=root / "figures")
         for path in out.values():
             print(path)

@@ -143,8 +143,58 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
     if "folds" not in cfg:  # the schema's static default would not follow n_folds
         cfg["folds"] = list(range(int(cfg.get("n_folds", 3))))
     _fill_defaults(cfg, schema, schema)
+    _expand_noise_sweep(cfg)
     _check_semantics(cfg)
     return cfg
+
+
+def noise_sweep_tasks(cfg: Mapping[str, Any]) -> dict[str, int]:
+    """``{task name: n_noisy_cases}`` of the noise sweep's levels in the order of
+    ``noise_sweep.n_noisy_cases`` (empty without a ``noise_sweep`` block); names are
+    ``<task>Noisy<NN>``, e.g. ``PhantomNoisy04``."""
+    sweep = cfg.get("noise_sweep")
+    if not sweep:
+        return {}
+    return {f"{sweep['task']}Noisy{n:02d}": int(n) for n in sweep["n_noisy_cases"]}
+
+
+def _expand_noise_sweep(cfg: dict[str, Any]) -> None:
+    """Replace the sweep's template task by one task per level (idempotent).
+
+    Every level is a copy of the template (same phantom seed, cases, plans and hence the same
+    case ids and splits) whose phantom source has the level's ``n_noisy_cases``, with dataset
+    ids ``dataset_id_start + 2i`` (noisy) and ``+ 2i + 1`` (reference).
+    """
+    levels = noise_sweep_tasks(cfg)
+    if not levels:
+        return
+    template_name = cfg["noise_sweep"]["task"]
+    tasks = cfg["tasks"]
+    if template_name not in tasks:
+        if all(name in tasks for name in levels):
+            return  # already expanded
+        raise ConfigError(f"config key noise_sweep.task: {template_name!r} is not a task of the "
+                          f"config (tasks: {', '.join(tasks)}).")
+    template = tasks[template_name]
+    phantoms = [i for i, src in enumerate(template["sources"]) if src["type"] == "phantom"]
+    if len(template["sources"]) != 1 or not phantoms:
+        raise ConfigError(f"config key noise_sweep.task: task {template_name!r} must have exactly "
+                          "one source, of type phantom (the sweep varies its n_noisy_cases).")
+    n_cases = template["sources"][0].get("n_cases", 14)
+    start = cfg["noise_sweep"]["dataset_id_start"]
+    expanded: dict[str, Any] = {k: v for k, v in tasks.items() if k != template_name}
+    for i, (name, n_noisy) in enumerate(levels.items()):
+        if n_noisy > n_cases:
+            raise ConfigError(f"config key noise_sweep.n_noisy_cases: {n_noisy} is larger than "
+                              f"the {n_cases} cases of task {template_name!r}.")
+        if name in expanded:
+            raise ConfigError(f"config key noise_sweep: the generated task {name} already "
+                              "exists in tasks; rename that task.")
+        level = copy.deepcopy(template)
+        level["dataset_id"], level["reference_dataset_id"] = start + 2 * i, start + 2 * i + 1
+        level["sources"][0]["n_noisy_cases"] = n_noisy
+        expanded[name] = level
+    cfg["tasks"] = expanded
 
 
 def _check_semantics(cfg: Mapping[str, Any]) -> None:

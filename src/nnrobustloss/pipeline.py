@@ -358,23 +358,43 @@ def run_evaluate(params: Mapping[str, Any], results_dir: str | os.PathLike[str],
 # --- report --------------------------------------------------------------------------------
 
 def report_params(config: Mapping[str, Any]) -> dict[str, Any]:
-    """Settings of the report: task order with their table metrics, method order."""
+    """Settings of the report: task order with their table metrics, method order, the noise
+    sweep's levels (``{task: n_noisy_cases}``, empty without a sweep) and the final trainings'
+    budget (a run below ``report.min_training_iterations`` is labelled a smoke run)."""
+    from nnrobustloss.config import noise_sweep_tasks
+
+    tr = config["training"]
     return {"tasks": {name: {"table_metrics": list(t["table_metrics"])}
                       for name, t in config["tasks"].items()},
-            "methods": list(config["methods"])}
+            "methods": list(config["methods"]),
+            "sweep": noise_sweep_tasks(config),
+            "training_iterations": int(tr["epochs"]) * int(tr["iterations_per_epoch"]),
+            "training_budget": f"{tr['epochs']} epochs x {tr['iterations_per_epoch']} "
+                               "iterations",
+            "min_training_iterations": int(config["report"]["min_training_iterations"])}
 
 
 def run_report(params: Mapping[str, Any], metrics_csvs: Sequence[str], noise_csvs: Sequence[str],
                trials_csvs: Sequence[str], tables_dir: str | os.PathLike[str],
                figures_dir: str | os.PathLike[str],
-               reliability_csvs: Sequence[str] | None = None) -> dict[str, Path]:
-    """Regenerate Table 1, Table 2, the noise table and Figure 1 from the stage CSVs (and, with
-    the evaluate stage's ``reliability_csvs``, Table 3 and the reliability diagrams)."""
+               reliability_csvs: Sequence[str] | None = None,
+               progress_csvs: Sequence[str] | None = None) -> dict[str, Path]:
+    """Regenerate the tables and figures from the stage CSVs: Table 1, Table 2, the noise
+    table, Figure 1; with the evaluate stage's ``reliability_csvs`` Table 3 and the reliability
+    diagrams; with the final trainings' ``progress_csvs`` the training curves; with a noise
+    sweep in ``params`` its table and figure."""
     from nnrobustloss.report import build_report
 
+    if not metrics_csvs:
+        raise InputDataError("report: no metrics files (metrics/<Task>/<Method>/fold<k>.csv) "
+                             "were found. Run the evaluate stage first (snakemake builds it).")
     return build_report(metrics_csvs, noise_csvs, trials_csvs, tables_dir, figures_dir,
                         tasks=params["tasks"], methods=params["methods"],
-                        reliability_csvs=reliability_csvs)
+                        reliability_csvs=reliability_csvs, progress_csvs=progress_csvs,
+                        sweep=params.get("sweep") or None,
+                        training_iterations=params.get("training_iterations"),
+                        min_training_iterations=params.get("min_training_iterations", 0),
+                        training_budget=params.get("training_budget", ""))
 
 
 def mean_dice(noise_csv: str | os.PathLike[str]) -> float:

@@ -566,6 +566,270 @@ def _save_figure(fig: Figure, png: Path, pdf: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# smoke runs, HTML tables, training curves and the noise sweep
+
+SMOKE_PREFIX = "SMOKE RUN"
+
+
+def smoke_note(training_iterations: int | None, min_training_iterations: int,
+               budget: str = "") -> str | None:
+    """The caption note of a run too short to mean anything, or None for a real run.
+
+    ``training_iterations`` = epochs x iterations per epoch of the final trainings (None:
+    unknown, treated as a real run); below ``min_training_iterations`` the run is a smoke run.
+    """
+    if training_iterations is None or training_iterations >= min_training_iterations:
+        return None
+    return (f"{SMOKE_PREFIX}: final trainings of {budget or training_iterations} "
+            f"({training_iterations} iterations, fewer than the {min_training_iterations} of "
+            "report.min_training_iterations); the numbers show that the pipeline runs, not how "
+            "the methods compare, and no significance marks are printed.")
+
+
+def _with_note(md: str, tex: str, note: str | None) -> tuple[str, str]:
+    """Put ``note`` in front of a table's Markdown and into its LaTeX caption."""
+    if note is None:
+        return md, tex
+    md = f"**{note}**\n\n{md}"
+    tex = tex.replace(r"\caption{", r"\caption{\textbf{" + _tex_escape(note) + "} ", 1)
+    return md, tex
+
+
+def _inline_html(text: str) -> str:
+    import html
+    import re
+
+    return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(text))
+
+
+def markdown_table_html(md: str, title: str) -> str:
+    """A standalone HTML page of one of this module's Markdown tables (for ``snakemake
+    --report``, which shows HTML but not Markdown): pipe-table blocks become ``<table>``s,
+    other non-empty lines paragraphs; ``**bold**`` is kept."""
+    import html
+
+    body: list[str] = []
+    block: list[str] = []
+
+    def flush() -> None:
+        if not block:
+            return
+        rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in block]
+        align = ["right" if c.endswith(":") else "left" for c in rows[1]] if len(rows) > 1 else []
+        out = ["<table>", "<thead><tr>" + "".join(f"<th>{_inline_html(c)}</th>" for c in rows[0])
+               + "</tr></thead>", "<tbody>"]
+        for r in rows[2:]:
+            out.append("<tr>" + "".join(
+                f'<td style="text-align:{align[i] if i < len(align) else "left"}">'
+                f"{_inline_html(c)}</td>" for i, c in enumerate(r)) + "</tr>")
+        out += ["</tbody>", "</table>"]
+        body.extend(out)
+        block.clear()
+
+    for line in md.splitlines():
+        if line.lstrip().startswith("|"):
+            block.append(line)
+            continue
+        flush()
+        if line.strip():
+            body.append(f"<p>{_inline_html(line)}</p>")
+    flush()
+    style = ("body{font-family:sans-serif;font-size:14px;margin:1em}"
+             "table{border-collapse:collapse;margin:0.5em 0}"
+             "th,td{border-bottom:1px solid #ccc;padding:3px 8px}th{background:#f2f2f2}")
+    return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>"
+            f"{html.escape(title)}</title><style>{style}</style></head><body>\n"
+            + "\n".join(body) + "\n</body></html>\n")
+
+
+PROGRESS_NUMERIC = ("epoch", "train_loss", "train_pseudo_dice_ema")
+
+
+def read_progress(paths: Sequence[str | os.PathLike[str]]) -> pd.DataFrame:
+    """Read final trainings' ``training/<Task>/<Method>/fold<k>/progress.csv`` files.
+
+    Returns columns epoch, train_loss, train_pseudo_dice_ema plus task, method, fold taken from
+    the path (InputDataError for a path that does not follow that layout)."""
+    df = _read_csvs(paths, PROGRESS_NUMERIC, PROGRESS_NUMERIC, "progress")
+    keys = []
+    for f in df["_file"]:
+        parts = Path(f).parts
+        if len(parts) < 4 or not parts[-2].startswith("fold") or not parts[-2][4:].isdigit():
+            raise InputDataError(f"{f}: not a training/<Task>/<Method>/fold<k>/progress.csv "
+                                 "path; pass the train stage's progress files.")
+        keys.append((parts[-4], parts[-3], int(parts[-2][4:])))
+    df["task"] = [k[0] for k in keys]
+    df["method"] = [k[1] for k in keys]
+    df["fold"] = [k[2] for k in keys]
+    return df
+
+
+def _method_colours(methods: Sequence[str]) -> dict[str, str]:
+    palette = ["#1b6ca8", "#555555", "#e07b39", "#3a9e5c", "#b23a48", "#7b5ea7", "#8c6d31",
+               "#d4a017", "#17becf", "#e377c2"]
+    return {m: palette[i % len(palette)] for i, m in enumerate(methods)}
+
+
+def training_curves_figure(progress: pd.DataFrame, tasks: Sequence[str], methods: Sequence[str],
+                           png: Path, pdf: Path) -> None:
+    """Per task a column of two panels: the training pseudo-Dice EMA (the tuning objective's
+    quantity) and the training loss per epoch of the final trainings, one line per method
+    (mean over folds, band: min to max over folds). A message panel when there is no progress."""
+    from matplotlib.figure import Figure  # noqa: F811 (runtime import: matplotlib is slow)
+
+    present = [t for t in tasks if not progress[progress.task == t].empty]
+    if not present:
+        fig = Figure(figsize=(7.0, 2.0), layout="constrained")
+        ax = fig.subplots()
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, "No training progress found", ha="center", va="center", fontsize=11,
+                transform=ax.transAxes)
+        _save_figure(fig, png, pdf)
+        return
+    colours = _method_colours(methods)
+    ncols = len(present)
+    fig = Figure(figsize=(max(7.0, 3.0 * ncols), 5.2), layout="constrained")
+    axes = fig.subplots(2, ncols, squeeze=False)
+    quantities = (("train_pseudo_dice_ema", "training pseudo Dice\n(EMA, λ = 0.9)"),
+                  ("train_loss", "training loss\n(method's own scale)"))
+    for j, task in enumerate(present):
+        sub = progress[progress.task == task]
+        for i, (col, label) in enumerate(quantities):
+            ax = axes[i, j]
+            for m in methods:
+                g = sub[sub.method == m]
+                if g.empty:
+                    continue
+                stats_ = g.groupby("epoch")[col].agg(["mean", "min", "max"])
+                ax.plot(stats_.index, stats_["mean"], color=colours[m], linewidth=1.2,
+                        label=display_name(m))
+                ax.fill_between(stats_.index, stats_["min"], stats_["max"], color=colours[m],
+                                alpha=0.12, linewidth=0)
+            ax.grid(linewidth=0.4, alpha=0.5)
+            ax.tick_params(labelsize=8)
+            if i == 0:
+                ax.set_title(task, fontsize=10)
+            else:
+                ax.set_xlabel("epoch", fontsize=8)
+            if j == 0:
+                ax.set_ylabel(label, fontsize=8)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 5),
+               fontsize=8, frameon=False)
+    _save_figure(fig, png, pdf)
+
+
+def summarise_sweep(metrics: pd.DataFrame, noise: pd.DataFrame, sweep: Mapping[str, int],
+                    methods: Sequence[str]) -> pd.DataFrame:
+    """Noise-sweep numbers, one row per (level task, method).
+
+    Columns: task, n_noisy_cases, noise_dice (noisy-vs-reference Dice in %, mean over classes
+    per case, then over cases: the noise report), method, method_name, dice_mean and dice_sd
+    (Dice on the reference labels in %: per fold the mean over classes and cases, then mean and
+    SD over folds), n_folds.
+    """
+    noise_summary = summarise_noise(noise, list(sweep))
+    noise_dice = {r.task: r.dice_mean for r in noise_summary.itertuples()
+                  if r.region == "all classes"}
+    case_level = _case_means(metrics[metrics.metric == "dice"])
+    rows = []
+    for task, n_noisy in sweep.items():
+        for method in methods:
+            g = case_level[(case_level.task == task) & (case_level.method == method)]
+            per_fold = g.groupby("fold")["value"].mean() * METRIC_SCALE["dice"]
+            rows.append({"task": task, "n_noisy_cases": int(n_noisy),
+                         "noise_dice": noise_dice.get(task, float("nan")), "method": method,
+                         "method_name": display_name(method),
+                         "dice_mean": float(per_fold.mean()) if len(per_fold) else float("nan"),
+                         "dice_sd": float(per_fold.std(ddof=1)) if len(per_fold) > 1
+                         else float("nan"),
+                         "n_folds": int(len(per_fold))})
+    return pd.DataFrame(rows, columns=["task", "n_noisy_cases", "noise_dice", "method",
+                                       "method_name", "dice_mean", "dice_sd", "n_folds"])
+
+
+def sweep_table(summary: pd.DataFrame, methods: Sequence[str]) -> tuple[str, str]:
+    """Markdown and LaTeX of the noise-sweep table: levels as rows, methods as columns."""
+    caption = ("Noise sweep: Dice (%) on the reference labels per noise level and method, mean "
+               "± SD over folds (per fold the mean over classes and held-out cases); noise level "
+               "= Dice (%) of the noisy training labels against the reference (noise report), "
+               "novice = cases labelled by the simulated less-experienced annotator; -- no "
+               "results.")
+    present = [m for m in methods if m in set(summary["method"])]
+    header = ["Level", "Novice cases", "Noise Dice (%)"] + [display_name(m) for m in present]
+    rows = []
+    for task, g in summary.groupby("task", sort=False):
+        by_method = {r.method: r for r in g.itertuples()}
+        first = g.iloc[0]
+        cells = [str(task), str(int(first.n_noisy_cases)), _fmt(float(first.noise_dice))]
+        for m in present:
+            r = by_method.get(m)
+            if r is None or pd.isna(r.dice_mean):
+                cells.append(MISSING)
+            else:
+                cells.append(_fmt(r.dice_mean) + ("" if pd.isna(r.dice_sd)
+                                                   else f" ± {r.dice_sd:.1f}"))
+        rows.append(cells)
+    md = [caption, ""] + _md_table(header, rows, ["l"] + ["r"] * (len(header) - 1))
+    tex = [r"\begin{table}[t]", r"\centering", r"\caption{" + _tex_escape(caption)
+           .replace("±", r"$\pm$") + "}", r"\label{tab:noise_sweep}",
+           r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}", r"\toprule",
+           " & ".join(_tex_escape(h) for h in header) + r" \\", r"\midrule"]
+    tex += [" & ".join(_tex_escape(c).replace("±", r"$\pm$") for c in r) + r" \\" for r in rows]
+    tex += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(md) + "\n", "\n".join(tex) + "\n"
+
+
+def sweep_figure(summary: pd.DataFrame, methods: Sequence[str], png: Path, pdf: Path) -> None:
+    """Dice on the reference labels (%) against the measured noise level (noisy-vs-reference
+    Dice, %, decreasing to the right = more noise), one line per method with error bars of
+    +- 1 SD over folds."""
+    from matplotlib.figure import Figure  # noqa: F811 (runtime import: matplotlib is slow)
+
+    fig = Figure(figsize=(6.0, 4.0), layout="constrained")
+    ax = fig.subplots()
+    colours = _method_colours(methods)
+    plotted = False
+    for m in methods:
+        g = summary[(summary.method == m) & summary.dice_mean.notna()].sort_values("noise_dice")
+        if g.empty:
+            continue
+        plotted = True
+        ax.errorbar(g["noise_dice"], g["dice_mean"], yerr=g["dice_sd"].fillna(0), marker="o",
+                    markersize=4, capsize=3, linewidth=1.2, color=colours[m],
+                    label=display_name(m))
+    if not plotted:
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, "No noise-sweep results found", ha="center", va="center",
+                fontsize=11, transform=ax.transAxes)
+    else:
+        ax.invert_xaxis()
+        ax.set_xlabel("noise level: Dice of the noisy training labels vs reference (%)",
+                      fontsize=9)
+        ax.set_ylabel("Dice on the reference labels (%)", fontsize=9)
+        ax.grid(linewidth=0.4, alpha=0.5)
+        ax.tick_params(labelsize=8)
+        ax.legend(fontsize=8, frameon=False)
+    _save_figure(fig, png, pdf)
+
+
+REPORT_TABLES: tuple[str, ...] = ("table1", "table2", "table3", "noise_levels")
+"""Tables of every report (each as ``.csv``, ``.md``, ``.tex`` and ``.html``)."""
+REPORT_FIGURES: tuple[str, ...] = ("figure1", "figure2_reliability", "training_curves")
+"""Figures of every report (each as ``.png`` and ``.pdf``)."""
+SWEEP_OUTPUT = "noise_sweep"
+"""Table and figure stem added when the config has a noise sweep."""
+TABLE_FORMATS: tuple[str, ...] = ("csv", "md", "tex", "html")
+FIGURE_FORMATS: tuple[str, ...] = ("png", "pdf")
+
+
+def report_stems(sweep: bool) -> tuple[list[str], list[str]]:
+    """(table stems, figure stems) that :func:`build_report` writes."""
+    extra = [SWEEP_OUTPUT] if sweep else []
+    return list(REPORT_TABLES) + extra, list(REPORT_FIGURES) + extra
+
+
+# --------------------------------------------------------------------------------------------
 # entry point
 
 
@@ -575,8 +839,11 @@ def build_report(metrics_csvs: Sequence[str | os.PathLike[str]],
                  tables_dir: str | os.PathLike[str], figures_dir: str | os.PathLike[str],
                  tasks: Mapping[str, Mapping[str, object]],
                  methods: Sequence[str],
-                 reliability_csvs: Sequence[str | os.PathLike[str]] | None = None
-                 ) -> dict[str, Path]:
+                 reliability_csvs: Sequence[str | os.PathLike[str]] | None = None,
+                 progress_csvs: Sequence[str | os.PathLike[str]] | None = None,
+                 sweep: Mapping[str, int] | None = None,
+                 training_iterations: int | None = None, min_training_iterations: int = 0,
+                 training_budget: str = "") -> dict[str, Path]:
     """Write Table 1, Table 2, the noise table and Figure 1 from the stage CSVs.
 
     tasks: ordered ``{task: {"table_metrics": ["dice", "asd"] | ["dice", "surface_dice"]}}``;
@@ -587,6 +854,12 @@ def build_report(metrics_csvs: Sequence[str | os.PathLike[str]],
     InputDataError naming it. With ``reliability_csvs`` (the evaluate stage's
     ``fold<k>_reliability.csv``; may be header-only) also ``table3.{csv,md,tex}`` (calibration
     metrics from the metric CSVs) and ``<figures_dir>/figure2_reliability.{png,pdf}``.
+    With ``progress_csvs`` (final trainings' progress.csv) also ``training_curves.{png,pdf}``;
+    with ``sweep`` (``{level task: n_noisy_cases}``, :func:`nnrobustloss.config.noise_sweep_tasks`)
+    also ``noise_sweep.{csv,md,tex,html}`` and ``noise_sweep.{png,pdf}``. Every table is also
+    written as a standalone ``.html`` page. When ``training_iterations`` (epochs x iterations
+    of the final trainings) is below ``min_training_iterations``, every table's caption says it
+    is a smoke run (:func:`smoke_note`) and no significance is marked (``significant`` False).
     """
     tables_dir, figures_dir = Path(tables_dir), Path(figures_dir)
     methods = list(methods)
@@ -598,14 +871,24 @@ def build_report(metrics_csvs: Sequence[str | os.PathLike[str]],
 
     out: dict[str, Path] = {}
 
+    note = smoke_note(training_iterations, min_training_iterations, training_budget)
+
     def emit(stem: str, csv: pd.DataFrame, md: str, tex: str) -> None:
-        for ext in ("csv", "md", "tex"):
+        md, tex = _with_note(md, tex, note)
+        for ext in TABLE_FORMATS:
             out[f"{stem}.{ext}"] = tables_dir / f"{stem}.{ext}"
         _write_csv(csv, out[f"{stem}.csv"])
         write_text(out[f"{stem}.md"], md)
         write_text(out[f"{stem}.tex"], tex)
+        write_text(out[f"{stem}.html"], markdown_table_html(md, stem))
 
-    s1 = summarise(metrics, tasks, methods)
+    def unmarked(summary: pd.DataFrame) -> pd.DataFrame:
+        """A smoke run's summary marks nothing as significant."""
+        if note is not None and "significant" in summary:
+            summary = summary.assign(significant=False)
+        return summary
+
+    s1 = unmarked(summarise(metrics, tasks, methods))
     emit("table1", s1, *table1(s1, tasks, methods))
     s2 = summarise_regions(metrics, tasks, methods)
     emit("table2", s2, *table2(s2, tasks, methods))
@@ -614,10 +897,21 @@ def build_report(metrics_csvs: Sequence[str | os.PathLike[str]],
     out["figure1.png"] = figures_dir / "figure1.png"
     out["figure1.pdf"] = figures_dir / "figure1.pdf"
     figure1(trials, list(tasks), methods, out["figure1.png"], out["figure1.pdf"])
+    if progress_csvs is not None:
+        out["training_curves.png"] = figures_dir / "training_curves.png"
+        out["training_curves.pdf"] = figures_dir / "training_curves.pdf"
+        training_curves_figure(read_progress(progress_csvs), list(tasks), methods,
+                               out["training_curves.png"], out["training_curves.pdf"])
+    if sweep:
+        ss = summarise_sweep(metrics, noise, sweep, methods)
+        emit(SWEEP_OUTPUT, ss, *sweep_table(ss, methods))
+        out[f"{SWEEP_OUTPUT}.png"] = figures_dir / f"{SWEEP_OUTPUT}.png"
+        out[f"{SWEEP_OUTPUT}.pdf"] = figures_dir / f"{SWEEP_OUTPUT}.pdf"
+        sweep_figure(ss, methods, out[f"{SWEEP_OUTPUT}.png"], out[f"{SWEEP_OUTPUT}.pdf"])
     # --- calibration (Table 3, Figure 2): only when the reliability CSVs are given
     if reliability_csvs is not None:
         reliability = read_reliability(reliability_csvs)
-        s3 = summarise_calibration(metrics, tasks, methods)
+        s3 = unmarked(summarise_calibration(metrics, tasks, methods))
         emit("table3", s3, *table3(s3, list(tasks), methods, reliability))
         out["figure2_reliability.png"] = figures_dir / "figure2_reliability.png"
         out["figure2_reliability.pdf"] = figures_dir / "figure2_reliability.pdf"

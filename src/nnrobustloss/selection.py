@@ -67,6 +67,7 @@ __all__ = [
     "label_probability",
     "predicted_labels",
     "ramp",
+    "scaled_schedule",
     "sample_beta",
     "small_loss_mask",
     "stocot_mask",
@@ -98,6 +99,33 @@ def ramp(epoch: int, delay: int, gradual: int) -> float:
     if gradual == 0:
         return 1.0
     return min(1.0, (epoch - delay) / gradual)
+
+
+MAX_SCHEDULE_FRACTION = 0.4
+"""Default cap of ``delay`` and of ``gradual``, as a share of a run's epochs: the paper's 20 + 20
+epochs of a 50-epoch tuning trial."""
+
+
+def scaled_schedule(delay: int, gradual: int, epochs: int,
+                    max_fraction: float = MAX_SCHEDULE_FRACTION) -> tuple[int, int]:
+    """The co-teaching schedule (delay, gradual) of a run of ``epochs`` epochs.
+
+    Each of ``delay`` and ``gradual`` (epochs, the paper's absolute values) is capped at
+    ``floor(max_fraction * epochs)``, so a run keeps the paper's proportions when it is shorter
+    than the paper's and the paper's absolute schedule when it is long enough. With the paper's
+    20 + 20 and ``max_fraction`` 0.4: a 50-epoch tuning trial gets 20 + 20 (full rate at epoch
+    40), a 200-epoch final training 20 + 20, a 10-epoch trial 4 + 4 and a 30-epoch training
+    12 + 12. ``max_fraction`` is in (0, 1]. Returns integer epochs (delay, gradual) for
+    :func:`ramp`.
+    """
+    if not 0.0 < float(max_fraction) <= 1.0:
+        raise InvalidHyperParameter(f"coteaching.max_fraction={max_fraction!r} must be in (0, 1]; "
+                                    "fix the config")
+    if delay < 0 or gradual < 0 or epochs < 1:
+        raise InvalidHyperParameter(f"coteaching.delay={delay!r}, coteaching.gradual={gradual!r} "
+                                    f"must be >= 0 and epochs={epochs!r} >= 1; fix the config")
+    cap = int(np.floor(float(max_fraction) * epochs + 1e-9))
+    return min(int(delay), cap), min(int(gradual), cap)
 
 
 def _check_rate(forget_rate: float) -> float:

@@ -55,6 +55,7 @@ import torch
 from nnrobustloss.errors import ConfigError, InputDataError
 from nnrobustloss.fileio import read_json
 from nnrobustloss.methods import get_method
+from nnrobustloss.selection import MAX_SCHEDULE_FRACTION, scaled_schedule
 from nnrobustloss.trainers.base import EpochCallback, TrainerSettings
 
 CHECKPOINT_FINAL = "checkpoint_final.pth"
@@ -85,28 +86,38 @@ def build_settings(method: str, params: Mapping[str, Any] | None = None,
                    svls: Mapping[str, Any] | None = None, seed: int = 0) -> TrainerSettings:
     """Validated :class:`TrainerSettings`; None means nnU-Net's (or the paper's) default.
 
-    ``coteaching`` keys: delay, gradual, stocot_thresholds; ``svls`` keys: kernel, hard_dice.
-    Unknown keys raise ConfigError.
+    ``coteaching`` keys: delay, gradual (the paper's schedule in epochs), max_fraction (cap of
+    each as a share of ``epochs``, see :func:`nnrobustloss.selection.scaled_schedule`; the
+    settings hold the scaled schedule of this run), stocot_thresholds; ``svls`` keys: kernel,
+    hard_dice. Unknown keys raise ConfigError.
     """
     co = dict(coteaching or {})
     sv = dict(svls or {})
-    for name, given, known in (("coteaching", co, {"delay", "gradual", "stocot_thresholds"}),
+    for name, given, known in (("coteaching", co, {"delay", "gradual", "max_fraction",
+                                                     "stocot_thresholds"}),
                                ("svls", sv, {"kernel", "hard_dice"})):
         extra = sorted(set(given) - known)
         if extra:
             raise ConfigError(f"{name}: unknown key(s) {', '.join(extra)}; known: "
                               f"{', '.join(sorted(known))}.")
     defaults = TrainerSettings(method=method)
+    num_epochs = NNUNET_DEFAULTS["epochs"] if epochs is None else epochs
+    delay, gradual = co.get("delay", defaults.coteaching_delay), \
+        co.get("gradual", defaults.coteaching_gradual)
+    if isinstance(num_epochs, int) and num_epochs >= 1 and isinstance(delay, int) \
+            and isinstance(gradual, int):  # bad values are reported by validated()
+        delay, gradual = scaled_schedule(delay, gradual, num_epochs,
+                                         co.get("max_fraction", MAX_SCHEDULE_FRACTION))
     return TrainerSettings(
         method=method,
         params=dict(params or {}),
-        num_epochs=NNUNET_DEFAULTS["epochs"] if epochs is None else epochs,
+        num_epochs=num_epochs,
         num_iterations_per_epoch=NNUNET_DEFAULTS["iterations_per_epoch"]
         if iterations_per_epoch is None else iterations_per_epoch,
         num_val_iterations_per_epoch=NNUNET_DEFAULTS["val_iterations_per_epoch"]
         if val_iterations_per_epoch is None else val_iterations_per_epoch,
-        coteaching_delay=co.get("delay", defaults.coteaching_delay),
-        coteaching_gradual=co.get("gradual", defaults.coteaching_gradual),
+        coteaching_delay=delay,
+        coteaching_gradual=gradual,
         stocot_thresholds=co.get("stocot_thresholds", defaults.stocot_thresholds),
         svls_kernel=sv.get("kernel", defaults.svls_kernel),
         svls_hard_dice=sv.get("hard_dice", defaults.svls_hard_dice),
@@ -157,7 +168,7 @@ def train(preprocessed_dataset_dir: str | os.PathLike[str], method: str, fold: i
     ``dataset.json``, ``splits_final.json``, the configuration's data). ``params``: the method's
     hyper-parameters (missing ones take :func:`nnrobustloss.methods.default_params`). Epoch and
     iteration counts default to nnU-Net's (1000, 250, 50). ``coteaching`` = {delay, gradual,
-    stocot_thresholds}, ``svls`` = {kernel, hard_dice} (defaults 20, 20, random, islam, False).
+    max_fraction, stocot_thresholds}, ``svls`` = {kernel, hard_dice} (defaults 20, 20, random, islam, False).
     ``epoch_callback(epoch, metrics)`` runs after every epoch's checkpoint; ``metrics`` is the
     progress.csv row (``train_pseudo_dice_ema`` is the tuning objective); an exception it raises
     stops training and propagates. Returns at once when ``checkpoint_final.pth`` exists; resumes

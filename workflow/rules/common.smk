@@ -2,16 +2,35 @@
 
 import os
 
+from nnrobustloss.report import FIGURE_FORMATS, TABLE_FORMATS, report_stems
+
+# The report's entry names (snakemake --report), per table/figure stem.
+REPORT_LABELS = {
+    "table1": "Table 1",
+    "table2": "Table 2",
+    "table3": "Table 3",
+    "noise_levels": "Noise levels",
+    "noise_sweep": "Noise sweep",
+    "figure1": "Figure 1",
+    "figure2_reliability": "Figure 2",
+    "training_curves": "Training curves",
+}
+
 
 def report_outputs():
-    """Every file of the report stage."""
-    return multiext(f"{R}/tables/table1", ".csv", ".md", ".tex") + multiext(
-        f"{R}/tables/table2", ".csv", ".md", ".tex"
-    ) + multiext(f"{R}/tables/noise_levels", ".csv", ".md", ".tex") + multiext(
-        f"{R}/figures/figure1", ".png", ".pdf"
-    ) + multiext(f"{R}/tables/table3", ".csv", ".md", ".tex") + multiext(
-        f"{R}/figures/figure2_reliability", ".png", ".pdf"
-    )
+    """Every file of the report stage (nnrobustloss.report.report_stems knows which): the .html
+    of each table and the .png of each figure are the report's entries, with a caption each."""
+    tables, figures = report_stems(bool(P.report_params(config)["sweep"]))
+    files = []
+    for stem in tables:
+        files += [f"{R}/tables/{stem}.{ext}" for ext in TABLE_FORMATS if ext != "html"]
+        files.append(report(f"{R}/tables/{stem}.html", caption=f"../report/{stem}.rst",
+                            category="Tables", labels={"table": REPORT_LABELS[stem]}))
+    for stem in figures:
+        files += [f"{R}/figures/{stem}.{ext}" for ext in FIGURE_FORMATS if ext != "png"]
+        files.append(report(f"{R}/figures/{stem}.png", caption=f"../report/{stem}_figure.rst",
+                            category="Figures", labels={"figure": REPORT_LABELS[stem]}))
+    return files
 
 
 def study_root(w):
@@ -32,13 +51,17 @@ def worker_markers(w):
 def train_inputs(w):
     """A final training needs the preprocessed data and, for tuned methods, the best parameters."""
     inputs = {"plans": f"{R}/preprocessed/{w.task}.json"}
-    if get_method(w.method).needs_tuning:
+    if w.method in TUNED:
         inputs["best"] = f"{R}/tuning/{w.task}/{w.method}/fold{w.fold}/best_params.json"
     return inputs
 
 
 def all_metrics():
     return expand(f"{R}/metrics/{{task}}/{{method}}/fold{{fold}}.csv", task=TASKS, method=METHODS, fold=FOLDS)
+
+
+def all_progress():
+    return expand(f"{R}/training/{{task}}/{{method}}/fold{{fold}}/progress.csv", task=TASKS, method=METHODS, fold=FOLDS)
 
 
 def all_trials():

@@ -1,4 +1,4 @@
-# The paper's tables and figure, from the metric, noise and trial CSVs alone.
+# The paper's tables and figures, from the metric, noise, trial and progress CSVs alone.
 
 
 rule report:
@@ -6,6 +6,7 @@ rule report:
         metrics=all_metrics(),
         noise=expand(f"{R}/noise/{{task}}.csv", task=TASKS),
         trials=all_trials(),
+        progress=all_progress(),
         reliability=expand(
             f"{R}/metrics/{{task}}/{{method}}/fold{{fold}}_reliability.csv",
             task=TASKS,
@@ -13,36 +14,7 @@ rule report:
             fold=FOLDS,
         ),
     output:
-        report(
-            multiext(f"{R}/tables/table1", ".csv", ".md", ".tex"),
-            category="Tables",
-            labels={"table": "Table 1"},
-        ),
-        report(
-            multiext(f"{R}/tables/table2", ".csv", ".md", ".tex"),
-            category="Tables",
-            labels={"table": "Table 2"},
-        ),
-        report(
-            multiext(f"{R}/tables/noise_levels", ".csv", ".md", ".tex"),
-            category="Tables",
-            labels={"table": "Noise levels"},
-        ),
-        report(
-            multiext(f"{R}/figures/figure1", ".png", ".pdf"),
-            category="Figures",
-            labels={"figure": "Figure 1"},
-        ),
-        report(
-            multiext(f"{R}/tables/table3", ".csv", ".md", ".tex"),
-            category="Tables",
-            labels={"table": "Table 3"},
-        ),
-        report(
-            multiext(f"{R}/figures/figure2_reliability", ".png", ".pdf"),
-            category="Figures",
-            labels={"figure": "Figure 2"},
-        ),
+        report_outputs(),
     params:
         p=P.report_params(config),
     log:

@@ -7,6 +7,7 @@ rule train:
         unpack(train_inputs),
     output:
         checkpoint=f"{R}/training/{{task}}/{{method}}/fold{{fold}}/checkpoint_final.pth",
+        progress=f"{R}/training/{{task}}/{{method}}/fold{{fold}}/progress.csv",
     params:
         p=lambda w: P.train_params(config, w.task, w.method, int(w.fold)),
     log:

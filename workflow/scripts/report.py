@@ -1,4 +1,4 @@
-"""Snakemake adapter: Table 1, Table 2, the noise table and Figure 1."""
+"""Snakemake adapter: the report stage's tables and figures."""
 
 from pathlib import Path
 
@@ -11,5 +11,7 @@ if __name__ == "__main__":
         run_report(snakemake.params.p, metrics_csvs=snakemake.input.metrics,
                    noise_csvs=snakemake.input.noise, trials_csvs=snakemake.input.trials,
                    reliability_csvs=snakemake.input.reliability,
+                   progress_csvs=snakemake.input.progress,
+                   # report_outputs() lists the tables first and the figures last
                    tables_dir=Path(snakemake.output[0]).parent,
                    figures_dir=Path(snakemake.output[-1]).parent)

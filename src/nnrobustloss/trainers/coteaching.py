@@ -19,8 +19,9 @@ non-zero weight, the keep-mask for each peer comes from its **partner**, compute
 Each peer's loss is nnU-Net's deep-supervision sum of the per-level masked loss (CE over kept
 voxels, Dice with the mask as ``loss_mask``). ``train_loss`` in progress.csv and nnU-Net's log is
 peer A's loss; progress.csv also has both peers' losses, the kept voxel fraction of each peer at
-full resolution and ramp(e). Validation and inference use peer A. Checkpoints keep peer A under
-nnU-Net's keys and add ``network_weights_peer_b``, ``optimizer_state_peer_b``,
+full resolution, the share of each foreground class's voxels kept for peer A
+(``kept_fraction_class<k>_peer_a``) and ramp(e). Validation and inference use peer A.
+Checkpoints keep peer A under nnU-Net's keys and add ``network_weights_peer_b``, ``optimizer_state_peer_b``,
 ``grad_scaler_state_peer_b`` and ``selection_generator_state``.
 """
 
@@ -28,6 +29,7 @@ nnU-Net's keys and add ``network_weights_peer_b``, ``optimizer_state_peer_b``,
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch import GradScaler, Tensor, nn
@@ -169,6 +171,8 @@ class CoTeachingTrainer(RobustTrainerMixin, nnUNetTrainer):
             "loss_b": float(loss_b.detach().cpu()),
             "kept_a": _kept_fraction(masks_a[0]),
             "kept_b": _kept_fraction(masks_b[0]),
+            "kept_a_per_class": _kept_counts_per_class(masks_a[0], targets[0],
+                                                       self.label_manager.foreground_labels),
         }
 
     def on_train_epoch_end(self, train_outputs: list[dict]) -> None:
@@ -181,6 +185,11 @@ class CoTeachingTrainer(RobustTrainerMixin, nnUNetTrainer):
             "kept_fraction_peer_b": mean_or_nan(o["kept_b"] for o in train_outputs),
             "ramp": self.ramp_value(),
         })
+        kept = np.sum([o["kept_a_per_class"] for o in train_outputs], axis=0)
+        for label, (n_kept, n_total) in zip(self.label_manager.foreground_labels, kept,
+                                            strict=True):
+            self._epoch_extras[f"kept_fraction_class{label}_peer_a"] = \
+                float(n_kept / n_total) if n_total else float("nan")
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint_extras(self) -> dict[str, Any]:
@@ -211,6 +220,18 @@ class CoTeachingTrainer(RobustTrainerMixin, nnUNetTrainer):
 
 def _kept_fraction(mask: Tensor | None) -> float:
     return 1.0 if mask is None else float(mask.float().mean().cpu())
+
+
+def _kept_counts_per_class(mask: Tensor | None, target: Tensor,
+                           labels: Sequence[int]) -> np.ndarray:
+    """[n_labels, 2] int: (kept, total) voxels of each label in the full-resolution ``target``
+    ``[B, 1, *sp]`` under the keep-``mask`` ``[B, 1, *sp]`` (None: all kept)."""
+    out = np.zeros((len(labels), 2), dtype=np.int64)
+    for i, label in enumerate(labels):
+        is_label = target == label
+        out[i, 1] = int(is_label.sum())
+        out[i, 0] = out[i, 1] if mask is None else int((is_label & mask).sum())
+    return out
 
 
 class nnUNetTrainer_CoT(CoTeachingTrainer):

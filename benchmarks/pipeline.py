@@ -1,8 +1,9 @@
 """Wall time of a pipeline run per stage, from Snakemake's per-job benchmark files.
 
 Every rule writes ``<results>/benchmarks/<stage>/...tsv`` (Snakemake's ``benchmark:`` directive:
-wall seconds, peak memory). This script sums them per rule and prints a Markdown table; the
-run's total wall time (first job start to last job end, parallel jobs overlapping) is passed in.
+wall seconds, peak memory). This script sums them per rule and prints a Markdown table, plus the
+share of job time spent inside training/tuning epochs; the run's total wall time (first job start
+to last job end, parallel jobs overlapping) is passed in.
 
     /usr/bin/time -f %e snakemake --cores 2          # note the elapsed seconds
     python benchmarks/pipeline.py results --wall 1234 > benchmarks/results/pipeline.md
@@ -33,6 +34,18 @@ def collect(results_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def epoch_seconds(results_dir: Path) -> dict[str, float]:
+    """Seconds spent inside nnU-Net epochs (training iterations plus the epoch's validation
+    iterations; ``epoch_seconds`` of every progress.csv), per stage: ``train`` (final trainings)
+    and ``tune_worker`` (every tuning trial)."""
+    sums = {"train": 0.0, "tune_worker": 0.0}
+    for stage, pattern in (("train", "training/*/*/fold*/progress.csv"),
+                           ("tune_worker", "tuning/*/*/fold*/trials/*/progress.csv")):
+        for csv in results_dir.glob(pattern):
+            sums[stage] += float(pd.read_csv(csv)["epoch_seconds"].sum())
+    return sums
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results_dir", type=Path, nargs="?", default=Path("results"))
@@ -53,6 +66,17 @@ def main() -> None:
         print(f"| {stage} | {int(r.jobs)} | {r.total_s:.0f} | {r.mean_s:.1f} | {r.max_s:.1f} | "
               f"{r.peak_rss_mb:.0f} |")
     print(f"| **all** | {len(jobs)} | {jobs['s'].sum():.0f} | | | |")
+    inside = epoch_seconds(args.results_dir)
+    total = jobs["s"].sum()
+    print("\nTime inside nnU-Net epochs (training iterations and the epoch's validation "
+          "iterations, from progress.csv), the rest of a job being start-up (imports, trainer "
+          "and data-loader construction), checkpoints and bookkeeping:\n")
+    print("| stage | inside epochs (s) | share of the stage's job time |")
+    print("| --- | ---: | ---: |")
+    for stage, secs in inside.items():
+        if stage in summary.index:
+            print(f"| {stage} | {secs:.0f} | {secs / summary.loc[stage, 'total_s']:.0%} |")
+    print(f"| **all jobs** | {sum(inside.values()):.0f} | {sum(inside.values()) / total:.0%} |")
     if args.wall:
         print(f"\nWall time of the whole run: {args.wall:.0f} s ({args.wall / 60:.1f} min) with "
               "`--cores 2` (jobs run two at a time, so it is about half the sum above).")

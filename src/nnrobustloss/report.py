@@ -674,7 +674,8 @@ def training_curves_figure(progress: pd.DataFrame, tasks: Sequence[str], methods
                            png: Path, pdf: Path) -> None:
     """Per task a column of two panels: the training pseudo-Dice EMA (the tuning objective's
     quantity) and the training loss per epoch of the final trainings, one line per method
-    (mean over folds, band: min to max over folds). A message panel when there is no progress."""
+    (mean over folds, band: min to max over folds; the loss axis leaves out epoch 0, whose APL
+    losses would flatten the other curves). A message panel when there is no progress."""
     from matplotlib.figure import Figure  # noqa: F811 (runtime import: matplotlib is slow)
 
     present = [t for t in tasks if not progress[progress.task == t].empty]
@@ -705,6 +706,12 @@ def training_curves_figure(progress: pd.DataFrame, tasks: Sequence[str], methods
                         label=display_name(m))
                 ax.fill_between(stats_.index, stats_["min"], stats_["max"], color=colours[m],
                                 alpha=0.12, linewidth=0)
+            later = sub[(sub.epoch >= 1) & sub[col].notna()][col]
+            if col == "train_loss" and len(later):
+                # the first epoch's loss of some losses (APL) would flatten every other curve
+                lo, hi = float(later.min()), float(later.max())
+                pad = 0.05 * (hi - lo) if hi > lo else 0.1
+                ax.set_ylim(lo - pad, hi + pad)
             ax.grid(linewidth=0.4, alpha=0.5)
             ax.tick_params(labelsize=8)
             if i == 0:

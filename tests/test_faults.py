@@ -481,3 +481,31 @@ def test_results_folder_kept_clean_after_a_failed_first_conversion(tmp_path: Pat
                     tmp_path / "results" / "raw" / "T.json")
     nothing_visible(tmp_path / "results")
     shutil.rmtree(tmp_path / "results", ignore_errors=True)
+
+
+def test_unversioned_conversion_of_an_earlier_version_is_replaced_foreign_folder_refused(
+        tmp_path: Path) -> None:
+    """Results written before outputs were versioned (real folders) are taken over once; a
+    folder the stage did not write is refused and left alone."""
+    src = make_folder_source(tmp_path / "src")
+    root = tmp_path / "results"
+    convert_task("T", task_cfg(src), root)
+    # Turn the conversion into what the unversioned writer left: real folders in raw/, reference/.
+    for link in (root / "raw" / "Dataset901_T", root / "raw" / "Dataset902_TRef",
+                 root / "reference" / "T"):
+        target = link.resolve()
+        link.unlink()
+        shutil.copytree(target, link)
+    shutil.rmtree(root / ".convert")
+    raw = convert_task("T", task_cfg(src), root)
+    assert raw.noisy.is_symlink() and raw.reference_labels.is_symlink()
+    assert len(list((raw.noisy / "labelsTr").iterdir())) == 3
+    assert not [p for p in (root / ".convert" / "T").iterdir() if p.name.startswith(".tmp-")]
+    # A folder that is no conversion of this package.
+    foreign = root / "raw" / "Dataset905_T"
+    (foreign / "imagesTr").mkdir(parents=True)
+    (foreign / "dataset.json").write_text(json.dumps({"name": "mine", "description": "my data"}))
+    with pytest.raises(OutputError, match=r"Dataset905_T: exists as a folder that this stage did "
+                                          r"not write"):
+        convert_task("T", dict(task_cfg(src), dataset_id=905), root)
+    assert json.loads((foreign / "dataset.json").read_text())["name"] == "mine"

@@ -248,9 +248,10 @@ def write_image(image: sitk.Image, path: str | os.PathLike[str]) -> None:
             except RuntimeError:
                 problem = "it cannot be read back"
         if problem:
-            raise OutputError(f"{final}: writing stopped short ({problem.split(';')[0]}): the disk "
-                              "is full or a file size limit (ulimit -f) was hit. Free space or "
-                              "raise the limit, then rerun.")
+            written = tmp.stat().st_size if tmp.is_file() else 0
+            raise OutputError(f"{final}: writing stopped short ({written} bytes written, the file "
+                              "is incomplete): the disk is full or a file size limit (ulimit -f) "
+                              "was hit. Free space or raise the limit, then rerun.")
 
 
 def array_to_image(array: np.ndarray, like: sitk.Image | None = None,

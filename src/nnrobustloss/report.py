@@ -1029,7 +1029,8 @@ def reliability_figure(reliability: pd.DataFrame, tasks: Sequence[str], methods:
 
     Per confidence bin the fraction of voxels that belong to the class (accuracy) against their
     mean confidence, pooled over classes, cases and folds within the band; the diagonal is
-    perfect calibration. With no reliability bins at all a message panel. 7 in wide, 200 dpi PNG.
+    perfect calibration. With no reliability bins at all a message panel. 7 in wide (4.2 in for
+    one task), 200 dpi PNG.
     """
     from matplotlib.figure import Figure  # noqa: F811 (runtime import: matplotlib is slow)
 
@@ -1045,7 +1046,7 @@ def reliability_figure(reliability: pd.DataFrame, tasks: Sequence[str], methods:
     n = len(tasks)
     ncols = min(n, 3)
     nrows = math.ceil(n / ncols)
-    width = 7.0
+    width = 7.0 if ncols > 1 else 4.2  # one task: one panel of a readable size
     fig = Figure(figsize=(width, width / ncols * nrows + 0.9), layout="constrained")
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     colours = ["#1b6ca8", "#7f7f7f", "#e07b39", "#b23a48", "#3a9e5c", "#7b5ea7", "#17becf",
@@ -1083,5 +1084,5 @@ def reliability_figure(reliability: pd.DataFrame, tasks: Sequence[str], methods:
             legend.setdefault(label, handle)
     if legend:
         fig.legend(list(legend.values()), list(legend), loc="outside lower center",
-                   ncols=min(len(legend), 5), fontsize=8, frameon=False)
+                   ncols=min(len(legend), 5 if ncols > 1 else 3), fontsize=8, frameon=False)
     _save_figure(fig, png, pdf)

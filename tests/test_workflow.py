@@ -161,6 +161,29 @@ def test_end_to_end_builds_every_output(e2e_run: tuple[Path, str]) -> None:
 
 
 @pytest.mark.slow
+def test_snakemake_report_has_one_captioned_entry_per_table_and_figure(e2e_run) -> None:
+    workdir, _ = e2e_run
+    html_path = workdir / "report.html"
+    snakemake(workdir, "--report", str(html_path))
+    html = html_path.read_text()
+    from nnrobustloss.report import report_stems
+
+    tables, figures = report_stems(sweep=False)
+    # an entry's path appears beyond the rule's output list; the other formats only there
+    for stem in tables:
+        assert html.count(f"tables/{stem}.html") > 1, stem
+        assert html.count(f"tables/{stem}.md") == html.count(f"tables/{stem}.tex") == 1, stem
+    for stem in figures:
+        assert html.count(f"figures/{stem}.png") > 1, stem
+        assert html.count(f"figures/{stem}.pdf") == 1, stem
+    for rst in (REPO / "workflow" / "report").glob("*.rst"):
+        first_words = " ".join(rst.read_text().split()[:6])
+        if not rst.stem.startswith("noise_sweep"):  # no sweep in this run
+            assert first_words in html, rst.name  # every caption and the description are used
+    assert "nnRobustLoss asks whether" in html and "1 epochs" in html
+
+
+@pytest.mark.slow
 def test_nothing_left_to_do_and_workers_change_reruns_nothing(e2e_run: tuple[Path, str]) -> None:
     workdir, _ = e2e_run
     assert "Nothing to be done" in snakemake(workdir, "-n").stdout

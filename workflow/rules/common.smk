@@ -4,6 +4,10 @@ import os
 
 from nnrobustloss.report import FIGURE_FORMATS, TABLE_FORMATS, report_stems
 
+# Caption files of the report's entries (absolute: report() resolves relative paths against the
+# folder of the file that is being parsed when it is called, which differs between callers).
+CAPTIONS = os.path.join(workflow.basedir, "workflow", "report")
+
 # The report's entry names (snakemake --report), per table/figure stem.
 REPORT_LABELS = {
     "table1": "Table 1",
@@ -24,11 +28,11 @@ def report_outputs():
     files = []
     for stem in tables:
         files += [f"{R}/tables/{stem}.{ext}" for ext in TABLE_FORMATS if ext != "html"]
-        files.append(report(f"{R}/tables/{stem}.html", caption=f"../report/{stem}.rst",
+        files.append(report(f"{R}/tables/{stem}.html", caption=f"{CAPTIONS}/{stem}.rst",
                             category="Tables", labels={"table": REPORT_LABELS[stem]}))
     for stem in figures:
         files += [f"{R}/figures/{stem}.{ext}" for ext in FIGURE_FORMATS if ext != "png"]
-        files.append(report(f"{R}/figures/{stem}.png", caption=f"../report/{stem}_figure.rst",
+        files.append(report(f"{R}/figures/{stem}.png", caption=f"{CAPTIONS}/{stem}_figure.rst",
                             category="Figures", labels={"figure": REPORT_LABELS[stem]}))
     return files
 

@@ -147,7 +147,10 @@ def test_end_to_end_builds_every_output(e2e_run: tuple[Path, str]) -> None:
             df = pd.read_csv(results / "metrics" / "Phantom" / method / f"fold{fold}.csv")
             assert set(df["case"]) == set(splits[fold]["val"])
             assert set(df["region"]) == {"organ", "lesion"}
-            assert len(df) == len(splits[fold]["val"]) * 2 * 3
+            segmentation = df[df["metric"].isin(["dice", "asd", "surface_dice"])]
+            assert len(segmentation) == len(splits[fold]["val"]) * 2 * 3
+            # calibration (on by default): ece, mce, brier, nll within the band and over all
+            assert len(df) - len(segmentation) == len(splits[fold]["val"]) * 2 * 8
             dice = df.loc[df["metric"] == "dice", "value"]
             assert dice.between(0, 1).all()
     # Tuning: one finished trial per study, its value the EMA of the trial's progress.csv.

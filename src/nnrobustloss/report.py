@@ -16,8 +16,10 @@ bootstrap 95% confidence intervals of the mean over cases.
 
 from __future__ import annotations
 
+import html
 import math
 import os
+import re
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -596,9 +598,6 @@ def _with_note(md: str, tex: str, note: str | None) -> tuple[str, str]:
 
 
 def _inline_html(text: str) -> str:
-    import html
-    import re
-
     return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(text))
 
 
@@ -606,8 +605,6 @@ def markdown_table_html(md: str, title: str) -> str:
     """A standalone HTML page of one of this module's Markdown tables (for ``snakemake
     --report``, which shows HTML but not Markdown): pipe-table blocks become ``<table>``s,
     other non-empty lines paragraphs; ``**bold**`` is kept."""
-    import html
-
     body: list[str] = []
     block: list[str] = []
 

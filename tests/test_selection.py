@@ -300,3 +300,12 @@ def test_build_settings_records_the_scaled_schedule():
     assert (s.coteaching_delay, s.coteaching_gradual) == (20, 20)
     with pytest.raises(ConfigError, match="max_fraction"):
         build_settings("CoT", epochs=10, coteaching={"max_fraction": 2})
+
+
+def test_schema_default_of_max_fraction_is_the_selection_constant():
+    """The config schema and scaled_schedule share one default (0.4, the paper's 20 of 50)."""
+    from nnrobustloss.config import config_schema
+    from nnrobustloss.selection import MAX_SCHEDULE_FRACTION
+
+    props = config_schema()["properties"]["coteaching"]["properties"]
+    assert props["max_fraction"]["default"] == MAX_SCHEDULE_FRACTION == 0.4

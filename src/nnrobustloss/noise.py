@@ -39,8 +39,14 @@ copy of the reference:
 Every value written is a reference label of the same case, so no label value appears that the
 case did not have, and an absent structure stays absent. Distances use the voxel spacing
 (``scipy.ndimage.distance_transform_edt`` with ``sampling``), so the radius is in mm and the cost
-does not depend on it; they are computed once per structure on its bounding box (padded by the
-largest radius in voxels) and cached, so each calibration step only thresholds them.
+does not depend on it; they are computed per structure on its bounding box (padded by the
+largest radius in voxels).
+
+Memory is bounded by one case (:class:`BoundaryNoise`): each case is reduced, as it is added,
+to its label counts and the exact step table of its label changes over the scale
+(:mod:`nnrobustloss.noise_steps`, a few kB), on which the calibration evaluates the mean Dice;
+the distance maps are computed again when the case is painted. Cases are loaded again only for
+a partial layer (that one case) and when the scale passes half the tables' padding.
 """
 
 from __future__ import annotations
@@ -83,13 +89,14 @@ class NoiseCalibration:
     ``scale_mm`` is the calibrated scale: structure ``j`` of case ``i`` was dilated
     (``dilate[i, j]``) or eroded by ``scale_mm * radius_factors[i, j]`` mm, factors in [0, 2).
     ``case_dice`` are the per-case :func:`dice_per_case` values, ``mean_dice`` their mean;
-    ``evaluations`` counts the calibration's evaluations of the mean Dice (a threshold and
-    repaint of every case, or of one case for a partial layer). ``partial_layer`` is None, or
+    ``evaluations`` counts the calibration's evaluations of the mean Dice (a look-up in every
+    case's step table, or a repaint of one case for a partial layer). ``partial_layer`` is None, or
     (case, structure, distance level in mm, voxels moved, voxels in the layer) when the last
     whole-layer step was more than 0.001 from the target and was resolved by moving only
     part of that structure's next distance layer. ``setup_seconds`` per case: label counts,
-    bounding boxes and distance transforms (all rebuilds included); ``paint_seconds`` per
-    case: the final corruption into a full-size array; ``calibration_seconds``: the search, in total.
+    bounding boxes, distance transforms and step table (all rebuilds included);
+    ``paint_seconds`` per case: the final corruption into a full-size array, its distance
+    transforms included; ``calibration_seconds``: the search, in total.
     """
 
     target_dice: float

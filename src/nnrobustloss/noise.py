@@ -39,8 +39,14 @@ copy of the reference:
 Every value written is a reference label of the same case, so no label value appears that the
 case did not have, and an absent structure stays absent. Distances use the voxel spacing
 (``scipy.ndimage.distance_transform_edt`` with ``sampling``), so the radius is in mm and the cost
-does not depend on it; they are computed once per structure on its bounding box (padded by the
-largest radius in voxels) and cached, so each calibration step only thresholds them.
+does not depend on it; they are computed per structure on its bounding box (padded by the
+largest radius in voxels).
+
+Memory is bounded by one case (:class:`BoundaryNoise`): each case is reduced, as it is added,
+to its label counts and the exact step table of its label changes over the scale
+(:mod:`nnrobustloss.noise_steps`, a few kB), on which the calibration evaluates the mean Dice;
+the distance maps are computed again when the case is painted. Cases are loaded again only for
+a partial layer (that one case) and when the scale passes half the tables' padding.
 """
 
 from __future__ import annotations
@@ -49,8 +55,8 @@ import math
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +64,7 @@ import pandas as pd
 from scipy import ndimage
 
 from nnrobustloss.errors import NNRobustLossError
+from nnrobustloss.noise_steps import CaseSteps, case_steps
 
 KITS23_STRUCTURES: tuple[tuple[int, ...], ...] = ((1, 2, 3), (2, 3), (2,))
 """Default structures, outer to inner: KiTS23 kidney+tumor+cyst, tumor+cyst (masses), tumor."""
@@ -82,13 +89,14 @@ class NoiseCalibration:
     ``scale_mm`` is the calibrated scale: structure ``j`` of case ``i`` was dilated
     (``dilate[i, j]``) or eroded by ``scale_mm * radius_factors[i, j]`` mm, factors in [0, 2).
     ``case_dice`` are the per-case :func:`dice_per_case` values, ``mean_dice`` their mean;
-    ``evaluations`` counts the calibration's evaluations of the mean Dice (a threshold and
-    repaint of every case, or of one case for a partial layer). ``partial_layer`` is None, or
+    ``evaluations`` counts the calibration's evaluations of the mean Dice (a look-up in every
+    case's step table, or a repaint of one case for a partial layer). ``partial_layer`` is None, or
     (case, structure, distance level in mm, voxels moved, voxels in the layer) when the last
     whole-layer step was more than 0.001 from the target and was resolved by moving only
     part of that structure's next distance layer. ``setup_seconds`` per case: label counts,
-    bounding boxes and distance transforms (all rebuilds included); ``paint_seconds`` per
-    case: the final corruption into a full-size array; ``calibration_seconds``: the search, in total.
+    bounding boxes, distance transforms and step table (all rebuilds included);
+    ``paint_seconds`` per case: the final corruption into a full-size array, its distance
+    transforms included; ``calibration_seconds``: the search, in total.
     """
 
     target_dice: float
@@ -455,36 +463,6 @@ class _CaseNoise:
                     sub[sel] = src if isinstance(src, int) else src[sel]
         return crop
 
-    def breakpoints(self, factors: np.ndarray, lo: float, hi: float) -> np.ndarray:
-        """Scales s in (lo, hi) at which a radius s * factors[j] crosses a cached distance.
-
-        The case must be prepared for radius 2 * hi. A dilation (dist <= r) or an erosion
-        (dist > min(r, cap)) changes only when r passes a distance level of its map.
-        """
-        out = [np.zeros(0)]
-        for st in self.structures:
-            u = float(factors[st.index])
-            if u <= 0.0:
-                continue
-            top = min(hi * u, st.cap)
-            band = st.dist[(st.dist > 0) & (st.dist <= top)]
-            scales = np.unique(band).astype(np.float64) / u
-            out.append(scales[scales > lo])
-        return np.concatenate(out)
-
-    def layer_at(self, factors: np.ndarray, edge: float) -> tuple[int, float] | None:
-        """(structure, distance level) whose crossing happens at scale ``edge``, if any."""
-        for st in self.structures:
-            u = float(factors[st.index])
-            if u <= 0.0:
-                continue
-            band = st.dist[(st.dist > 0) & (st.dist <= min(edge * u * 1.001, st.cap))]
-            levels = np.unique(band)
-            hit = levels[levels.astype(np.float64) / u == edge]
-            if hit.size:
-                return st.index, float(hit[0])
-        return None
-
     def layer(self, case: int, index: int, level_mm: float, seed: int) -> _Partial:
         """The voxels of structure ``index`` at distance ``level_mm``, in a seeded order that
         depends only on their position in the volume (not on the crop)."""
@@ -495,12 +473,6 @@ class _CaseNoise:
                                       self.ref.shape)
         order = np.argsort(_voxel_priority(linear, seed), kind="stable")
         return _Partial(case, index, level_mm, tuple(c[order] for c in local))
-
-    def release(self) -> None:
-        """Drop the cached crops and distance maps (the case is finished)."""
-        self.structures = []
-        self.ref_crop = None
-        self.pad_mm = -1.0
 
     def dice(self, crop: np.ndarray | None) -> float:
         """dice_per_case of the painted crop (the rest of the volume equals the reference)."""
@@ -521,22 +493,33 @@ class _CaseNoise:
 # ------------------------------------------------------------------------------ validation
 
 
+def _check_label(lab: np.ndarray, k: int) -> np.ndarray:
+    if not isinstance(lab, np.ndarray):
+        raise ValueError(f"labels[{k}]: expected a numpy array, got {type(lab).__name__}")
+    if not np.issubdtype(lab.dtype, np.integer):
+        raise ValueError(f"labels[{k}]: expected an integer dtype, got {lab.dtype}")
+    if lab.ndim != 3:
+        raise ValueError(f"labels[{k}]: expected a 3-D (z, y, x) array, got shape {lab.shape}")
+    return lab
+
+
 def _check_labels(labels: Sequence[np.ndarray]) -> list[np.ndarray]:
     if isinstance(labels, np.ndarray) or not isinstance(labels, Sequence):
         raise ValueError("labels: expected a list of 3-D integer arrays, one per case")
     if len(labels) == 0:
         raise ValueError("labels: the list is empty; give at least one case")
-    out = []
-    for k, lab in enumerate(labels):
-        if not isinstance(lab, np.ndarray):
-            raise ValueError(f"labels[{k}]: expected a numpy array, got {type(lab).__name__}")
-        if not np.issubdtype(lab.dtype, np.integer):
-            raise ValueError(f"labels[{k}]: expected an integer dtype, got {lab.dtype}")
-        if lab.ndim != 3:
-            raise ValueError(f"labels[{k}]: expected a 3-D (z, y, x) array, got shape "
-                             f"{lab.shape}")
-        out.append(lab)
-    return out
+    return [_check_label(lab, k) for k, lab in enumerate(labels)]
+
+
+def _check_spacing(sp: Sequence[float], k: int) -> tuple[float, ...]:
+    try:
+        vals = tuple(float(v) for v in sp)
+    except (TypeError, ValueError):
+        raise ValueError(f"spacings[{k}]: {sp!r} is not three numbers") from None
+    if len(vals) != 3 or not all(math.isfinite(v) and v > 0 for v in vals):
+        raise ValueError(f"spacings[{k}]: {sp!r} must be three positive finite numbers "
+                         "(z, y, x) in mm")
+    return vals
 
 
 def _check_spacings(spacings: Sequence[Sequence[float]], n: int) -> list[tuple[float, ...]]:
@@ -545,17 +528,7 @@ def _check_spacings(spacings: Sequence[Sequence[float]], n: int) -> list[tuple[f
     if len(spacings) != n:
         raise ValueError(f"spacings: {len(spacings)} spacings for {n} label arrays; give one "
                          "(z, y, x) spacing per case")
-    out = []
-    for k, sp in enumerate(spacings):
-        try:
-            vals = tuple(float(v) for v in sp)
-        except (TypeError, ValueError):
-            raise ValueError(f"spacings[{k}]: {sp!r} is not three numbers") from None
-        if len(vals) != 3 or not all(math.isfinite(v) and v > 0 for v in vals):
-            raise ValueError(f"spacings[{k}]: {sp!r} must be three positive finite numbers "
-                             "(z, y, x) in mm")
-        out.append(vals)
-    return out
+    return [_check_spacing(sp, k) for k, sp in enumerate(spacings)]
 
 
 def _check_target(target_dice: float) -> float:
@@ -604,6 +577,175 @@ def corrupt_case(label: np.ndarray, spacing: Sequence[float], radii_mm: Sequence
     return case.full(case.paint(radii))
 
 
+Loader = Callable[[int], tuple[np.ndarray, Sequence[float]]]
+"""``load(k)`` -> case ``k``'s (label array, (z, y, x) spacing) again, e.g. read from disk."""
+
+
+@dataclass(frozen=True)
+class _CaseSummary:
+    """What the calibration keeps of a case: no volume, only counts and its step table."""
+
+    ref_counts: dict[int, int]
+    extent_mm: float
+    empty: bool
+    steps: CaseSteps | None  # None: empty case, or target 1 (nothing to calibrate)
+
+
+class BoundaryNoise:
+    """Calibrated boundary noise for cases seen one at a time, in memory bounded by one case.
+
+    ``BoundaryNoise(n_cases, target_dice, seed, structures)`` makes the random draws of
+    :func:`corrupt_dataset`; ``add_case(k, label, spacing)`` for every case ``k`` in
+    ``range(n_cases)`` keeps only a summary (label counts and the step table of
+    :mod:`nnrobustloss.noise_steps`, a few kB); ``calibrate(load)`` finds the scale;
+    ``paint(k, label, spacing)`` then returns case ``k``'s noisy labels. ``load(k)`` must give
+    the case again as added: the calibration calls it only for the one case of a partial layer,
+    and for every case when the scale passes half the step tables' padding (4 mm at first, so
+    only for strong noise, mean Dice below about 0.8 on KiTS23). The noisy labels are exactly
+    those of :func:`corrupt_dataset` on all cases at once (it is built on this class).
+    ``log``, when given, receives a progress line per case loaded again.
+    Bad arguments raise ValueError naming them; an unreachable target NoiseCalibrationError.
+    """
+
+    def __init__(self, n_cases: int, target_dice: float = 0.96, seed: int = 0,
+                 structures: Sequence[Sequence[int]] | None = None,
+                 log: Callable[[str], None] | None = None) -> None:
+        if isinstance(n_cases, bool) or not isinstance(n_cases, (int, np.integer)) \
+                or n_cases < 1:
+            raise ValueError(f"n_cases: {n_cases!r} must be a positive integer")
+        self.n_cases = int(n_cases)
+        self.target = _check_target(target_dice)
+        self.seed = _check_seed(seed)
+        self.groups, self.parents, self.roots = _check_structures(structures)
+        self.log = log
+        # All random draws first, for every (case, structure) pair present or not, so that a
+        # case's draws do not depend on the other cases' contents.
+        rng = np.random.default_rng(self.seed)
+        self.factors = rng.uniform(0.0, 2.0, size=(self.n_cases, len(self.groups)))
+        self.dilate = rng.random(size=(self.n_cases, len(self.groups))) < 0.5
+        self.pad_mm = 4.0 * _INITIAL_SCALE_MM  # the first evaluation (1 mm) prepares for this
+        self.summaries: list[_CaseSummary | None] = [None] * self.n_cases
+        self.seconds = [0.0] * self.n_cases
+        self.scale: float | None = None
+        self.partial: tuple[int, int, float, int, int] | None = None
+
+    def _case(self, k: int, label: np.ndarray, spacing: Sequence[float]) -> _CaseNoise:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) \
+                or not 0 <= k < self.n_cases:
+            raise ValueError(f"case index {k!r} must be an integer in [0, {self.n_cases})")
+        lab, sp = _check_label(label, int(k)), _check_spacing(spacing, int(k))
+        return _CaseNoise(lab, sp, self.groups, self.parents, self.roots, self.dilate[k])
+
+    def _summarise(self, k: int, label: np.ndarray, spacing: Sequence[float]) -> None:
+        t0 = time.perf_counter()
+        c = self._case(k, label, spacing)
+        old = self.summaries[k]
+        if old is not None and old.ref_counts != c.ref_counts:
+            raise ValueError(f"labels[{k}]: differs from the label map added for this case "
+                             "(other label counts); load(k) must return the same case")
+        steps = None
+        if not c.empty and self.target < 1.0:
+            c.prepare(self.pad_mm)
+            steps = case_steps(c.ref_crop, c.structures, c.valid, c.parents, c.dilate,
+                               self.factors[k], self.pad_mm)
+        self.summaries[k] = _CaseSummary(c.ref_counts, c.extent_mm(), c.empty, steps)
+        self.seconds[k] += time.perf_counter() - t0
+
+    def add_case(self, k: int, label: np.ndarray, spacing: Sequence[float]) -> None:
+        """Summarise case ``k`` (an integer (z, y, x) label array and its spacing in mm): label
+        counts, boxes, distance transforms and the step table; the arrays are not kept."""
+        if self.scale is not None:
+            raise ValueError("add_case: the noise is already calibrated; add every case first")
+        self._summarise(k, label, spacing)
+
+    def resummarise(self, pad_mm: float, load: Loader) -> None:
+        """Rebuild every case's step table for a larger padding, loading each case again."""
+        self.pad_mm = pad_mm
+        for k in range(self.n_cases):
+            if self.log:
+                self.log(f"boundary noise: case {k + 1}/{self.n_cases} again, for radii up to "
+                         f"{pad_mm:g} mm")
+            self._summarise(k, *load(k))
+
+    def case_dice(self, k: int, scale: float) -> float:
+        """dice_per_case of case ``k`` painted at ``scale`` (from its summary)."""
+        s = self.summaries[k]
+        assert s is not None
+        if s.steps is None:
+            return _dice_from_counts(s.ref_counts, {}, {})
+        return _dice_from_counts(s.ref_counts, *s.steps.counts(scale))
+
+    def prepared_case(self, k: int, load: Loader) -> _CaseNoise:
+        """Case ``k`` loaded again and prepared for the current padding."""
+        c = self._case(k, *load(k))
+        c.prepare(self.pad_mm)
+        return c
+
+    def calibrate(self, load: Loader) -> NoiseCalibration:
+        """Find the radius scale (see :func:`corrupt_dataset`) from the cases' summaries.
+
+        Returns what the calibration did; ``paint_seconds`` is empty (painting comes after).
+        """
+        missing = [k for k, s in enumerate(self.summaries) if s is None]
+        if missing:
+            raise ValueError(f"calibrate: case(s) {missing[:5]} not added; call add_case for "
+                             f"each of the {self.n_cases} cases first")
+        target, groups = self.target, self.groups
+        if target < 1.0 and all(s is not None and s.empty for s in self.summaries):
+            raise NoiseCalibrationError(
+                f"target_dice={target} cannot be reached: no case contains any label of the "
+                f"structures {list(groups)}, so every case keeps Dice 1. Check the label values "
+                "or the structures.")
+        t0 = time.perf_counter()
+        objective = _MeanDice(self, load)
+        limit = max(2.0 * max(s.extent_mm for s in self.summaries if s is not None),
+                    _INITIAL_SCALE_MM)
+        scale, partial = 0.0, None
+        if target < 1.0:
+            s_a, s_b, edge = _bracket_steps(objective, target, limit)
+            d_a, d_b = objective(s_a), objective(s_b)
+            scale = s_a if d_a - target < target - d_b else s_b
+            achieved = objective(scale)
+            if abs(achieved - target) > _FINE_TOLERANCE:
+                partial = _refine(objective, target, s_a, s_b, edge, self.seed)
+                if partial is not None:
+                    scale, achieved = s_a, objective.partial_mean(s_a, partial)
+            if abs(achieved - target) > DICE_TOLERANCE:
+                raise NoiseCalibrationError(
+                    f"target_dice={target} cannot be met within {DICE_TOLERANCE}: the mean Dice "
+                    f"jumps from {d_a:.4f} to {d_b:.4f} when the radius scale passes {edge:.4g} "
+                    "mm (a small structure gains or loses a layer of voxels at once). Use more "
+                    "cases, a finer spacing or another target.")
+        if partial is not None:
+            achieved, per_case = objective.partial_memo[(scale, partial.count)]
+        else:
+            achieved, per_case = objective.memo.get(scale, (1.0, [1.0] * self.n_cases))
+        self.scale = scale
+        self.partial = None if partial is None else (
+            partial.case, partial.index, partial.level_mm, partial.count, partial.size)
+        return NoiseCalibration(
+            target_dice=target, scale_mm=scale, mean_dice=achieved, case_dice=tuple(per_case),
+            evaluations=len(objective.memo) + len(objective.partial_memo), structures=groups,
+            radius_factors=self.factors, dilate=self.dilate, partial_layer=self.partial,
+            setup_seconds=tuple(self.seconds), paint_seconds=(),
+            calibration_seconds=time.perf_counter() - t0)
+
+    def paint(self, k: int, label: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+        """Case ``k``'s noisy labels at the calibrated scale: a new array of the label's shape
+        and dtype (``label``, the case as added, is not modified)."""
+        if self.scale is None:
+            raise ValueError("paint: call calibrate first")
+        c = self._case(k, label, spacing)
+        if self.scale == 0.0:  # target 1 leaves every case as it is
+            return c.ref.copy()
+        c.prepare(self.pad_mm)  # the padding the calibration ended with, as its tables
+        part = None
+        if self.partial is not None and self.partial[0] == k:
+            part = c.layer(k, self.partial[1], self.partial[2], self.seed)
+            part.count = self.partial[3]
+        return c.full(c.paint(self.scale * self.factors[k], part))
+
+
 def corrupt_dataset_with_calibration(
         labels: Sequence[np.ndarray], spacings: Sequence[Sequence[float]],
         target_dice: float = 0.96, seed: int = 0,
@@ -612,86 +754,45 @@ def corrupt_dataset_with_calibration(
     """:func:`corrupt_dataset` that also returns what the calibration did."""
     labels = _check_labels(labels)
     spacings = _check_spacings(spacings, len(labels))
-    target = _check_target(target_dice)
-    seed = _check_seed(seed)
-    groups, parents, roots = _check_structures(structures)
-
-    # All random draws first, for every (case, structure) pair present or not, so that a
-    # case's draws do not depend on the other cases' contents.
-    rng = np.random.default_rng(seed)
-    factors = rng.uniform(0.0, 2.0, size=(len(labels), len(groups)))
-    dilate = rng.random(size=(len(labels), len(groups))) < 0.5
-
-    cases = [_CaseNoise(lab, sp, groups, parents, roots, dilate[k])
-             for k, (lab, sp) in enumerate(zip(labels, spacings, strict=True))]
-    if target < 1.0 and all(c.empty for c in cases):
-        raise NoiseCalibrationError(
-            f"target_dice={target} cannot be reached: no case contains any label of the "
-            f"structures {list(groups)}, so every case keeps Dice 1. Check the label values or "
-            "the structures.")
-
-    t0 = time.perf_counter()
-    objective = _MeanDice(cases, factors)
-    limit = max(2.0 * max(c.extent_mm() for c in cases), _INITIAL_SCALE_MM)
-    scale, partial = 0.0, None
-    if target < 1.0:
-        s_a, s_b, edge = _bracket_steps(objective, target, limit)
-        d_a, d_b = objective(s_a), objective(s_b)
-        scale = s_a if d_a - target < target - d_b else s_b
-        achieved = objective(scale)
-        if abs(achieved - target) > _FINE_TOLERANCE:
-            partial = _refine(objective, target, s_a, s_b, edge, seed)
-            if partial is not None:
-                scale, achieved = s_a, objective.partial_mean(s_a, partial)
-        if abs(achieved - target) > DICE_TOLERANCE:
-            raise NoiseCalibrationError(
-                f"target_dice={target} cannot be met within {DICE_TOLERANCE}: the mean Dice "
-                f"jumps from {d_a:.4f} to {d_b:.4f} when the radius scale passes {edge:.4g} mm "
-                "(a small structure gains or loses a layer of voxels at once). Use more "
-                "cases, a finer spacing or another target.")
-    calibration_seconds = time.perf_counter() - t0
-    if partial is not None:
-        achieved, per_case = objective.partial_memo[(scale, partial.count)]
-    else:
-        achieved, per_case = objective.memo.get(scale, (1.0, [1.0] * len(cases)))
-
+    noise = BoundaryNoise(len(labels), target_dice, seed, structures)
+    for k, (lab, sp) in enumerate(zip(labels, spacings, strict=True)):
+        noise.add_case(k, lab, sp)
+    info = noise.calibrate(lambda k: (labels[k], spacings[k]))
     noisy, paint_seconds = [], []
-    for k, c in enumerate(cases):
+    for k, (lab, sp) in enumerate(zip(labels, spacings, strict=True)):
         t1 = time.perf_counter()
-        # scale 0 (target 1) leaves every case as it is: no distance transforms needed
-        part = partial if partial is not None and partial.case == k else None
-        noisy.append(c.full(c.paint(scale * factors[k], part)) if scale > 0 else c.ref.copy())
+        noisy.append(noise.paint(k, lab, sp))
         paint_seconds.append(time.perf_counter() - t1)
-        c.release()
-    info = NoiseCalibration(
-        target_dice=target, scale_mm=scale, mean_dice=achieved,
-        case_dice=tuple(per_case),
-        evaluations=len(objective.memo) + len(objective.partial_memo), structures=groups,
-        radius_factors=factors, dilate=dilate,
-        partial_layer=None if partial is None else (
-            partial.case, partial.index, partial.level_mm, partial.count, partial.size),
-        setup_seconds=tuple(c.seconds for c in cases), paint_seconds=tuple(paint_seconds),
-        calibration_seconds=calibration_seconds)
-    return noisy, info
+    return noisy, replace(info, paint_seconds=tuple(paint_seconds))
 
 
 class _MeanDice:
     """The calibration objective: mean dice_per_case at a radius scale, memoised."""
 
-    def __init__(self, cases: list[_CaseNoise], factors: np.ndarray) -> None:
-        self.cases, self.factors = cases, factors
+    def __init__(self, noise: BoundaryNoise, load: Loader) -> None:
+        self.noise, self.load, self.factors = noise, load, noise.factors
         self.memo: dict[float, tuple[float, list[float]]] = {}
         self.partial_memo: dict[tuple[float, int], tuple[float, list[float]]] = {}
+        self._case: tuple[int, _CaseNoise] | None = None  # the one case of a partial layer
 
     def __call__(self, scale: float) -> float:
         if scale not in self.memo:
-            for c in self.cases:
-                if 2.0 * scale > c.pad_mm:  # the largest radius is scale * 2
-                    c.prepare(4.0 * scale)  # headroom: the bracket may double once more
-            per_case = [c.dice(c.paint(scale * self.factors[k]))
-                        for k, c in enumerate(self.cases)]
+            if 2.0 * scale > self.noise.pad_mm:  # the largest radius is scale * 2
+                self.noise.resummarise(4.0 * scale, self.load)  # headroom: the bracket may
+                self._case = None                               # double once more
+            per_case = [self.noise.case_dice(k, scale) for k in range(self.noise.n_cases)]
             self.memo[scale] = (float(np.mean(per_case)), per_case)
         return self.memo[scale][0]
+
+    def case(self, k: int) -> _CaseNoise:
+        """Case ``k`` with its distance maps (loaded again; only the last one is kept)."""
+        if self._case is None or self._case[0] != k:
+            self._case = None
+            if self.noise.log:
+                self.noise.log(f"boundary noise: case {k + 1}/{self.noise.n_cases} again, for "
+                               "a partial layer")
+            self._case = (k, self.noise.prepared_case(k, self.load))
+        return self._case[1]
 
     def partial_mean(self, scale: float, partial: _Partial) -> float:
         """Mean Dice at ``scale`` with a partial layer: only its own case is repainted."""
@@ -700,15 +801,22 @@ class _MeanDice:
             self(scale)
             per_case = list(self.memo[scale][1])
             k = partial.case
-            c = self.cases[k]
+            c = self.case(k)
             per_case[k] = c.dice(c.paint(scale * self.factors[k], partial))
             self.partial_memo[key] = (float(np.mean(per_case)), per_case)
         return self.partial_memo[key][0]
 
     def breakpoints(self, lo: float, hi: float) -> np.ndarray:
         """Scales in (lo, hi) where some case's corruption changes."""
-        found = [c.breakpoints(self.factors[k], lo, hi) for k, c in enumerate(self.cases)]
+        found = [s.steps.breakpoints(lo, hi) for s in self.noise.summaries
+                 if s is not None and s.steps is not None]
         return np.concatenate(found) if found else np.zeros(0)
+
+    def layers_at(self, edge: float) -> list[tuple[int, tuple[int, float]]]:
+        """(case, (structure, distance level)) of every case with a crossing at ``edge``."""
+        return [(k, hit) for k, s in enumerate(self.noise.summaries)
+                if s is not None and s.steps is not None
+                and (hit := s.steps.layer_at(edge)) is not None]
 
 
 def _bracket_steps(mean_dice: _MeanDice, target: float, limit: float,
@@ -753,12 +861,11 @@ def _refine(mean_dice: _MeanDice, target: float, s_a: float, s_b: float, edge: f
     bisected. When several structures cross at the same scale (exact ties), or the
     interpolation does not bracket the target, the whole-layer result stands.
     """
-    found = [(k, hit) for k, c in enumerate(mean_dice.cases)
-             if (hit := c.layer_at(mean_dice.factors[k], edge)) is not None]
+    found = mean_dice.layers_at(edge)
     if len(found) != 1:
         return None
     k, (index, level) = found[0]
-    partial = mean_dice.cases[k].layer(k, index, level, seed)
+    partial = mean_dice.case(k).layer(k, index, level, seed)
     n = partial.size
 
     def at(count: int) -> float:

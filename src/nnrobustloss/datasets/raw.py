@@ -29,7 +29,13 @@ import SimpleITK as sitk
 
 from nnrobustloss.datasets.base import CaseData, SourceCase
 from nnrobustloss.errors import InputDataError
-from nnrobustloss.fileio import geometry_mismatch, versioned_outputs, write_image, write_json
+from nnrobustloss.fileio import (
+    geometry_mismatch,
+    read_image,
+    versioned_outputs,
+    write_image,
+    write_json,
+)
 
 
 def dataset_name(dataset_id: int, task: str, reference: bool = False) -> str:
@@ -119,7 +125,8 @@ def write_raw_datasets(task: str, cases: Sequence[SourceCase], dataset_id: int,
     nnU-Net channel name (``CT`` selects CT normalisation). ``noise`` is the task's noise
     config: ``{"type": "none"}`` uses the sources' noisy labels; ``{"type": "boundary",
     "target_dice": 0.96, "structures": [[1, 2, 3], ...]}`` derives them from the reference labels
-    with :func:`nnrobustloss.noise.corrupt_dataset` (seeded with ``seed``). ``manifest``, when
+    with :func:`nnrobustloss.noise.corrupt_dataset` (seeded with ``seed``; streamed, one case in
+    memory at a time, see :class:`nnrobustloss.noise.BoundaryNoise`). ``manifest``, when
     given, is written with the datasets (``{"task", "noisy", "reference", "case_ids"}``).
 
     Everything is committed as a whole (module docstring): nothing visible changes when a case
@@ -149,7 +156,8 @@ def write_raw_datasets(task: str, cases: Sequence[SourceCase], dataset_id: int,
             (d / "imagesTr").mkdir(parents=True)
             (d / "labelsTr").mkdir()
         lab_dir.mkdir()
-        pending: list[tuple[str, sitk.Image]] = []  # reference labels awaiting synthetic noise
+        boundary = _BoundaryNoiseWriter(task, noise, seed, len(cases), ref_dir / "labelsTr",
+                                        noisy_dir / "labelsTr") if derive_noise else None
         for i, case in enumerate(cases, 1):
             data = case.load()
             if data.noisy is None and not derive_noise:
@@ -163,15 +171,16 @@ def write_raw_datasets(task: str, cases: Sequence[SourceCase], dataset_id: int,
             write_image(ref, ref_dir / "labelsTr" / f"{case.case_id}.nii.gz")
             shutil.copyfile(ref_dir / "labelsTr" / f"{case.case_id}.nii.gz",
                             lab_dir / f"{case.case_id}.nii.gz")
-            if derive_noise:
-                pending.append((case.case_id, ref))
-            else:
+            if boundary is None:
                 assert data.noisy is not None
                 write_image(_as_label_image(data.noisy),
                             noisy_dir / "labelsTr" / f"{case.case_id}.nii.gz")
+            del data  # the image: only one case is held at a time
+            if boundary is not None:
+                boundary.add(i - 1, case.case_id, ref)
             print(f"[convert {task}] {i}/{len(cases)} {case.case_id}", file=sys.stderr, flush=True)
-        if pending:
-            _write_boundary_noise(pending, noisy_dir / "labelsTr", noise, seed, task)
+        if boundary is not None:
+            boundary.write()
         for d, did, ref_flag, what in ((noisy_dir, dataset_id, False, "noisy training labels"),
                                        (ref_dir, reference_dataset_id, True, "reference labels")):
             write_json(d / "dataset.json", make_dataset_json(
@@ -185,21 +194,54 @@ def write_raw_datasets(task: str, cases: Sequence[SourceCase], dataset_id: int,
                        case_ids=ids)
 
 
-def _write_boundary_noise(pending: Sequence[tuple[str, sitk.Image]], out_dir: Path,
-                          noise: Mapping[str, Any], seed: int, task: str) -> None:
-    """Corrupt the reference labels of all cases at once (calibrated) and write them."""
-    from nnrobustloss.noise import corrupt_dataset
+class _BoundaryNoiseWriter:
+    """Boundary noise streamed over the cases (:class:`nnrobustloss.noise.BoundaryNoise`).
 
-    arrays = [sitk.GetArrayFromImage(img) for _, img in pending]
-    spacings = [tuple(float(s) for s in img.GetSpacing()[::-1]) for _, img in pending]
-    kwargs: dict[str, Any] = {}
-    if noise.get("structures"):
-        kwargs["structures"] = [tuple(int(v) for v in s) for s in noise["structures"]]
-    print(f"[convert {task}] calibrating boundary noise on {len(arrays)} cases "
-          f"(target Dice {noise.get('target_dice', 0.96)})", file=sys.stderr, flush=True)
-    noisy = corrupt_dataset(arrays, spacings, target_dice=float(noise.get("target_dice", 0.96)),
-                            seed=seed, **kwargs)
-    for (case_id, ref_img), arr in zip(pending, noisy):
-        img = sitk.GetImageFromArray(arr.astype(np.uint8))
-        img.CopyInformation(ref_img)
-        write_image(img, out_dir / f"{case_id}.nii.gz")
+    The convert loop adds each case's reference labels as it writes them; :meth:`write` then
+    calibrates on the kept summaries and paints case by case, reading the reference labels
+    back from the written files. Memory stays that of one case, whatever the number of cases.
+    """
+
+    def __init__(self, task: str, noise: Mapping[str, Any], seed: int, n_cases: int,
+                 ref_labels: Path, out_dir: Path) -> None:
+        from nnrobustloss.noise import BoundaryNoise
+
+        structures = None
+        if noise.get("structures"):
+            structures = [tuple(int(v) for v in s) for s in noise["structures"]]
+        self.target = float(noise.get("target_dice", 0.96))
+        self.task, self.ref_labels, self.out_dir = task, ref_labels, out_dir
+        self.model = BoundaryNoise(n_cases, self.target, seed, structures, log=self._log)
+        # per case: id, spacing in array (z, y, x) order, and the image geometry to write with
+        self.cases: list[tuple[str, tuple[float, ...], tuple[Any, Any, Any]]] = []
+
+    def _log(self, message: str) -> None:
+        print(f"[convert {self.task}] {message}", file=sys.stderr, flush=True)
+
+    def add(self, k: int, case_id: str, ref: sitk.Image) -> None:
+        """Summarise case ``k`` from its reference label image (uint8, as written)."""
+        spacing = tuple(float(s) for s in ref.GetSpacing()[::-1])
+        self.cases.append((case_id, spacing, (ref.GetSpacing(), ref.GetOrigin(),
+                                              ref.GetDirection())))
+        self.model.add_case(k, sitk.GetArrayViewFromImage(ref), spacing)  # read only
+
+    def _load(self, k: int) -> tuple[np.ndarray, tuple[float, ...]]:
+        case_id, spacing, _ = self.cases[k]
+        img = read_image(self.ref_labels / f"{case_id}.nii.gz")
+        return sitk.GetArrayFromImage(img), spacing
+
+    def write(self) -> None:
+        """Calibrate, then paint and write every case's noisy labels."""
+        n = len(self.cases)
+        self._log(f"calibrating boundary noise on {n} cases (target Dice {self.target})")
+        info = self.model.calibrate(self._load)
+        self._log(f"radius scale {info.scale_mm:.4f} mm, mean Dice {info.mean_dice:.4f} "
+                  f"({info.evaluations} evaluations)")
+        for k, (case_id, _, (spacing, origin, direction)) in enumerate(self.cases):
+            img = sitk.GetImageFromArray(self.model.paint(k, *self._load(k)).astype(
+                np.uint8, copy=False))
+            img.SetSpacing(spacing)  # the geometry of the reference image, as CopyInformation
+            img.SetOrigin(origin)
+            img.SetDirection(direction)
+            write_image(img, self.out_dir / f"{case_id}.nii.gz")
+            self._log(f"noisy labels {k + 1}/{n} {case_id}")

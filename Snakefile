@@ -15,6 +15,7 @@ os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (SRC, os.environ.get("PY
 
 from nnrobustloss import pipeline as P
 from nnrobustloss.config import validate_config
+from nnrobustloss.cost import runtime_minutes, tuning_workers
 from nnrobustloss.methods import get_method
 
 
@@ -56,9 +57,12 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 
 
+# Seconds-long rules run in the Snakemake process, not as cluster jobs.
 localrules:
     all,
     data,
+    select_best,
+    report,
 
 
 rule all:

@@ -4,7 +4,8 @@ The JSON schema (``schemas/config.schema.yaml`` in this package; ``workflow/sche
 it) defines every key, its type, range and default. :func:`validate_config` checks a config
 against it, fills in defaults, and adds the checks a schema cannot express (folds within
 ``n_folds``, unique dataset ids, consecutive label values, integer ``label_map`` keys, regions
-named in tolerances, no SQLite storage shared by several tuning workers). Every problem is raised as one
+named in tolerances, no SQLite storage shared by several tuning workers, GPU jobs that fit
+``cluster.max_job_hours``). Every problem is raised as one
 :class:`ConfigError` naming the key.
 """
 
@@ -264,7 +265,7 @@ def _check_semantics(cfg: Mapping[str, Any]) -> None:
                 raise ConfigError(f"config key tasks.{name}.sources[{i}].n_noisy_cases: larger "
                                   "than n_cases.")
     tuning = cfg["tuning"]
-    if tuning["storage"] == "sqlite" and tuning["workers"] > 1:
+    if tuning["storage"] == "sqlite" and tuning["workers"] != "auto" and tuning["workers"] > 1:
         raise ConfigError(f"config key tuning.workers: {tuning['workers']} workers cannot share "
                           "an SQLite storage (SQLite locking is unsafe on shared and network "
                           "file systems). Set tuning.storage to journal (or postgresql), or "
@@ -272,6 +273,9 @@ def _check_semantics(cfg: Mapping[str, Any]) -> None:
     planning = cfg["planning"]
     if planning["planner"] == "cpu" and "cpu_plan" not in planning:
         raise ConfigError("config key planning.cpu_plan: required when planning.planner is cpu.")
+    from nnrobustloss.cost import check_fits
+
+    check_fits(cfg)  # every GPU job's first attempt fits cluster.max_job_hours
 
 
 def evaluation_regions(task: Mapping[str, Any]) -> dict[str, list[int]]:

@@ -36,6 +36,10 @@ TUNED = [m for m in METHODS if get_method(m).needs_tuning and config["tuning"]["
 ENV = "envs/nnrobustloss.yaml"
 
 
+# --software-deployment-method apptainer: every job runs in this image (envs/nnrobustloss.def).
+container: config["container"]
+
+
 wildcard_constraints:
     task="|".join(TASKS),
     method="|".join(METHODS),

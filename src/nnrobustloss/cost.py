@@ -119,7 +119,7 @@ def tuning_workers(config: Mapping[str, Any], method: str) -> int:
     one = _job_minutes(config, trial_seconds(config, method))
     if one > cap:
         raise ConfigError(
-            f"config key tuning.epochs: one trial of {tu['epochs']} epochs needs about "
+            f"config key tuning.epochs: one trial of {method} of {tu['epochs']} epochs needs about "
             f"{one / 60:.1f} h (cluster.seconds_per_epoch x safety factor + overhead), more than "
             f"cluster.max_job_hours={config['cluster']['max_job_hours']}. Lower tuning.epochs or "
             "raise cluster.max_job_hours (null: no limit).")

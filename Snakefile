@@ -15,7 +15,7 @@ os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (SRC, os.environ.get("PY
 
 from nnrobustloss import pipeline as P
 from nnrobustloss.config import validate_config
-from nnrobustloss.cost import runtime_minutes, tuning_workers
+from nnrobustloss.cost import check_fits, runtime_minutes, tuning_workers
 from nnrobustloss.methods import get_method
 
 
@@ -27,6 +27,7 @@ if not workflow.overwrite_configfiles:
 
 
 config = validate_config(config)
+check_fits(config)  # warns about GPU jobs longer than cluster.max_job_hours
 R = config["results_dir"]
 TASKS = list(config["tasks"])
 METHODS = list(config["methods"])

@@ -58,12 +58,17 @@ def test_auto_workers_are_the_fewest_whose_quota_fits(paper):
     assert cost.tuning_workers(longer, "APL2") == 1 and cost.tuning_workers(longer, "HRL") == 2
 
 
-def test_an_explicit_worker_count_that_cannot_fit_is_refused():
-    with pytest.raises(ConfigError, match=r"tuning\.workers: with 1 worker\(s\), each APL2 worker "
-                                          r"runs 30 trials, about 65\.9 h, more than "
-                                          r"cluster\.max_job_hours=24"):
-        load_config(PAPER, overrides={"tuning": {"workers": 1}})
+def test_an_explicit_worker_count_that_cannot_fit_is_warned_about_and_capped():
+    one = load_config(PAPER, overrides={"tuning": {"workers": 1}})
+    with pytest.warns(cost.WallTimeWarning, match=r"tuning\.workers: with 1 worker\(s\), each APL2 "
+                      r"worker runs 30 trials, about 65\.9 h, more than cluster\.max_job_hours=24: "
+                      r"it is stopped at the limit"):
+        cost.check_fits(one)
+    assert len(cost.fit_warnings(one)) == 6  # one per tuned method
+    assert cost.tuning_workers(one, "APL2") == 1
+    assert cost.runtime_minutes(one, "tune_worker", "APL2") == 24 * 60
     ok = load_config(PAPER, overrides={"tuning": {"workers": 6}})
+    assert cost.fit_warnings(ok) == cost.fit_warnings(load_config(PAPER)) == []
     assert cost.tuning_workers(ok, "HRL") == 6
     # no limit (a workstation): one worker, runtime uncapped
     free = load_config(PAPER, overrides={"tuning": {"workers": 1}, "cluster": {"max_job_hours": None}})
@@ -72,12 +77,14 @@ def test_an_explicit_worker_count_that_cannot_fit_is_refused():
 
 
 def test_jobs_longer_than_the_limit_name_the_key_to_change():
+    """auto cannot split a trial or share SQLite: refused; a long training: a warning."""
     with pytest.raises(ConfigError, match=r"tuning\.epochs: one trial of HRL of 50 epochs needs "
                                           r"about 4\.6 h.*max_job_hours=4"):
         load_config(PAPER, overrides={"methods": ["HRL"], "training": {"epochs": 10},
                                       "cluster": {"max_job_hours": 4}})
-    with pytest.raises(ConfigError, match=r"training\.epochs: a CoT training of 400 epochs"):
-        load_config(PAPER, overrides={"training": {"epochs": 400}})
+    long = load_config(PAPER, overrides={"training": {"epochs": 400}})
+    assert [m.split(" training of")[0] for m in cost.fit_warnings(long)] == [
+        f"config key training.epochs: a {m}" for m in TWO_PEERS]
     with pytest.raises(ConfigError, match=r"tuning\.storage: the APL2 studies need 3 workers"):
         load_config(PAPER, overrides={"tuning": {"storage": "sqlite"}})
     with pytest.raises(ConfigError, match=r"cluster\.max_job_hours"):
@@ -113,15 +120,15 @@ def test_plan_cost_command(capsys):
     out = capsys.readouterr().out
     assert "| tune_worker | 270 | 1328 |" in out and "| train | 81 | 540, 1065 |" in out
     assert "| KiTS23 | HRL | 18 | 4500 | 600 | 315.0 | 42.0 | 6.0 | 363.0 | 459.9 |" in out
-    assert "GPU jobs: 432; estimated 5,706 GPU-hours" in out
+    assert "GPU jobs: 432; estimated 5,706 GPU-hours" in out and "warning" not in out
 
 
-def test_plan_cost_command_reports_a_job_that_cannot_fit(tmp_path, capsys):
-    overlay = tmp_path / "one_worker.yaml"
-    overlay.write_text("tuning: {workers: 1}\n")
+def test_plan_cost_command_reports_a_study_that_cannot_be_split(tmp_path, capsys):
+    overlay = tmp_path / "sqlite.yaml"
+    overlay.write_text("tuning: {storage: sqlite}\n")
     assert main(["plan-cost", "--configfile", str(PAPER), str(overlay)]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: config key tuning.workers") and err.count("\n") == 1
+    assert err.startswith("error: config key tuning.storage") and err.count("\n") == 1
 
 
 def test_peers_are_the_coteaching_trainers():

@@ -4,8 +4,7 @@ The JSON schema (``schemas/config.schema.yaml`` in this package; ``workflow/sche
 it) defines every key, its type, range and default. :func:`validate_config` checks a config
 against it, fills in defaults, and adds the checks a schema cannot express (folds within
 ``n_folds``, unique dataset ids, consecutive label values, integer ``label_map`` keys, regions
-named in tolerances, no SQLite storage shared by several tuning workers, GPU jobs that fit
-``cluster.max_job_hours``). Every problem is raised as one
+named in tolerances, no SQLite storage shared by several tuning workers). Every problem is raised as one
 :class:`ConfigError` naming the key.
 """
 
@@ -273,9 +272,10 @@ def _check_semantics(cfg: Mapping[str, Any]) -> None:
     planning = cfg["planning"]
     if planning["planner"] == "cpu" and "cpu_plan" not in planning:
         raise ConfigError("config key planning.cpu_plan: required when planning.planner is cpu.")
-    from nnrobustloss.cost import check_fits
+    from nnrobustloss.cost import tuned_methods, tuning_workers
 
-    check_fits(cfg)  # every GPU job's first attempt fits cluster.max_job_hours
+    for method in tuned_methods(cfg):  # tuning.workers: auto must be able to split each study
+        tuning_workers(cfg, method)
 
 
 def evaluation_regions(task: Mapping[str, Any]) -> dict[str, list[int]]:

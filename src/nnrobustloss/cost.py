@@ -11,8 +11,9 @@ worker's work is its quota of trials x ``tuning.epochs``; a final training's is
   ``attempt`` (a retried job gets more time) and caps it at ``cluster.max_job_hours``.
 - :func:`tuning_workers` splits a study into workers whose quota fits the limit
   (``tuning.workers: auto``), or checks that an explicit count fits.
-- :func:`check_fits` (run by config validation) refuses a config whose first attempt of some
-  GPU job cannot fit the limit, with the key to change.
+- :func:`check_fits` (run by the Snakefile at start-up; ``plan-cost`` prints the same) warns
+  about a GPU job whose first attempt cannot fit the limit, naming the key to change
+  (``tuning.workers: auto`` always fits or is refused).
 - :func:`cost_plan` / :func:`format_cost_plan`: jobs, epochs and GPU-hours per task and method
   (``nnrobustloss plan-cost``).
 """
@@ -20,6 +21,7 @@ worker's work is its quota of trials x ``tuning.epochs``; a final training's is
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -134,35 +136,48 @@ def tuning_workers(config: Mapping[str, Any], method: str) -> int:
     return w
 
 
-def check_fits(config: Mapping[str, Any]) -> None:
-    """Raise ConfigError unless the first attempt of every GPU job of the config fits
-    ``cluster.max_job_hours`` (nothing to check without a limit)."""
+class WallTimeWarning(UserWarning):
+    """A GPU job's first attempt asks for more than ``cluster.max_job_hours``."""
+
+
+def fit_warnings(config: Mapping[str, Any]) -> list[str]:
+    """One message per kind of GPU job whose first attempt cannot fit ``cluster.max_job_hours``
+    (empty without a limit). Such a job is capped at the limit: SLURM stops it there and its
+    retry continues from the last checkpoint. Raises ConfigError where ``tuning.workers: auto``
+    cannot split a study (see :func:`tuning_workers`)."""
     cap = limit_minutes(config)
     if cap is None:
-        return
+        return []
     limit = config["cluster"]["max_job_hours"]
+    tail = (f"more than cluster.max_job_hours={limit}: it is stopped at the limit and continues "
+            "from its checkpoint when retried.")
+    out = []
     tuned = tuned_methods(config)
     for method in config["methods"]:
         if method in tuned:
             need = job_minutes(config, "tune_worker", method)  # also resolves tuning_workers
             if need > cap:
                 w = tuning_workers(config, method)
-                raise ConfigError(
-                    f"config key tuning.workers: with {w} worker(s), each {method} worker runs "
-                    f"{-(-config['tuning']['n_trials'] // w)} trials, about {need / 60:.1f} h, "
-                    f"more than cluster.max_job_hours={limit}. Set tuning.workers to auto (or "
-                    "more workers), or raise cluster.max_job_hours (null: no limit).")
+                out.append(f"config key tuning.workers: with {w} worker(s), each {method} worker "
+                           f"runs {-(-config['tuning']['n_trials'] // w)} trials, about "
+                           f"{need / 60:.1f} h, {tail} Set tuning.workers to auto (or more "
+                           "workers), or raise cluster.max_job_hours (null: no limit).")
         need = job_minutes(config, "train", method)
         if need > cap:
-            raise ConfigError(
-                f"config key training.epochs: a {method} training of "
-                f"{config['training']['epochs']} epochs needs about {need / 60:.1f} h, more than "
-                f"cluster.max_job_hours={limit}. Lower training.epochs or raise "
-                "cluster.max_job_hours (null: no limit).")
+            out.append(f"config key training.epochs: a {method} training of "
+                       f"{config['training']['epochs']} epochs needs about {need / 60:.1f} h, "
+                       f"{tail} Lower training.epochs or raise cluster.max_job_hours.")
     need = job_minutes(config, "predict", config["methods"][0])
     if need > cap:
-        raise ConfigError(f"config key cluster.predict_hours: a predict job needs about "
-                          f"{need / 60:.1f} h, more than cluster.max_job_hours={limit}.")
+        out.append(f"config key cluster.predict_hours: a predict job needs about "
+                   f"{need / 60:.1f} h, {tail}")
+    return out
+
+
+def check_fits(config: Mapping[str, Any]) -> None:
+    """Warn (:class:`WallTimeWarning`) about every message of :func:`fit_warnings`."""
+    for message in fit_warnings(config):
+        warnings.warn(message, WallTimeWarning, stacklevel=3)
 
 
 def cost_plan(config: Mapping[str, Any]) -> pd.DataFrame:
@@ -229,6 +244,7 @@ def format_cost_plan(config: Mapping[str, Any], plan: pd.DataFrame | None = None
     lines.append(f"| **total** | | {int(t.tune_jobs)} | {int(t.tune_epochs)} | "
                  f"{int(t.train_epochs)} | {t.tune_gpu_h:.1f} | {t.train_gpu_h:.1f} | "
                  f"{t.predict_gpu_h:.1f} | {t.gpu_h:.1f} | {t.reserved_gpu_h:.1f} |")
+    lines += [""] + [f"warning: {m}" for m in fit_warnings(config)]
     lines += ["", f"GPU jobs: {int(t.tune_jobs + t.train_jobs + t.predict_jobs)}; estimated "
               f"{t.gpu_h:,.0f} GPU-hours, reserved (first attempts) {t.reserved_gpu_h:,.0f} "
               "GPU-hours. Estimates come from cluster.seconds_per_epoch: measure your GPU and "

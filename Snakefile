@@ -15,6 +15,7 @@ os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (SRC, os.environ.get("PY
 
 from nnrobustloss import pipeline as P
 from nnrobustloss.config import validate_config
+from nnrobustloss.cost import check_fits, runtime_minutes, tuning_workers
 from nnrobustloss.methods import get_method
 
 
@@ -26,6 +27,7 @@ if not workflow.overwrite_configfiles:
 
 
 config = validate_config(config)
+check_fits(config)  # warns about GPU jobs longer than cluster.max_job_hours
 R = config["results_dir"]
 TASKS = list(config["tasks"])
 METHODS = list(config["methods"])
@@ -33,6 +35,10 @@ FOLDS = list(config["folds"])
 # Methods with Optuna studies (none when tuning.enabled is false: registry defaults instead).
 TUNED = [m for m in METHODS if get_method(m).needs_tuning and config["tuning"]["enabled"]]
 ENV = "envs/nnrobustloss.yaml"
+
+
+# --software-deployment-method apptainer: every job runs in this image (envs/nnrobustloss.def).
+container: config["container"]
 
 
 wildcard_constraints:
@@ -56,9 +62,12 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 
 
+# Seconds-long rules run in the Snakemake process, not as cluster jobs.
 localrules:
     all,
     data,
+    select_best,
+    report,
 
 
 rule all:

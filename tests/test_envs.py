@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 import sysconfig
@@ -84,3 +85,25 @@ def test_rule_jobs_import_the_package_from_src_without_an_install(tmp_path: Path
     proc = subprocess.run([sys.executable, "-S", "-c", "import nnrobustloss"], capture_output=True,
                           text=True, cwd=tmp_path, timeout=300, env={**os.environ, "PYTHONPATH": deps})
     assert proc.returncode != 0 and "No module named 'nnrobustloss'" in proc.stderr
+
+
+@pytest.mark.parametrize("name", ["nnrobustloss.def", "Dockerfile"])
+def test_container_definitions_pin_the_same_dependencies_as_pyproject(name: str) -> None:
+    """The Apptainer definition and the Dockerfile install exactly the env file's pins (hence
+    pyproject.toml's dependencies, checked above) and are what envs/generate.py writes."""
+    gen = _generator()
+    pins = _pip_pins()
+    text = (ROOT / "envs" / name).read_text(encoding="utf-8")
+    assert text == gen.OUTPUTS[name](pins)
+    installed = re.findall(r"^\s+([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+?)(?: \\)?$", text, re.M)
+    assert installed == list(pins.items())
+    assert "-e " not in text and "--editable" not in text
+
+
+def test_snakefile_runs_jobs_in_the_configured_container() -> None:
+    from nnrobustloss.config import config_schema
+
+    snakefile = (ROOT / "Snakefile").read_text(encoding="utf-8")
+    assert re.search(r'^container: config\["container"\]$', snakefile, re.M)
+    default = config_schema()["properties"]["container"]["default"]
+    assert default == "nnrobustloss.sif" and default in (ROOT / "envs" / "nnrobustloss.def").read_text()

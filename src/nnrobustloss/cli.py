@@ -7,6 +7,7 @@ DESIGN.md section 2. Examples::
     nnrobustloss convert --task Phantom
     nnrobustloss train --task Phantom --method APL2 --fold 0 --params '{"w": 0.7}' --epochs 5
     nnrobustloss report
+    nnrobustloss plan-cost --configfile config/paper.yaml
 
 User errors (bad config, bad input files) and failed file operations (``OSError``: a full
 disk, a read-only folder, a file in the way) print one ``error:`` line and exit with status 1.
@@ -22,6 +23,7 @@ from typing import Any
 
 from nnrobustloss import layout
 from nnrobustloss import pipeline as P
+from nnrobustloss.cost import format_cost_plan, tuning_workers
 from nnrobustloss.errors import NNRobustLossError, one_line
 
 STAGES = ("convert", "noise", "splits", "plan", "tune", "train", "predict", "evaluate", "report")
@@ -52,7 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     p = stage("tune", "run one worker of a task x method x fold Optuna study, then select the best "
               "parameters when the study is complete", method=True)
     p.add_argument("--worker", type=int, default=0, help="worker index (default 0)")
-    p.add_argument("--workers", type=int, help="number of workers (default: tuning.workers)")
+    p.add_argument("--workers", type=int, help="number of workers (default: tuning.workers; "
+                   "auto: nnrobustloss.cost.tuning_workers)")
     p = stage("train", "final training of a task x method x fold", method=True)
     p.add_argument("--params", help="hyper-parameters as JSON or a best_params.json file "
                    "(default: tuning/<T>/<M>/fold<k>/best_params.json when it exists, else the "
@@ -61,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     stage("predict", "predict the held-out cases of a fold", method=True)
     stage("evaluate", "evaluate a fold's predictions against the reference labels", method=True)
     stage("report", "Table 1, Table 2, the noise table and Figure 1 from the CSVs", task=False)
+    stage("plan-cost", "print the GPU jobs per rule, epochs and estimated GPU-hours per task and "
+          "method of the config, before anything is submitted", task=False)
     return parser
 
 
@@ -99,7 +104,7 @@ def run(args: argparse.Namespace) -> None:
     elif s == "tune":
         params = P.tune_params(cfg, args.task, args.method, args.fold)
         study = layout.study_dir(r, args.task, params["method"], args.fold)
-        workers = args.workers or cfg["tuning"]["workers"]
+        workers = args.workers or tuning_workers(cfg, params["method"])
         url_env = cfg["tuning"]["postgresql_url_env"]
         P.run_tune_worker(params, worker=args.worker, workers=workers, results_dir=r,
                           marker=study / f"worker{args.worker}.done", url_env=url_env,
@@ -134,6 +139,8 @@ def run(args: argparse.Namespace) -> None:
                        n_workers=cfg["evaluation"]["n_workers"],
                        reliability_csv=Path(r) / "metrics" / args.task / params["method"]
                        / f"fold{args.fold}_reliability.csv")
+    elif s == "plan-cost":
+        print(format_cost_plan(cfg), end="")
     elif s == "report":
         root = Path(r)
         out = P.run_report(P.report_params(cfg),

@@ -264,7 +264,7 @@ def _check_semantics(cfg: Mapping[str, Any]) -> None:
                 raise ConfigError(f"config key tasks.{name}.sources[{i}].n_noisy_cases: larger "
                                   "than n_cases.")
     tuning = cfg["tuning"]
-    if tuning["storage"] == "sqlite" and tuning["workers"] > 1:
+    if tuning["storage"] == "sqlite" and tuning["workers"] != "auto" and tuning["workers"] > 1:
         raise ConfigError(f"config key tuning.workers: {tuning['workers']} workers cannot share "
                           "an SQLite storage (SQLite locking is unsafe on shared and network "
                           "file systems). Set tuning.storage to journal (or postgresql), or "
@@ -272,6 +272,10 @@ def _check_semantics(cfg: Mapping[str, Any]) -> None:
     planning = cfg["planning"]
     if planning["planner"] == "cpu" and "cpu_plan" not in planning:
         raise ConfigError("config key planning.cpu_plan: required when planning.planner is cpu.")
+    from nnrobustloss.cost import tuned_methods, tuning_workers
+
+    for method in tuned_methods(cfg):  # tuning.workers: auto must be able to split each study
+        tuning_workers(cfg, method)
 
 
 def evaluation_regions(task: Mapping[str, Any]) -> dict[str, list[int]]:

@@ -94,6 +94,11 @@ class MethodSpec:
         return getattr(importlib.import_module(module), name)
 
     @property
+    def peers(self) -> int:
+        """Networks trained at once: 2 for the co-teaching family (CoT, CoT+, StoCoT, HRL), else 1."""
+        return 2 if self.id in TWO_PEER_METHODS else 1
+
+    @property
     def param_names(self) -> tuple[str, ...]:
         """Names of the hyper-parameters, in search-space order."""
         return tuple(p.name for p in self.search_space)
@@ -102,6 +107,9 @@ class MethodSpec:
         """Sample every hyper-parameter from an Optuna trial; ``{}`` for methods without any."""
         return {p.name: p.suggest(trial) for p in self.search_space}
 
+
+#: Methods that train two peer networks (co-teaching family).
+TWO_PEER_METHODS = frozenset({"CoT", "CoTPlus", "StoCoT", "HRL"})
 
 _T = "nnrobustloss.trainers"
 _W = FloatParam("w", 1e-3, 1.0, default=0.5)

@@ -308,7 +308,7 @@ def run_predict(params: Mapping[str, Any], results_dir: str | os.PathLike[str],
     limit_cpu_threads(device, threads)
     spec = get_method(p["method"])
     cases = fold_cases(splits_json, p["fold"], "val")
-    average = bool(p["average_peers"]) and spec.id in ("CoT", "CoTPlus", "StoCoT", "HRL")
+    average = bool(p["average_peers"]) and spec.peers == 2
     predict_cases(layout.training_dir(results_dir, p["task"], p["method"], p["fold"]),
                   layout.raw_dir(results_dir, p["task"], p["dataset_id"]) / "imagesTr",
                   cases, out_dir, mirroring=p["mirroring"], tile_step_size=p["tile_step_size"],

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ import torch
 from nnrobustloss.errors import ConfigError, InputDataError
 from nnrobustloss.fileio import read_json
 from nnrobustloss.methods import get_method
+from nnrobustloss.planning import nnunet_paths
 from nnrobustloss.selection import MAX_SCHEDULE_FRACTION, scaled_schedule
 from nnrobustloss.trainers.base import EpochCallback, TrainerSettings
 
@@ -191,9 +193,14 @@ def train(preprocessed_dataset_dir: str | os.PathLike[str], method: str, fold: i
         _check_resume_settings(out, settings)
     trainer_cls = spec.load_trainer_class()
     plans["continue_training"] = resume  # nnU-Net 2.8.1 pops this key in __init__
-    trainer = trainer_cls(plans=plans, configuration=configuration, fold=fold,
-                          dataset_json=dataset_json, device=resolve_device(device))
-    trainer.set_output_paths(out, pre)
+    # nnU-Net's __init__ creates $nnUNet_results/<dataset>/<trainer>.../fold_<k> and its log
+    # there: point the variable at a scratch folder meanwhile, so that nothing lands under a
+    # user's exported nnUNet_results (set_output_paths moves the log to the output folder).
+    with tempfile.TemporaryDirectory(prefix="nnrobustloss-init-") as scratch, \
+            nnunet_paths(results=scratch):
+        trainer = trainer_cls(plans=plans, configuration=configuration, fold=fold,
+                              dataset_json=dataset_json, device=resolve_device(device))
+        trainer.set_output_paths(out, pre)
     trainer.configure(settings, epoch_callback)
     if resume:
         trainer.load_checkpoint(str(latest))

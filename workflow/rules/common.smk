@@ -43,13 +43,14 @@ def study_root(w):
 
 def worker_markers(w):
     """Markers of a study's workers. Once the study's results exist, only the markers already
-    written count, so that changing tuning.workers never reruns a finished study."""
+    written count, so that changing tuning.workers never reruns a finished study. The number of
+    workers is nnrobustloss.cost.tuning_workers (tuning.workers: auto fits cluster.max_job_hours)."""
     root = study_root(w)
     if os.path.exists(f"{root}/best_params.json"):
         done = [f"{root}/worker{i}.done" for i in range(64) if os.path.exists(f"{root}/worker{i}.done")]
         if done:
             return done
-    return [f"{root}/worker{i}.done" for i in range(config["tuning"]["workers"])]
+    return [f"{root}/worker{i}.done" for i in range(tuning_workers(config, w.method))]
 
 
 def train_inputs(w):

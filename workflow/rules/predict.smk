@@ -12,6 +12,8 @@ rule predict:
         predictions=directory(f"{R}/predictions/{{task}}/{{method}}/fold{{fold}}"),
     params:
         p=lambda w: P.predict_params(config, w.task, w.method, int(w.fold)),
+    resources:
+        runtime=lambda w, attempt: runtime_minutes(config, "predict", w.method, attempt),
     log:
         f"{R}/logs/predict/{{task}}/{{method}}/fold{{fold}}.log",
     benchmark:

@@ -10,6 +10,8 @@ rule train:
         progress=f"{R}/training/{{task}}/{{method}}/fold{{fold}}/progress.csv",
     params:
         p=lambda w: P.train_params(config, w.task, w.method, int(w.fold)),
+    resources:
+        runtime=lambda w, attempt: runtime_minutes(config, "train", w.method, attempt),
     log:
         f"{R}/logs/train/{{task}}/{{method}}/fold{{fold}}.log",
     benchmark:

@@ -1,7 +1,9 @@
-# Tuning: one Optuna study per task x method x fold, run by tuning.workers jobs (tune_worker), then
+# Tuning: one Optuna study per task x method x fold, run by tuning_workers() jobs (tune_worker), then
 # select_best writes trials.csv and best_params.json once the study holds n_trials finished trials.
 # The study's storage is a params value (never an output: Snakemake deletes the outputs of a
 # failed job); tuning.workers is not a param, so changing it does not rerun finished studies.
+# runtime (minutes) = the job's estimated work x cluster.safety_factor + overhead, x attempt,
+# capped at cluster.max_job_hours (nnrobustloss.cost); select_best is a local rule (seconds).
 
 
 rule tune_worker:
@@ -11,6 +13,8 @@ rule tune_worker:
         marker=f"{R}/tuning/{{task}}/{{method}}/fold{{fold}}/worker{{worker}}.done",
     params:
         p=lambda w: P.tune_params(config, w.task, w.method, int(w.fold)),
+    resources:
+        runtime=lambda w, attempt: runtime_minutes(config, "tune_worker", w.method, attempt),
     log:
         f"{R}/logs/tune/{{task}}/{{method}}/fold{{fold}}/worker{{worker}}.log",
     benchmark:

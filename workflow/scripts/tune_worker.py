@@ -1,5 +1,6 @@
 """Snakemake adapter: one worker's quota of trials of an Optuna study."""
 
+from nnrobustloss.cost import tuning_workers
 from nnrobustloss.logs import logged
 from nnrobustloss.pipeline import run_tune_worker
 
@@ -7,7 +8,7 @@ from nnrobustloss.pipeline import run_tune_worker
 if __name__ == "__main__":
     with logged(snakemake.log[0]):
         run_tune_worker(snakemake.params.p, worker=int(snakemake.wildcards.worker),
-                        workers=snakemake.config["tuning"]["workers"],
+                        workers=tuning_workers(snakemake.config, snakemake.wildcards.method),
                         results_dir=snakemake.config["results_dir"], marker=snakemake.output.marker,
                         url_env=snakemake.config["tuning"]["postgresql_url_env"],
                         device=snakemake.config["device"], threads=snakemake.threads)

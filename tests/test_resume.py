@@ -146,3 +146,228 @@ def test_staged_cases_of_other_options_or_another_model_are_discarded(
     seen = _spy(monkeypatch)
     _predict(phantom, out)
     assert seen == cases
+
+
+# ----------------------------------------------------------------------------- tuning trials
+
+# A worker whose cheap objective resumes like a training: checkpoint_latest.pth holds the next
+# epoch, the epochs before it are reported again, every epoch it really runs is logged to
+# ran.txt in the trial folder; it SIGKILLs itself after epoch 0 of trial ``kill`` (once).
+RESUMING_WORKER = '''
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import optuna
+
+
+def value(params, epoch):
+    return -sum((v - 1.0) ** 2 for v in params.values()) - 0.5 / (epoch + 1)
+
+
+def make_objective(epochs, kill=-1, marker=None):
+    def run(trial, params, trial_dir):
+        trial_dir.mkdir(parents=True, exist_ok=True)
+        ckpt = trial_dir / "checkpoint_latest.pth"
+        start = int(ckpt.read_text()) if ckpt.is_file() else 0
+        for epoch in range(start):
+            trial.report(value(params, epoch), step=epoch)
+        for epoch in range(start, epochs):
+            with (trial_dir / "ran.txt").open("a") as f:
+                f.write(f"{trial.number} {epoch}\\n")
+            ckpt.write_text(str(epoch + 1))
+            trial.report(value(params, epoch), step=epoch)
+            if trial.number == kill and not Path(marker).exists():
+                Path(marker).touch()
+                os.kill(os.getpid(), signal.SIGKILL)
+        return value(params, epochs - 1)
+
+    return run
+
+
+if __name__ == "__main__":
+    from nnrobustloss.tuning import run_worker
+
+    cfg = json.loads(sys.argv[1])
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    run_worker(**cfg["worker"], run_trial=make_objective(cfg["epochs"], cfg["kill"],
+                                                         cfg["marker"]))
+'''
+EPOCHS = 3
+
+
+@pytest.fixture(scope="module")
+def resuming_worker(tmp_path_factory: pytest.TempPathFactory):
+    """RESUMING_WORKER as a file (for killed subprocesses) and imported (for in-process runs)."""
+    import importlib.util
+
+    path = tmp_path_factory.mktemp("resuming_worker") / "resuming_worker.py"
+    path.write_text(RESUMING_WORKER)
+    spec = importlib.util.spec_from_file_location("resuming_worker", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return path, mod
+
+
+def _worker_kwargs(study_dir: Path, **kw) -> dict:
+    return {"task": "Phantom", "method": "StoCoT", "fold": 0, "worker": 0, "workers": 1,
+            "n_trials": 3, "study_dir": str(study_dir), "storage": "journal", "seed": 0,
+            "n_startup_trials": 3, "pruner": "none", "epochs": EPOCHS, **kw}
+
+
+def _load(study_dir: Path, method: str = "StoCoT"):
+    import optuna
+
+    from nnrobustloss import tuning
+
+    st = tuning.open_storage("journal", tuning.storage_url("journal", study_dir))
+    return optuna.load_study(study_name=tuning.study_name("Phantom", method, 0), storage=st)
+
+
+def _ran(folder: Path) -> list[tuple[int, int]]:
+    return [tuple(map(int, line.split())) for line in (folder / "ran.txt").read_text().split("\n")
+            if line]
+
+
+def test_killed_trial_is_continued_from_its_checkpoint_in_its_folder(tmp_path, resuming_worker):
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    from optuna.trial import TrialState
+
+    from nnrobustloss import tuning
+
+    path, mod = resuming_worker
+    tuning.run_worker(**_worker_kwargs(tmp_path / "ref"), run_trial=mod.make_objective(EPOCHS))
+    ref = _load(tmp_path / "ref").trials
+
+    kw, k = _worker_kwargs(tmp_path / "study"), 1
+    cfg = {"worker": kw, "epochs": EPOCHS, "kill": k, "marker": str(tmp_path / "marker")}
+    proc = subprocess.run([sys.executable, str(path), json.dumps(cfg)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    killed = tuning.trial_dir(tmp_path / "study", k)
+    assert (killed / "checkpoint_latest.pth").read_text() == "1"  # epoch 0 done
+
+    summary = tuning.run_worker(**kw, run_trial=mod.make_objective(EPOCHS))
+    assert (summary["recovered"], summary["ran"]) == (1, 2)
+    trials = _load(tmp_path / "study").trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL,
+                                         TrialState.COMPLETE, TrialState.COMPLETE]
+    retry = trials[k + 1]
+    assert tuning.retried_trial(retry) == k
+    # the killed trial's folder became the retry's; the retry ran only the missing epochs
+    assert not killed.exists()
+    folder = tuning.trial_dir(tmp_path / "study", k + 1)
+    assert _ran(folder) == [(k, 0), (k + 1, 1), (k + 1, 2)]
+    assert not (folder / "checkpoint_latest.pth").exists()  # deleted once finished
+    assert _ran(tuning.trial_dir(tmp_path / "study", k + 2)) == [(k + 2, e) for e in range(EPOCHS)]
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert [t.params for t in done] == [t.params for t in ref]
+    assert [t.value for t in done] == [t.value for t in ref]
+    assert [t.intermediate_values for t in done] == [t.intermediate_values for t in ref]
+
+
+def test_retry_adopts_the_nearest_folder_of_its_chain_and_fresh_trials_start_empty(tmp_path):
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from nnrobustloss import tuning
+
+    study = optuna.create_study(direction="maximize")
+    dist = {"w": FloatDistribution(0.0, 1.0)}
+
+    def add(state, user_attrs=None, system_attrs=None):
+        study.add_trial(create_trial(state=state, params={"w": 0.5}, distributions=dist,
+                                     value=0.0 if state == TrialState.COMPLETE else None,
+                                     user_attrs=user_attrs or {}, system_attrs=system_attrs or {}))
+        return study.trials[-1]
+
+    t0 = add(TrialState.FAIL)
+    t1 = add(TrialState.FAIL, {"retry_of": 0})
+    # a heartbeat retry copies the failed trial's user attributes (retry_of 0 is stale)
+    t2 = add(TrialState.COMPLETE, {"retry_of": 0}, {"failed_trial": 0, "retry_history": [1]})
+    fresh = add(TrialState.COMPLETE)
+    assert [tuning.retried_trial(t) for t in (t0, t1, t2, fresh)] == [None, 0, 1, None]
+
+    # trial 1 died before it took over trial 0's folder: trial 2 takes it
+    tuning.trial_dir(tmp_path, 0).mkdir(parents=True)
+    (tuning.trial_dir(tmp_path, 0) / "checkpoint_latest.pth").write_text("0")
+    assert tuning.adopt_interrupted_folder(study, t2, tmp_path) == 0
+    assert (tuning.trial_dir(tmp_path, 2) / "checkpoint_latest.pth").read_text() == "0"
+    assert not tuning.trial_dir(tmp_path, 0).exists()
+    # a folder of a deleted study with a fresh trial's number is emptied, never continued
+    stale = tuning.trial_dir(tmp_path, fresh.number)
+    stale.mkdir()
+    (stale / "checkpoint_latest.pth").write_text("old")
+    assert tuning.adopt_interrupted_folder(study, fresh, tmp_path) is None
+    assert not stale.exists()
+
+
+class _InterruptingTrial:
+    """An Optuna trial whose first ``report`` raises KeyboardInterrupt (after that epoch's
+    checkpoint): Ctrl-C in the middle of a real training trial."""
+
+    def __init__(self, trial):
+        self._trial = trial
+
+    def __getattr__(self, name):
+        return getattr(self._trial, name)
+
+    def report(self, value, step):
+        raise KeyboardInterrupt
+
+
+@pytest.mark.slow
+def test_interrupted_training_trial_continues_and_equals_an_uninterrupted_one(
+        phantom, tmp_path, monkeypatch):
+    from optuna.trial import TrialState
+
+    from nnrobustloss import tuning
+    from nnrobustloss.trainers.base import RobustTrainerMixin
+    from nnrobustloss.trainers.progress import read_progress_csv
+
+    objective = tuning.training_objective({
+        "preprocessed_dataset_dir": phantom["preprocessed_dir"], "method": "APL2", "fold": 0,
+        "epochs": 2, "iterations_per_epoch": 2, "val_iterations_per_epoch": 1, "seed": 0,
+        "device": "cpu"})
+    kw = {"method": "APL2", "n_trials": 1, "epochs": 2}
+    tuning.run_worker(**_worker_kwargs(tmp_path / "ref", **kw), run_trial=objective,
+                      keep_checkpoints=True)
+    ref = _load(tmp_path / "ref", "APL2").trials[0]
+
+    study_dir = tmp_path / "study"
+    with pytest.raises(KeyboardInterrupt):
+        tuning.run_worker(**_worker_kwargs(study_dir, **kw), keep_checkpoints=True,
+                          run_trial=lambda t, p, d: objective(_InterruptingTrial(t), p, d))
+    trials = _load(study_dir, "APL2").trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert (tuning.trial_dir(study_dir, 0) / "checkpoint_latest.pth").is_file()
+
+    real = RobustTrainerMixin.on_train_epoch_start
+    epochs: list[int] = []
+
+    def spy(self):
+        epochs.append(self.current_epoch)
+        real(self)
+
+    monkeypatch.setattr(RobustTrainerMixin, "on_train_epoch_start", spy)
+    summary = tuning.run_worker(**_worker_kwargs(study_dir, **kw), run_trial=objective,
+                                keep_checkpoints=True)
+    assert (summary["recovered"], summary["ran"]) == (0, 1)
+    assert epochs == [1]  # continued from the checkpoint of epoch 0
+    retry = _load(study_dir, "APL2").trials[1]
+    assert retry.state == TrialState.COMPLETE and tuning.retried_trial(retry) == 0
+    assert retry.params == ref.params
+    assert retry.value == ref.value
+    assert retry.intermediate_values == ref.intermediate_values
+    a = read_progress_csv(tuning.trial_dir(tmp_path / "ref", 0) / "progress.csv")
+    b = read_progress_csv(tuning.trial_dir(study_dir, 1) / "progress.csv")
+    assert [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in a] == \
+        [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in b]

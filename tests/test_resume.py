@@ -371,3 +371,32 @@ def test_interrupted_training_trial_continues_and_equals_an_uninterrupted_one(
     b = read_progress_csv(tuning.trial_dir(study_dir, 1) / "progress.csv")
     assert [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in a] == \
         [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in b]
+
+
+# ------------------------------------------------------------------------ checkpoint policy
+
+
+@pytest.mark.slow
+def test_checkpoint_minutes_spaces_the_latest_checkpoint_and_best_is_never_written(
+        phantom, tmp_path):
+    from nnrobustloss.errors import ConfigError
+    from nnrobustloss.training import train
+
+    def kill_after_epoch_0(epoch, metrics):
+        if epoch == 0:
+            raise _Interrupted
+
+    kw = dict(epochs=2, iterations_per_epoch=2, val_iterations_per_epoch=1, device="cpu")
+    for minutes, latest in ((0, True), (1e6, False)):
+        out = tmp_path / f"every{minutes}"
+        with pytest.raises(_Interrupted):
+            train(phantom["preprocessed_dir"], "Baseline", 0, out, checkpoint_minutes=minutes,
+                  epoch_callback=kill_after_epoch_0, **kw)
+        assert (out / "checkpoint_latest.pth").is_file() == latest, minutes
+        assert not (out / "checkpoint_best.pth").exists()
+    train(phantom["preprocessed_dir"], "Baseline", 0, tmp_path / "every0", **kw)
+    assert (tmp_path / "every0" / "checkpoint_final.pth").is_file()
+    assert not (tmp_path / "every0" / "checkpoint_best.pth").exists()
+    with pytest.raises(ConfigError, match="checkpoint_minutes=-1"):
+        train(phantom["preprocessed_dir"], "Baseline", 0, tmp_path / "bad", checkpoint_minutes=-1,
+              **kw)

@@ -8,6 +8,7 @@ computed only when something needs it: averaging co-teaching peers, saving proba
 calibration, whose statistics (:func:`nnrobustloss.metrics.calibration_statistics`, a few kB per
 case) are measured here against the reference labels while the probabilities are in memory, so
 that full probability volumes (GBs for a CT case) are never written unless asked for.
+A job is resumable per case: finished cases wait in ``<out>.partial/`` (see :func:`predict_cases`).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from pathlib import Path
 from nnrobustloss.datasets.raw import dataset_name
 
 __all__ = ["dataset_name", "raw_dir", "reference_labels_dir", "preprocessed_dir", "study_dir",
-           "training_dir", "predictions_dir"]
+           "training_dir", "predictions_dir", "partial_dir"]
 
 
 def raw_dir(results_dir: str | os.PathLike[str], task: str, dataset_id: int,
@@ -41,3 +41,11 @@ def training_dir(results_dir: str | os.PathLike[str], task: str, method: str, fo
 def predictions_dir(results_dir: str | os.PathLike[str], task: str, method: str, fold: int) -> Path:
     """``predictions/<Task>/<Method>/fold<k>``."""
     return Path(results_dir) / "predictions" / task / method / f"fold{fold}"
+
+
+def partial_dir(output_dir: str | os.PathLike[str]) -> Path:
+    """``<output_dir>.partial``: the finished items of an unfinished job whose output is the
+    folder ``output_dir`` (a Snakemake ``directory()``). A sibling, not inside: Snakemake deletes
+    the output of a failed job, never this folder, so a rerun continues where the job stopped."""
+    out = Path(output_dir)
+    return out.with_name(out.name + ".partial")

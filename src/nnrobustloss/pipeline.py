@@ -211,8 +211,9 @@ def tune_params(config: Mapping[str, Any], task: str, method: str, fold: int) ->
 def run_tune_worker(params: Mapping[str, Any], worker: int, workers: int,
                     results_dir: str | os.PathLike[str], marker: str | os.PathLike[str],
                     url_env: str = "NNROBUSTLOSS_OPTUNA_URL", device: str = "auto",
-                    threads: int | None = None) -> None:
-    """Run one worker's quota of a study; write the worker's marker JSON when done."""
+                    threads: int | None = None, checkpoint_minutes: float = 0.0) -> None:
+    """Run one worker's quota of a study; write the worker's marker JSON when done.
+    ``checkpoint_minutes``: see :func:`nnrobustloss.training.train`."""
     from nnrobustloss.tuning import run_worker, training_objective
 
     p = dict(params)
@@ -220,6 +221,7 @@ def run_tune_worker(params: Mapping[str, Any], worker: int, workers: int,
     limit_cpu_threads(device, threads)
     call = _train_call(p, results_dir)
     call["device"] = device
+    call["checkpoint_minutes"] = checkpoint_minutes
     summary = run_worker(
         task=p["task"], method=p["method"], fold=p["fold"], worker=worker, workers=workers,
         n_trials=p["n_trials"], study_dir=layout.study_dir(results_dir, p["task"], p["method"],
@@ -253,8 +255,9 @@ def train_params(config: Mapping[str, Any], task: str, method: str, fold: int) -
 def run_train(params: Mapping[str, Any], results_dir: str | os.PathLike[str],
               best_params_json: str | os.PathLike[str] | None = None,
               hparams: Mapping[str, Any] | None = None, device: str = "auto",
-              threads: int | None = None) -> Path:
-    """Train the final model of a (task, method, fold), resuming from its latest checkpoint.
+              threads: int | None = None, checkpoint_minutes: float = 0.0) -> Path:
+    """Train the final model of a (task, method, fold), resuming from its latest checkpoint
+    (written as ``checkpoint_minutes`` says, see :func:`nnrobustloss.training.train`).
 
     Hyper-parameters: ``hparams`` if given, else the ``params`` of ``best_params_json``, else the
     method's defaults (methods without any).
@@ -268,7 +271,7 @@ def run_train(params: Mapping[str, Any], results_dir: str | os.PathLike[str],
         hparams = read_json(best_params_json)["params"]
     out = layout.training_dir(results_dir, p["task"], p["method"], p["fold"])
     return train(output_dir=out, params=hparams, device=device, continue_training=True,
-                 **_train_call(p, results_dir))
+                 checkpoint_minutes=checkpoint_minutes, **_train_call(p, results_dir))
 
 
 # --- predict -------------------------------------------------------------------------------

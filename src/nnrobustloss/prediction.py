@@ -8,12 +8,15 @@ computed only when something needs it: averaging co-teaching peers, saving proba
 calibration, whose statistics (:func:`nnrobustloss.metrics.calibration_statistics`, a few kB per
 case) are measured here against the reference labels while the probabilities are in memory, so
 that full probability volumes (GBs for a CT case) are never written unless asked for.
+A job is resumable per case: finished cases wait in ``<out>.partial/`` (see :func:`predict_cases`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
+import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,8 +26,15 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from nnrobustloss import layout
 from nnrobustloss.errors import InputDataError
-from nnrobustloss.fileio import atomic_dir, read_image
+from nnrobustloss.fileio import (
+    atomic_dir,
+    read_image,
+    read_json,
+    remove_temporaries,
+    write_json,
+)
 from nnrobustloss.metrics import (
     CALIBRATION_SUFFIX,
     DEFAULT_BAND_MM,
@@ -62,14 +72,21 @@ def predict_cases(training_dir: str | os.PathLike[str], images_dir: str | os.Pat
     the segmentation) and ``<case>.pkl`` (its properties); with ``calibration`` the case's
     ``<case>_calibration.npz`` (:class:`nnrobustloss.metrics.CalibrationStats`). The folder
     appears only when every case is done.
+
+    Resumable per case: each finished case is committed atomically to
+    :func:`nnrobustloss.layout.partial_dir` (``<out_dir>.partial/<case>/``) first; a rerun after
+    an interruption predicts only the cases missing there, provided the staging folder was made
+    by the same ``checkpoint_final.pth`` (SHA-256) and options (else it is discarded). When all
+    cases are staged they are linked into ``out_dir`` at once and the staging folder is removed.
     """
     from nnrobustloss.trainers.inference import build_predictor
     from nnrobustloss.training import resolve_device
 
-    training_dir, images_dir = Path(training_dir), Path(images_dir)
-    if not (training_dir / "checkpoint_final.pth").is_file():
-        raise InputDataError(f"{training_dir / 'checkpoint_final.pth'}: not found. Run the train "
-                             "stage for this method and fold first.")
+    training_dir, images_dir, out = Path(training_dir), Path(images_dir), Path(out_dir)
+    checkpoint = training_dir / "checkpoint_final.pth"
+    if not checkpoint.is_file():
+        raise InputDataError(f"{checkpoint}: not found. Run the train stage for this method and "
+                             "fold first.")
     inputs = []
     for case in case_ids:
         img = images_dir / f"{case}_0000.nii.gz"
@@ -80,17 +97,92 @@ def predict_cases(training_dir: str | os.PathLike[str], images_dir: str | os.Pat
                                  f"label of case {case} not found (needed for calibration). Run "
                                  "the convert stage first.")
         inputs.append([str(img)])
+    staging = layout.partial_dir(out)
+    _open_staging(staging, case_ids, {
+        "checkpoint_sha256": _sha256(checkpoint), "mirroring": bool(mirroring),
+        "tile_step_size": float(tile_step_size), "average_peers": bool(average_peers),
+        "save_probabilities": bool(save_probabilities),
+        "calibration": None if calibration is None else {
+            "reference_dir": str(calibration.reference_dir.resolve()),
+            "regions": {k: [int(v) for v in vs] for k, vs in calibration.regions.items()},
+            "n_bins": int(calibration.n_bins), "band_mm": float(calibration.band_mm)}})
+    expected = _case_file_names(read_json(training_dir / "dataset.json")["file_ending"],
+                                save_probabilities, calibration is not None)
+    todo = [(case, files) for case, files in zip(case_ids, inputs, strict=True)
+            if not _staged(staging / case, case, expected)]
     dev = resolve_device(device)
-    kwargs = dict(tile_step_size=tile_step_size, use_mirroring=mirroring, verbose=False,
-                  perform_everything_on_device=dev.type == "cuda", allow_tqdm=True)
-    print(f"[predict] {len(case_ids)} cases with {training_dir} on {dev}"
-          + (" (+ calibration statistics)" if calibration else ""), file=sys.stderr)
-    predictors = [build_predictor(training_dir, peers=peer, device=dev, **kwargs)
-                  for peer in (("A", "B") if average_peers else ("A",))]
-    with atomic_dir(out_dir) as tmp:
-        for case, files in zip(case_ids, inputs, strict=True):
-            _predict_case(predictors, files, tmp / case, save_probabilities, calibration)
-    return Path(out_dir)
+    print(f"[predict] {len(todo)} of {len(case_ids)} cases with {training_dir} on {dev}"
+          + (" (+ calibration statistics)" if calibration else "")
+          + (f"; {len(case_ids) - len(todo)} finished earlier in {staging}"
+             if len(todo) < len(case_ids) else ""), file=sys.stderr)
+    if todo:
+        kwargs = dict(tile_step_size=tile_step_size, use_mirroring=mirroring, verbose=False,
+                      perform_everything_on_device=dev.type == "cuda", allow_tqdm=True)
+        predictors = [build_predictor(training_dir, peers=peer, device=dev, **kwargs)
+                      for peer in (("A", "B") if average_peers else ("A",))]
+        for case, files in todo:
+            shutil.rmtree(staging / case, ignore_errors=True)  # an incomplete one (see _staged)
+            with atomic_dir(staging / case) as tmp:
+                _predict_case(predictors, files, tmp / case, save_probabilities, calibration)
+    remove_temporaries(out.parent, out.name)  # of an assembly killed earlier
+    with atomic_dir(out) as tmp:
+        for case in case_ids:
+            for f in sorted((staging / case).iterdir()):
+                _link_or_copy(f, tmp / f.name)
+    shutil.rmtree(staging)
+    return out
+
+
+STAGING_INFO = "staging.json"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _open_staging(staging: Path, case_ids: Sequence[str], info: dict[str, Any]) -> None:
+    """Make ``staging`` hold only cases predicted with ``info`` (checkpoint hash and options):
+    a staging folder of another model or other options is discarded; temporaries of cases
+    killed while being written are removed."""
+    info_file = staging / STAGING_INFO
+    if staging.exists():
+        old = read_json(info_file) if info_file.is_file() else None
+        if old != info:
+            print(f"[predict] {staging}: staged cases of another checkpoint or other options; "
+                  "discarded", file=sys.stderr)
+            shutil.rmtree(staging)
+    if not info_file.is_file():
+        staging.mkdir(parents=True, exist_ok=True)
+        write_json(info_file, info)
+    for case in case_ids:
+        remove_temporaries(staging, case)
+
+
+def _case_file_names(file_ending: str, save_probabilities: bool,
+                     calibration: bool) -> list[str]:
+    """Suffixes of the files one case has (after its case id)."""
+    return [file_ending] + ([".npz", ".pkl"] if save_probabilities else []) \
+        + ([CALIBRATION_SUFFIX] if calibration else [])
+
+
+def _staged(folder: Path, case: str, suffixes: Sequence[str]) -> bool:
+    """Whether ``folder`` is a finished case: committed by :func:`atomic_dir` (so complete)
+    and holding exactly the files these options write."""
+    return folder.is_dir() and sorted(p.name for p in folder.iterdir()) == sorted(
+        case + s for s in suffixes)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link ``src`` as ``dst`` (the staged copy stays until the output is complete);
+    copy where the file system has no hard links."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def _predict_case(predictors: Sequence[Any], files: list[str], out_truncated: Path,

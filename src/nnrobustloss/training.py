@@ -163,7 +163,7 @@ def train(preprocessed_dataset_dir: str | os.PathLike[str], method: str, fold: i
           seed: int = 0, device: str | torch.device = "auto",
           plans_identifier: str = "nnUNetPlans", configuration: str = "3d_fullres",
           epoch_callback: EpochCallback | None = None,
-          continue_training: bool = True) -> Path:
+          continue_training: bool = True, checkpoint_minutes: float = 0.0) -> Path:
     """Train ``method`` on ``fold`` of ``preprocessed_dataset_dir``; return ``output_dir``.
 
     ``preprocessed_dataset_dir``: nnU-Net preprocessed dataset folder (``<plans_identifier>.json``,
@@ -175,8 +175,13 @@ def train(preprocessed_dataset_dir: str | os.PathLike[str], method: str, fold: i
     progress.csv row (``train_pseudo_dice_ema`` is the tuning objective); an exception it raises
     stops training and propagates. Returns at once when ``checkpoint_final.pth`` exists; resumes
     from ``checkpoint_latest.pth`` when ``continue_training`` (else starts over).
+    ``checkpoint_latest.pth`` is written after every epoch, or with ``checkpoint_minutes`` > 0 at
+    most once per that many minutes (less I/O, more epochs lost to a kill; results unchanged).
     """
     spec = get_method(method)
+    if not checkpoint_minutes >= 0:
+        raise ConfigError(f"checkpoint_minutes={checkpoint_minutes!r}: must be >= 0 (0: every "
+                          "epoch).")
     out = Path(output_dir)
     if (out / CHECKPOINT_FINAL).is_file():
         return out
@@ -202,6 +207,7 @@ def train(preprocessed_dataset_dir: str | os.PathLike[str], method: str, fold: i
                               dataset_json=dataset_json, device=resolve_device(device))
         trainer.set_output_paths(out, pre)
     trainer.configure(settings, epoch_callback)
+    trainer.checkpoint_minutes = float(checkpoint_minutes)
     if resume:
         trainer.load_checkpoint(str(latest))
     trainer.run_training()

@@ -15,7 +15,14 @@ leftover RUNNING trials (from a killed run) as FAIL and enqueues their parameter
 retry evaluates exactly the same point; it then runs only the part of its quota that is not yet
 finished. Finished trials are never repeated. RDB storages (SQLite, PostgreSQL) additionally
 record heartbeats, so that another worker fails a dead worker's trial and
-``RetryHeartbeatStaleTrialCallback`` re-enqueues it.
+``RetryHeartbeatStaleTrialCallback`` re-enqueues it. A trial interrupted in-process (Ctrl-C) is
+enqueued again by its own worker.
+
+Resumption: the retry takes over the interrupted trial's folder (``trials/trial<old>`` is moved
+to ``trials/trial<new>``, with its ``checkpoint_latest.pth``, written every epoch) and
+:func:`training_objective` continues the training from there; the trainers restore the RNG
+states, so the retry's training and objective equal those of a trial that was never
+interrupted (single-threaded augmentation on the CPU; statistically the same otherwise).
 """
 
 from __future__ import annotations
@@ -44,8 +51,11 @@ from nnrobustloss.methods import get_method
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 HEARTBEAT_SECONDS = 60
 WORKER_ATTR = "worker"
+RETRY_ATTR = "retry_of"
 
 #: An objective: (trial, params, trial output folder) -> objective value (higher is better).
+#: When the trial retries an interrupted one, the folder holds that trial's files (same params):
+#: the runner continues from its checkpoint.
 TrialRunner = Callable[[optuna.Trial, dict[str, float], Path], float]
 
 
@@ -184,8 +194,56 @@ def _own(trial: optuna.trial.FrozenTrial, worker: int) -> bool:
     return trial.user_attrs.get(WORKER_ATTR) == worker
 
 
+def retried_trial(trial: optuna.trial.FrozenTrial) -> int | None:
+    """The number of the interrupted trial that ``trial`` retries, None for a fresh trial: the
+    last entry of the heartbeat callback's ``retry_history`` (it copies the failed trial's user
+    attributes, so a stale ``retry_of`` may come along), else our ``retry_of``."""
+    history = trial.system_attrs.get("retry_history")
+    if history:
+        return int(history[-1])
+    number = trial.user_attrs.get(RETRY_ATTR)
+    return None if number is None else int(number)
+
+
+def _retry_chain(trial: optuna.trial.FrozenTrial,
+                 by_number: Mapping[int, optuna.trial.FrozenTrial]) -> list[int]:
+    """Numbers of the trials ``trial`` retries, nearest first (a retry may be retried again)."""
+    chain: list[int] = []
+    n = retried_trial(trial)
+    while n is not None and n not in chain:
+        chain.append(n)
+        n = retried_trial(by_number[n]) if n in by_number else None
+    return chain
+
+
+def trial_dir(study_dir: str | os.PathLike[str], number: int) -> Path:
+    """A trial's training folder: ``<study_dir>/trials/trial<number>``."""
+    return Path(study_dir) / "trials" / f"trial{number}"
+
+
+def adopt_interrupted_folder(study: optuna.Study, trial: optuna.trial.FrozenTrial,
+                             study_dir: str | os.PathLike[str]) -> int | None:
+    """Give ``trial`` the folder of the interrupted trial it retries; return that trial's number.
+
+    The nearest trial of the retry chain that still has a folder wins; its folder is renamed
+    to ``trial_dir(study_dir, trial.number)``. A fresh trial (or one whose predecessors left
+    no folder) gets an empty folder: anything there is a leftover of a deleted study.
+    """
+    dst = trial_dir(study_dir, trial.number)
+    if dst.exists():
+        shutil.rmtree(dst)
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    for n in _retry_chain(trial, by_number):
+        src = trial_dir(study_dir, n)
+        if src.is_dir():
+            os.replace(src, dst)
+            return n
+    return None
+
+
 def recover_leftover_trials(study: optuna.Study, worker: int) -> int:
-    """Fail this worker's RUNNING trials (left by a killed run) and enqueue their parameters again.
+    """Fail this worker's RUNNING trials (left by a killed run) and enqueue their parameters again
+    (user attribute ``retry_of``: the failed trial's number, whose folder the retry continues).
 
     Returns how many trials were recovered. Safe because one worker index runs in one job at a
     time (Snakemake never runs the same job twice concurrently).
@@ -199,7 +257,7 @@ def recover_leftover_trials(study: optuna.Study, worker: int) -> int:
             except UpdateFinishedTrialError:
                 continue  # another worker failed it (heartbeat) and its callback re-enqueued it
             if t.params:
-                study.enqueue_trial(t.params, user_attrs={"retry_of": t.number},
+                study.enqueue_trial(t.params, user_attrs={RETRY_ATTR: t.number},
                                     skip_if_exists=False)
             recovered += 1
     return recovered
@@ -213,8 +271,10 @@ def run_worker(*, task: str, method: str, fold: int, worker: int, workers: int, 
     """Run worker ``worker``'s quota of the study's trials; return a summary dict.
 
     ``run_trial(trial, params, trial_dir)`` trains one trial and returns its objective; it may
-    raise ``optuna.TrialPruned``. Trial folders are ``<study_dir>/trials/trial<N>``; their
-    checkpoints are deleted after the trial unless ``keep_checkpoints``.
+    raise ``optuna.TrialPruned``. Trial folders are ``<study_dir>/trials/trial<N>``; a retry of
+    an interrupted trial gets that trial's folder (:func:`adopt_interrupted_folder`). Checkpoints
+    are deleted once a trial is finished (or failed for good) unless ``keep_checkpoints``; those
+    of interrupted trials waiting for their retry are kept.
     """
     spec = get_method(method)
     if not spec.needs_tuning:
@@ -228,10 +288,15 @@ def run_worker(*, task: str, method: str, fold: int, worker: int, workers: int, 
         sampler=make_sampler(seed + worker, n_startup_trials, workers),
         pruner=make_pruner(pruner, epochs), load_if_exists=True)
     recovered = recover_leftover_trials(study, worker)
-    if not keep_checkpoints:  # checkpoints of trials that died with their worker are never used
-        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-            for ckpt in (study_dir / "trials" / f"trial{t.number}").glob("checkpoint_*.pth"):
-                ckpt.unlink()
+    if not keep_checkpoints:  # failed trials' checkpoints, except those a retry will continue
+        trials = study.get_trials(deepcopy=False)
+        by_number = {t.number: t for t in trials}
+        awaited = {n for t in trials if t.state == TrialState.WAITING
+                   for n in _retry_chain(t, by_number)}
+        for t in trials:
+            if t.state == TrialState.FAIL and t.number not in awaited:
+                for ckpt in trial_dir(study_dir, t.number).glob("checkpoint_*.pth"):
+                    ckpt.unlink()
     finished = study.get_trials(deepcopy=False, states=FINISHED_STATES)
     done = sum(1 for t in finished if _own(t, worker))
     # Never more than the study still needs: after a change of tuning.workers the other
@@ -243,13 +308,25 @@ def run_worker(*, task: str, method: str, fold: int, worker: int, workers: int, 
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr(WORKER_ATTR, worker)
         params = spec.suggest(trial)
-        trial_dir = study_dir / "trials" / f"trial{trial.number}"
+        folder = trial_dir(study_dir, trial.number)
+        resumed = adopt_interrupted_folder(study, study._storage.get_trial(trial._trial_id),
+                                           study_dir)
+        if resumed is not None:
+            print(f"[tune {study.study_name}] trial {trial.number} continues interrupted trial "
+                  f"{resumed} from its checkpoint", file=sys.stderr, flush=True)
         try:
-            value = float(run_trial(trial, params, trial_dir))
-        finally:
+            value = float(run_trial(trial, params, folder))
+        except KeyboardInterrupt:
+            # Optuna fails the trial; enqueue its point so that the rerun continues its folder
+            study.enqueue_trial(params, user_attrs={RETRY_ATTR: trial.number},
+                                skip_if_exists=False)
+            raise
+        except Exception:  # pruned or failed for good: never continued (SystemExit keeps them)
             if not keep_checkpoints:
-                for ckpt in trial_dir.glob("checkpoint_*.pth"):
-                    ckpt.unlink()
+                _remove_checkpoints(folder)
+            raise
+        if not keep_checkpoints:
+            _remove_checkpoints(folder)
         if not math.isfinite(value):
             raise NNRobustLossError(f"trial {trial.number}: objective is {value}")
         return value
@@ -263,30 +340,53 @@ def run_worker(*, task: str, method: str, fold: int, worker: int, workers: int, 
             "finished_before": done, "ran": todo, "recovered": recovered}
 
 
+def _remove_checkpoints(folder: Path) -> None:
+    for ckpt in folder.glob("checkpoint_*.pth"):
+        ckpt.unlink()
+
+
 def training_objective(config_training: Mapping[str, Any]) -> TrialRunner:
     """A :data:`TrialRunner` that trains with :func:`nnrobustloss.training.train`.
 
     ``config_training`` holds the keyword arguments of ``train`` except params, output folder
     and callback (preprocessed_dataset_dir, method, fold, epochs, iterations, ...). Every epoch's
-    EMA pseudo Dice is reported to the trial (step = epoch) and the pruner consulted.
+    EMA pseudo Dice is reported to the trial (step = epoch) and the pruner consulted. A trial
+    folder holding an interrupted trial's checkpoint is continued (``continue_training``); the
+    epochs trained before the interruption are reported from its ``progress.csv`` (restored
+    from the checkpoint), and the objective is the last epoch's EMA there.
     """
+    from nnrobustloss.trainers.progress import read_progress_csv
     from nnrobustloss.training import train
 
     def run(trial: optuna.Trial, params: dict[str, float], trial_dir: Path) -> float:
-        last: dict[str, float] = {}
+        progress = trial_dir / "progress.csv"
+        reported: set[int] = set()
+
+        def report(epoch: int, value: float) -> None:
+            if epoch not in reported:
+                reported.add(epoch)
+                trial.report(value, step=epoch)
+
+        def report_restored(below: int | None = None) -> None:
+            for row in read_progress_csv(progress) if progress.is_file() else []:
+                if below is None or int(row["epoch"]) < below:
+                    report(int(row["epoch"]), float(row["train_pseudo_dice_ema"]))
 
         def on_epoch(epoch: int, metrics: dict[str, Any]) -> None:
+            if len(reported) < epoch:  # continued: the epochs before come from the checkpoint
+                report_restored(below=epoch)
             value = float(metrics["train_pseudo_dice_ema"])
-            last["value"] = value
-            trial.report(value, step=epoch)
+            report(epoch, value)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} (EMA {value:.4f})")
 
         train(output_dir=trial_dir, params=params, epoch_callback=on_epoch,
-              continue_training=False, **config_training)
-        if "value" not in last:
+              continue_training=True, **config_training)
+        report_restored()  # a retry of a trial killed after its last epoch trains nothing
+        rows = read_progress_csv(progress) if progress.is_file() else []
+        if not rows:
             raise NNRobustLossError(f"{trial_dir}: training finished without an epoch.")
-        return last["value"]
+        return float(rows[-1]["train_pseudo_dice_ema"])
 
     return run
 

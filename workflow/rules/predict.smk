@@ -1,6 +1,8 @@
 # Sliding-window inference (nnUNetPredictor, test-time mirroring) on the held-out cases; with
 # evaluation.calibration also each case's calibration statistics against the reference labels
 # (<case>_calibration.npz, a few kB) while its softmax is in memory.
+# Resumable per case: finished cases wait in <output>.partial/ (not an output, so a failed job
+# keeps them) until every case is done.
 
 
 rule predict:

@@ -11,4 +11,5 @@ if __name__ == "__main__":
                         workers=tuning_workers(snakemake.config, snakemake.wildcards.method),
                         results_dir=snakemake.config["results_dir"], marker=snakemake.output.marker,
                         url_env=snakemake.config["tuning"]["postgresql_url_env"],
-                        device=snakemake.config["device"], threads=snakemake.threads)
+                        device=snakemake.config["device"], threads=snakemake.threads,
+                        checkpoint_minutes=snakemake.config["checkpoint_minutes"])

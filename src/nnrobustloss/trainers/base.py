@@ -4,8 +4,13 @@
 
 - **settings from outside** (:meth:`configure`, before ``initialize()``): hyper-parameters,
   epochs, iterations per epoch, co-teaching schedule, SVLS options, seed, an optional
-  ``epoch_callback(epoch, metrics)``; a checkpoint every epoch (``save_every = 1``). The settings
-  are recorded as ``settings.json`` in the output folder.
+  ``epoch_callback(epoch, metrics)``. The settings are recorded as ``settings.json`` in the
+  output folder.
+- **checkpoints for wall-time limits**: ``checkpoint_latest.pth`` after every epoch, or, with
+  ``checkpoint_minutes`` > 0, after the first epoch that ends at least that long after the
+  previous one (or the start); it is not a setting (it never changes a result, the checkpoint
+  holds the RNG states). nnU-Net's ``checkpoint_best.pth`` is not written: nothing here uses it
+  and it would double the checkpoint I/O (``benchmarks/checkpoint.py``).
 - **explicit folders** (:meth:`set_output_paths`): output folder, preprocessed dataset folder and
   log file are set from arguments, not from nnU-Net's environment variables. When
   ``nnUNet_results`` is unset, construction uses a temporary folder that is removed here.
@@ -217,6 +222,8 @@ class RobustTrainerMixin:
                               "trainers support only plain label maps. Remove 'regions_class_order'"
                               " and use integer labels.")
         self.save_every = 1
+        self.checkpoint_minutes = 0.0
+        self._last_checkpoint = time()
         self.settings = TrainerSettings(method=self.method_id).validated()
         self._apply_settings()
         self.epoch_callback: EpochCallback | None = None
@@ -422,13 +429,19 @@ class RobustTrainerMixin:
         self.print_to_log_file(  # type: ignore[attr-defined]
             f"train pseudo Dice {row['train_pseudo_dice']:.4f} "
             f"(EMA {row['train_pseudo_dice_ema']:.4f})")
-        super().on_epoch_end()  # type: ignore[misc]  # writes checkpoint_latest every epoch
+        if time() - self._last_checkpoint >= 60.0 * self.checkpoint_minutes:
+            self.save_every = 1  # nnU-Net writes checkpoint_latest when (epoch + 1) % save_every == 0
+            self._last_checkpoint = time()
+        else:
+            self.save_every = 2**62
+        super().on_epoch_end()  # type: ignore[misc]
         if self.epoch_callback is not None:
             self.epoch_callback(epoch, dict(row))
 
     def on_train_start(self) -> None:
         """nnU-Net's start (data loaders, plans copy), settings.json, then the restored RNGs."""
         super().on_train_start()  # type: ignore[misc]
+        self._last_checkpoint = time()
         write_json(Path(self.output_folder) / "settings.json", self.settings.to_dict())
         if self.progress_history:
             write_progress_csv(self.progress_csv, self.progress_history)
@@ -484,6 +497,8 @@ class RobustTrainerMixin:
         if self.disable_checkpointing:  # type: ignore[attr-defined]
             self.print_to_log_file("No checkpoint written, checkpointing is disabled")  # type: ignore[attr-defined]
             return
+        if Path(filename).name == "checkpoint_best.pth":
+            return  # unused (prediction loads checkpoint_final); see the module docstring
         checkpoint = {
             "network_weights": unwrap(self.network).state_dict(),
             "optimizer_state": self.optimizer.state_dict(),

@@ -150,9 +150,11 @@ def main(argv: list[str] | None = None) -> None:
         root = args.root or Path(stack.enter_context(tempfile.TemporaryDirectory()))
         log(f"[gpu.py] {'tiny' if tiny else 'KiTS-sized'} task under {root} on {device}")
         t0 = time.perf_counter()
-        pre, pre_ref, raw = prepare_task(root, TINY_SHAPE if tiny else KITS_SHAPE, KITS_SPACING,
-                                "cpu" if tiny else "resenc_l", cpu_plan=TINY_PLAN if tiny else None,
-                                num_processes=1 if tiny else 8)
+        with contextlib.redirect_stdout(sys.stderr):  # nnU-Net's planning log; stdout: the table
+            pre, pre_ref, raw = prepare_task(root, TINY_SHAPE if tiny else KITS_SHAPE, KITS_SPACING,
+                                    "cpu" if tiny else "resenc_l",
+                                    cpu_plan=TINY_PLAN if tiny else None,
+                                    num_processes=1 if tiny else 8)
         plan_s = time.perf_counter() - t0
         if device == "cpu":  # in-process augmentation (after planning: it crashes nnU-Net's planner)
             os.environ.setdefault("nnUNet_n_proc_DA", "0")
@@ -176,8 +178,9 @@ def main(argv: list[str] | None = None) -> None:
         "| --- | --- | ---: | ---: | ---: | ---: |",
     ]
     for method, schedule, r in rows:
+        reserved = "-" if device == "cpu" else f"{r['reserved'] / GiB:.2f}"
         lines.append(f"| {method} | {schedule} | {r['s_it']:.3f} | {r['epoch_s']:.1f} | "
-                     f"{r['peak'] / GiB:.2f} | {r['reserved'] / GiB:.2f} |")
+                     f"{r['peak'] / GiB:.2f} | {reserved} |")
     lines += ["", f"Prediction of one case ({pred['size']}, mirroring, {rows[0][0]}): "
               f"{pred['seconds']:.1f} s, peak {pred['peak'] / GiB:.2f} GiB. "
               f"Planning + preprocessing: {plan_s:.0f} s."]

@@ -431,6 +431,30 @@ def test_peer_updates_setting():
         build_settings("StoCoT", coteaching={"peer_updates": "both"})
 
 
+def test_peer_updates_is_not_a_result_setting(tmp_path):
+    """Changing coteaching.peer_updates neither reruns a finished job (not in the rule params)
+    nor blocks continuing an unfinished run; a real setting still does."""
+    from nnrobustloss.config import load_config
+    from nnrobustloss.pipeline import _train_call, train_params
+    from nnrobustloss.training import _check_resume_settings
+
+    repo = Path(__file__).resolve().parents[1]
+    cfg = load_config(repo / "config" / "config.yaml", overrides={
+        "coteaching": {"peer_updates": "joint"}})
+    kw = train_params(cfg, "Phantom", "CoT", 0)
+    assert "peer_updates" not in kw["coteaching"]
+    assert _train_call(kw, tmp_path, "joint")["coteaching"]["peer_updates"] == "joint"
+    assert "peer_updates" not in _train_call(kw, tmp_path)["coteaching"]
+    with pytest.raises(ConfigError, match="peer_updates"):
+        load_config(repo / "config" / "config.yaml",
+                    overrides={"coteaching": {"peer_updates": "both"}})
+    settings = build_settings("CoT", coteaching={"peer_updates": "joint"})
+    (tmp_path / "settings.json").write_text(json.dumps(settings.to_dict()))
+    _check_resume_settings(tmp_path, build_settings("CoT"))  # sequential: same updates
+    with pytest.raises(ConfigError, match=r"different settings \(seed\)"):
+        _check_resume_settings(tmp_path, build_settings("CoT", seed=1))
+
+
 def _peer_weights(out: Path) -> dict[str, dict[str, torch.Tensor]]:
     ckpt = torch.load(out / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     return {k: ckpt[k] for k in ("network_weights", "network_weights_peer_b",

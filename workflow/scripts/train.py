@@ -8,4 +8,5 @@ if __name__ == "__main__":
     with logged(snakemake.log[0]):
         run_train(snakemake.params.p, results_dir=snakemake.config["results_dir"],
                   best_params_json=snakemake.input.get("best"),
-                  device=snakemake.config["device"], threads=snakemake.threads)
+                  device=snakemake.config["device"], threads=snakemake.threads,
+                  peer_updates=snakemake.config["coteaching"].get("peer_updates"))

@@ -10,4 +10,5 @@ if __name__ == "__main__":
                         workers=snakemake.config["tuning"]["workers"],
                         results_dir=snakemake.config["results_dir"], marker=snakemake.output.marker,
                         url_env=snakemake.config["tuning"]["postgresql_url_env"],
-                        device=snakemake.config["device"], threads=snakemake.threads)
+                        device=snakemake.config["device"], threads=snakemake.threads,
+                        peer_updates=snakemake.config["coteaching"].get("peer_updates"))

@@ -17,7 +17,14 @@ non-zero weight, the keep-mask for each peer comes from its **partner**, compute
   targets) instead of CE + Dice.
 
 Each peer's loss is nnU-Net's deep-supervision sum of the per-level masked loss (CE over kept
-voxels, Dice with the mask as ``loss_mask``). ``train_loss`` in progress.csv and nnU-Net's log is
+voxels, Dice with the mask as ``loss_mask``).
+
+Memory (``coteaching.peer_updates``): "sequential" (default) keeps one peer's forward graph at a
+time: A's forward with grad, B's under ``no_grad``, both masks, A's update, then B's forward with
+grad and B's update; the updates are the same as "joint" (both graphs at once, one forward
+fewer; bitwise equal on the CPU, tests/test_trainers.py), at the cost of one extra forward of B.
+
+``train_loss`` in progress.csv and nnU-Net's log is
 peer A's loss; progress.csv also has both peers' losses, the kept voxel fraction of each peer at
 full resolution, the share of each foreground class's voxels kept for peer A
 (``kept_fraction_class<k>_peer_a``) and ramp(e). Validation and inference use peer A.

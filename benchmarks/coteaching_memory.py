@@ -11,9 +11,11 @@ once under ``--root``). Each (method, peer schedule) runs in its own process: th
 of the method (``initialize()``: network(s), optimisers, loss), one warm-up ``train_step`` (it
 allocates the SGD momentum buffers), then ``--steps`` measured steps on a synthetic batch of the
 plan's architecture with ``--patch`` / ``--batch`` (default: the plan's own). Selection is
-active (delay 0, gradual 0). The table gives the peak memory above the memory held before the
-step (parameters, gradients, momentum, batch), i.e. what the step itself needs, and the seconds
-per step. CPU: resident-set high-water mark with glibc's mmap threshold lowered (see
+active (delay 0, gradual 0). Columns: peak = the process's peak during the measured step
+(CPU: resident set incl. Python, torch and nnU-Net; CUDA: allocated); held = memory at the
+step's start (parameters, momentum, the previous step's gradients, batch; the sequential
+schedule frees peer A's gradients after A's update, so it holds one set fewer); step peak above
+held; seconds per step. CPU: resident-set high-water mark with glibc's mmap threshold lowered (see
 ``synthetic_kits.peak_memory``); CUDA: ``torch.cuda.max_memory_allocated`` with autocast.
 """
 
@@ -96,7 +98,8 @@ def child(args: argparse.Namespace) -> None:
             seconds = (time.perf_counter() - t0) / args.steps
         n_params = sum(p.numel() for p in trainer.network.parameters())
     print(json.dumps({"method": args.method, "schedule": args.schedule, "patch": patch,
-                      "batch": batch, "step_mib": (mem["peak"] - mem["base"]) / MiB,
+                      "batch": batch, "peak_mib": mem["peak"] / MiB,
+                      "step_mib": (mem["peak"] - mem["base"]) / MiB,
                       "base_mib": mem["base"] / MiB, "seconds": seconds,
                       "params": n_params}))
 
@@ -136,18 +139,18 @@ def main() -> None:
             if res.returncode:
                 sys.exit(f"{method} {schedule} failed:\n{res.stderr[-3000:]}")
             rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
-    base = next((r["step_mib"] for r in rows if r["method"] == "Baseline"), None)
+    base = next((r["peak_mib"] for r in rows if r["method"] == "Baseline"), None)
     r0 = rows[0]
     print(f"# Peak memory of one training step, {args.device}, ResEnc-L plan of {pre.name} "
           f"(patch {'x'.join(map(str, r0['patch']))}, batch {r0['batch']}, "
           f"{r0['params'] / 1e6:.1f} M parameters per network)\n")
-    print("| method | peer schedule | step peak above held MiB | x Baseline | held before step "
-          "MiB | s/step |")
-    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    print("| method | peer schedule | peak MiB | x Baseline | held before step MiB | "
+          "step peak above held MiB | s/step |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
-        ratio = f"{r['step_mib'] / base:.2f}" if base else "-"
-        print(f"| {r['method']} | {r['schedule']} | {r['step_mib']:.0f} | {ratio} | "
-              f"{r['base_mib']:.0f} | {r['seconds']:.1f} |")
+        ratio = f"{r['peak_mib'] / base:.2f}" if base else "-"
+        print(f"| {r['method']} | {r['schedule']} | {r['peak_mib']:.0f} | {ratio} | "
+              f"{r['base_mib']:.0f} | {r['step_mib']:.0f} | {r['seconds']:.1f} |")
 
 
 if __name__ == "__main__":

@@ -418,3 +418,79 @@ def test_default_schedule_keeps_the_lesion_after_the_ramp(phantom_dir, tmp_path)
     assert min(lesion_kept) > 0.2, lesion_kept
     assert all(float(r["kept_fraction_class1_peer_a"]) > 0.5 for r in full)
     assert float(full[-1]["train_dice_class2"]) > 0.3
+
+
+# ---------------------------------------------------------------------------- two-peer memory
+
+
+def test_peer_updates_setting():
+    assert build_settings("CoT").coteaching_peer_updates == "sequential"
+    assert build_settings("CoT", coteaching={"peer_updates": "joint"}).coteaching_peer_updates \
+        == "joint"
+    with pytest.raises(ConfigError, match="coteaching.peer_updates='both'"):
+        build_settings("StoCoT", coteaching={"peer_updates": "both"})
+
+
+def test_peer_updates_is_not_a_result_setting(tmp_path):
+    """Changing coteaching.peer_updates neither reruns a finished job (not in the rule params)
+    nor blocks continuing an unfinished run; a real setting still does."""
+    from nnrobustloss.config import load_config
+    from nnrobustloss.pipeline import _train_call, train_params
+    from nnrobustloss.training import _check_resume_settings
+
+    repo = Path(__file__).resolve().parents[1]
+    cfg = load_config(repo / "config" / "config.yaml", overrides={
+        "coteaching": {"peer_updates": "joint"}})
+    kw = train_params(cfg, "Phantom", "CoT", 0)
+    assert "peer_updates" not in kw["coteaching"]
+    assert _train_call(kw, tmp_path, "joint")["coteaching"]["peer_updates"] == "joint"
+    assert "peer_updates" not in _train_call(kw, tmp_path)["coteaching"]
+    with pytest.raises(ConfigError, match="peer_updates"):
+        load_config(repo / "config" / "config.yaml",
+                    overrides={"coteaching": {"peer_updates": "both"}})
+    settings = build_settings("CoT", coteaching={"peer_updates": "joint"})
+    (tmp_path / "settings.json").write_text(json.dumps(settings.to_dict()))
+    _check_resume_settings(tmp_path, build_settings("CoT"))  # sequential: same updates
+    with pytest.raises(ConfigError, match=r"different settings \(seed\)"):
+        _check_resume_settings(tmp_path, build_settings("CoT", seed=1))
+
+
+def _peer_weights(out: Path) -> dict[str, dict[str, torch.Tensor]]:
+    ckpt = torch.load(out / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    return {k: ckpt[k] for k in ("network_weights", "network_weights_peer_b",
+                                 "optimizer_state_peer_b", "selection_generator_state")}
+
+
+def _assert_same_state(a, b, where: str = "") -> None:
+    """Bitwise equality of nested dicts / lists of tensors and numbers."""
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            _assert_same_state(a[k], b[k], f"{where}/{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_same_state(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", sorted(COTEACHING))
+def test_sequential_peer_updates_equal_joint(phantom_dir, tmp_path, method):
+    """The memory-saving schedule (B's masks from a no-grad forward, then A's and B's update in
+    turn) gives bitwise the same peers, optimiser state, generator state and progress.csv as both
+    peers' graphs at once, on the CPU (deterministic kernels); with selection active from epoch 0
+    on and two epochs (LR step, momentum)."""
+    kw = dict(epochs=2, seed=3, **SHORT)
+    out = {mode: train(phantom_dir, method, 0, tmp_path / mode,
+                       coteaching={"delay": 0, "gradual": 0, "peer_updates": mode}, **kw)
+           for mode in ("joint", "sequential")}
+    _assert_same_state(_peer_weights(out["joint"]), _peer_weights(out["sequential"]))
+    rows = {m: read_progress_csv(o / "progress.csv") for m, o in out.items()}
+    for x, y in zip(rows["joint"], rows["sequential"], strict=True):
+        assert float(x["kept_fraction_peer_b"]) < 1.0  # selection was active
+        assert {k: v for k, v in x.items() if k != "epoch_seconds"} == \
+               {k: v for k, v in y.items() if k != "epoch_seconds"}

@@ -108,7 +108,9 @@ def run(args: argparse.Namespace) -> None:
         url_env = cfg["tuning"]["postgresql_url_env"]
         P.run_tune_worker(params, worker=args.worker, workers=workers, results_dir=r,
                           marker=study / f"worker{args.worker}.done", url_env=url_env,
-                          device=cfg["device"], checkpoint_minutes=cfg["checkpoint_minutes"])
+                          device=cfg["device"],
+                          checkpoint_minutes=cfg["checkpoint_minutes"],
+                          peer_updates=cfg["coteaching"].get("peer_updates"))
         try:
             best = P.run_select_best(params, results_dir=r, trials_csv=study / "trials.csv",
                                      best_params_json=study / "best_params.json", url_env=url_env)
@@ -124,7 +126,9 @@ def run(args: argparse.Namespace) -> None:
 
         source = args.params if args.params is not None else (str(best) if best.is_file() else None)
         out = P.run_train(params, results_dir=r, hparams=parse_params(source) if source else None,
-                          device=cfg["device"], checkpoint_minutes=cfg["checkpoint_minutes"])
+                          device=cfg["device"],
+                          checkpoint_minutes=cfg["checkpoint_minutes"],
+                          peer_updates=cfg["coteaching"].get("peer_updates"))
         print(f"trained: {out / 'checkpoint_final.pth'}")
     elif s == "predict":
         params = P.predict_params(cfg, args.task, args.method, args.fold)

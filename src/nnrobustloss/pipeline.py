@@ -159,7 +159,9 @@ def _training_kwargs(config: Mapping[str, Any], task: str, method: str, fold: in
         "dataset": layout.dataset_name(ds, task, reference=spec.uses_reference),
         "epochs": budget["epochs"], "iterations_per_epoch": budget["iterations_per_epoch"],
         "val_iterations_per_epoch": budget["val_iterations_per_epoch"],
-        "coteaching": dict(config["coteaching"]), "svls": dict(config["svls"]),
+        # peer_updates schedules the same updates (memory vs one forward): not a result setting
+        "coteaching": {k: v for k, v in config["coteaching"].items() if k != "peer_updates"},
+        "svls": dict(config["svls"]),
         "seed": config["seed"], "configuration": config["planning"]["configuration"],
     }
 
@@ -187,13 +189,16 @@ def single_threaded_augmentation_on_cpu(device: str) -> None:
         os.environ.setdefault("nnUNet_n_proc_DA", "0")
 
 
-def _train_call(kw: Mapping[str, Any], results_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """Keyword arguments of :func:`nnrobustloss.training.train` from training kwargs."""
+def _train_call(kw: Mapping[str, Any], results_dir: str | os.PathLike[str],
+                peer_updates: str | None = None) -> dict[str, Any]:
+    """Keyword arguments of :func:`nnrobustloss.training.train` from training kwargs and the
+    two-peer schedule ``coteaching.peer_updates`` (None: the default)."""
+    co = dict(kw["coteaching"], **({"peer_updates": peer_updates} if peer_updates else {}))
     return {"preprocessed_dataset_dir": Path(results_dir) / "preprocessed" / kw["dataset"],
             "method": kw["method"], "fold": kw["fold"], "epochs": kw["epochs"],
             "iterations_per_epoch": kw["iterations_per_epoch"],
             "val_iterations_per_epoch": kw["val_iterations_per_epoch"],
-            "coteaching": kw["coteaching"], "svls": kw["svls"], "seed": kw["seed"],
+            "coteaching": co, "svls": kw["svls"], "seed": kw["seed"],
             "configuration": kw["configuration"]}
 
 
@@ -211,15 +216,17 @@ def tune_params(config: Mapping[str, Any], task: str, method: str, fold: int) ->
 def run_tune_worker(params: Mapping[str, Any], worker: int, workers: int,
                     results_dir: str | os.PathLike[str], marker: str | os.PathLike[str],
                     url_env: str = "NNROBUSTLOSS_OPTUNA_URL", device: str = "auto",
-                    threads: int | None = None, checkpoint_minutes: float = 0.0) -> None:
+                    threads: int | None = None, checkpoint_minutes: float = 0.0,
+                    peer_updates: str | None = None) -> None:
     """Run one worker's quota of a study; write the worker's marker JSON when done.
-    ``checkpoint_minutes``: see :func:`nnrobustloss.training.train`."""
+    ``checkpoint_minutes``: see :func:`nnrobustloss.training.train`; ``peer_updates``:
+    ``coteaching.peer_updates``. Neither is a result setting, so neither is in ``params``."""
     from nnrobustloss.tuning import run_worker, training_objective
 
     p = dict(params)
     single_threaded_augmentation_on_cpu(device)
     limit_cpu_threads(device, threads)
-    call = _train_call(p, results_dir)
+    call = _train_call(p, results_dir, peer_updates)
     call["device"] = device
     call["checkpoint_minutes"] = checkpoint_minutes
     summary = run_worker(
@@ -255,12 +262,13 @@ def train_params(config: Mapping[str, Any], task: str, method: str, fold: int) -
 def run_train(params: Mapping[str, Any], results_dir: str | os.PathLike[str],
               best_params_json: str | os.PathLike[str] | None = None,
               hparams: Mapping[str, Any] | None = None, device: str = "auto",
-              threads: int | None = None, checkpoint_minutes: float = 0.0) -> Path:
+              threads: int | None = None, checkpoint_minutes: float = 0.0,
+              peer_updates: str | None = None) -> Path:
     """Train the final model of a (task, method, fold), resuming from its latest checkpoint
     (written as ``checkpoint_minutes`` says, see :func:`nnrobustloss.training.train`).
 
     Hyper-parameters: ``hparams`` if given, else the ``params`` of ``best_params_json``, else the
-    method's defaults (methods without any).
+    method's defaults (methods without any). ``peer_updates``: ``coteaching.peer_updates``.
     """
     from nnrobustloss.training import train
 
@@ -271,7 +279,8 @@ def run_train(params: Mapping[str, Any], results_dir: str | os.PathLike[str],
         hparams = read_json(best_params_json)["params"]
     out = layout.training_dir(results_dir, p["task"], p["method"], p["fold"])
     return train(output_dir=out, params=hparams, device=device, continue_training=True,
-                 checkpoint_minutes=checkpoint_minutes, **_train_call(p, results_dir))
+                 checkpoint_minutes=checkpoint_minutes,
+                 **_train_call(p, results_dir, peer_updates))
 
 
 # --- predict -------------------------------------------------------------------------------

@@ -63,6 +63,8 @@ from nnrobustloss.trainers.base import EpochCallback, TrainerSettings
 CHECKPOINT_FINAL = "checkpoint_final.pth"
 CHECKPOINT_LATEST = "checkpoint_latest.pth"
 NNUNET_DEFAULTS = {"epochs": 1000, "iterations_per_epoch": 250, "val_iterations_per_epoch": 50}
+#: settings that schedule the same updates differently: a run may continue with another value
+SCHEDULE_ONLY_SETTINGS = frozenset({"coteaching_peer_updates"})
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -90,13 +92,14 @@ def build_settings(method: str, params: Mapping[str, Any] | None = None,
 
     ``coteaching`` keys: delay, gradual (the paper's schedule in epochs), max_fraction (cap of
     each as a share of ``epochs``, see :func:`nnrobustloss.selection.scaled_schedule`; the
-    settings hold the scaled schedule of this run), stocot_thresholds; ``svls`` keys: kernel,
+    settings hold the scaled schedule of this run), stocot_thresholds, peer_updates
+    ("sequential" or "joint", see :class:`TrainerSettings`); ``svls`` keys: kernel,
     hard_dice. Unknown keys raise ConfigError.
     """
     co = dict(coteaching or {})
     sv = dict(svls or {})
     for name, given, known in (("coteaching", co, {"delay", "gradual", "max_fraction",
-                                                     "stocot_thresholds"}),
+                                                     "stocot_thresholds", "peer_updates"}),
                                ("svls", sv, {"kernel", "hard_dice"})):
         extra = sorted(set(given) - known)
         if extra:
@@ -121,6 +124,7 @@ def build_settings(method: str, params: Mapping[str, Any] | None = None,
         coteaching_delay=delay,
         coteaching_gradual=gradual,
         stocot_thresholds=co.get("stocot_thresholds", defaults.stocot_thresholds),
+        coteaching_peer_updates=co.get("peer_updates", defaults.coteaching_peer_updates),
         svls_kernel=sv.get("kernel", defaults.svls_kernel),
         svls_hard_dice=sv.get("hard_dice", defaults.svls_hard_dice),
         seed=seed,
@@ -148,7 +152,8 @@ def _check_resume_settings(out: Path, settings: TrainerSettings) -> None:
         return
     old = read_json(path)
     new = settings.to_dict()
-    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    diff = sorted(k for k in set(old) | set(new)
+                  if k not in SCHEDULE_ONLY_SETTINGS and old.get(k) != new.get(k))
     if diff:
         raise ConfigError(f"{path}: the unfinished run in {out} used different settings "
                           f"({', '.join(diff)}). Delete {out} to start over with the new "
@@ -170,7 +175,8 @@ def train(preprocessed_dataset_dir: str | os.PathLike[str], method: str, fold: i
     ``dataset.json``, ``splits_final.json``, the configuration's data). ``params``: the method's
     hyper-parameters (missing ones take :func:`nnrobustloss.methods.default_params`). Epoch and
     iteration counts default to nnU-Net's (1000, 250, 50). ``coteaching`` = {delay, gradual,
-    max_fraction, stocot_thresholds}, ``svls`` = {kernel, hard_dice} (defaults 20, 20, random, islam, False).
+    max_fraction, stocot_thresholds, peer_updates}, ``svls`` = {kernel, hard_dice} (defaults 20,
+    20, 0.4, random, sequential, islam, False).
     ``epoch_callback(epoch, metrics)`` runs after every epoch's checkpoint; ``metrics`` is the
     progress.csv row (``train_pseudo_dice_ema`` is the tuning objective); an exception it raises
     stops training and propagates. Returns at once when ``checkpoint_final.pth`` exists; resumes

@@ -9,4 +9,5 @@ if __name__ == "__main__":
         run_train(snakemake.params.p, results_dir=snakemake.config["results_dir"],
                   best_params_json=snakemake.input.get("best"),
                   device=snakemake.config["device"], threads=snakemake.threads,
-                  checkpoint_minutes=snakemake.config["checkpoint_minutes"])
+                  checkpoint_minutes=snakemake.config["checkpoint_minutes"],
+                  peer_updates=snakemake.config["coteaching"].get("peer_updates"))

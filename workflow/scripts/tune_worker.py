@@ -12,4 +12,5 @@ if __name__ == "__main__":
                         results_dir=snakemake.config["results_dir"], marker=snakemake.output.marker,
                         url_env=snakemake.config["tuning"]["postgresql_url_env"],
                         device=snakemake.config["device"], threads=snakemake.threads,
-                        checkpoint_minutes=snakemake.config["checkpoint_minutes"])
+                        checkpoint_minutes=snakemake.config["checkpoint_minutes"],
+                        peer_updates=snakemake.config["coteaching"].get("peer_updates"))

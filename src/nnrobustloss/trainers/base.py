@@ -73,6 +73,7 @@ EpochCallback = Callable[[int, dict[str, Any]], None]
 PROGRESS_PLOT_EVERY = 10
 
 STOCOT_THRESHOLD_MODES = ("random", "tiled")
+PEER_UPDATE_MODES = ("sequential", "joint")
 SVLS_KERNEL_NAMES = ("islam", "gaussian")
 GRAD_CLIP_NORM = 12.0  # nnU-Net's clip_grad_norm_ value
 CHECKPOINT_KEY = "nnrobustloss"
@@ -85,7 +86,9 @@ class TrainerSettings:
     ``params`` are the method's hyper-parameters (completed with defaults and range-checked
     against the registry's search space); epochs and iterations are counts >= 1; ``delay`` and
     ``gradual`` are epochs >= 0 of the co-teaching ramp; ``stocot_thresholds`` is "random" or
-    "tiled"; ``svls_kernel`` is "islam" or "gaussian"; ``seed`` seeds python, NumPy, torch and the
+    "tiled"; ``coteaching_peer_updates`` is "sequential" (one peer's graph in memory at a time) or
+    "joint" (both graphs at once; one forward fewer), two schedules of the same updates;
+    ``svls_kernel`` is "islam" or "gaussian"; ``seed`` seeds python, NumPy, torch and the
     StoCoT generator.
     """
 
@@ -97,6 +100,7 @@ class TrainerSettings:
     coteaching_delay: int = 20
     coteaching_gradual: int = 20
     stocot_thresholds: str = "random"
+    coteaching_peer_updates: str = "sequential"
     svls_kernel: str = "islam"
     svls_hard_dice: bool = False
     seed: int = 0
@@ -114,6 +118,9 @@ class TrainerSettings:
         if self.stocot_thresholds not in STOCOT_THRESHOLD_MODES:
             raise ConfigError(f"coteaching.stocot_thresholds={self.stocot_thresholds!r}: use one "
                               f"of {', '.join(STOCOT_THRESHOLD_MODES)}.")
+        if self.coteaching_peer_updates not in PEER_UPDATE_MODES:
+            raise ConfigError(f"coteaching.peer_updates={self.coteaching_peer_updates!r}: use one "
+                              f"of {', '.join(PEER_UPDATE_MODES)}.")
         if self.svls_kernel not in SVLS_KERNEL_NAMES:
             raise ConfigError(f"svls.kernel={self.svls_kernel!r}: use one of "
                               f"{', '.join(SVLS_KERNEL_NAMES)}.")

@@ -17,7 +17,14 @@ non-zero weight, the keep-mask for each peer comes from its **partner**, compute
   targets) instead of CE + Dice.
 
 Each peer's loss is nnU-Net's deep-supervision sum of the per-level masked loss (CE over kept
-voxels, Dice with the mask as ``loss_mask``). ``train_loss`` in progress.csv and nnU-Net's log is
+voxels, Dice with the mask as ``loss_mask``).
+
+Memory (``coteaching.peer_updates``): "sequential" (default) keeps one peer's forward graph at a
+time: A's forward with grad, B's under ``no_grad``, both masks, A's update, then B's forward with
+grad and B's update; the updates are the same as "joint" (both graphs at once, one forward
+fewer; bitwise equal on the CPU, tests/test_trainers.py), at the cost of one extra forward of B.
+
+``train_loss`` in progress.csv and nnU-Net's log is
 peer A's loss; progress.csv also has both peers' losses, the kept voxel fraction of each peer at
 full resolution, the share of each foreground class's voxels kept for peer A
 (``kept_fraction_class<k>_peer_a``) and ramp(e). Validation and inference use peer A.
@@ -51,6 +58,8 @@ GENERATOR_SEED_OFFSET = 7919
 global stream seeded with ``seed``."""
 
 Masks = list[Tensor | None]
+StepResult = tuple[Tensor, Tensor, Tensor, Masks, Masks]
+"""(peer A's full-resolution output, loss A, loss B, masks for A, masks for B) of one step."""
 
 
 class CoTeachingTrainer(RobustTrainerMixin, nnUNetTrainer):
@@ -148,24 +157,19 @@ class CoTeachingTrainer(RobustTrainerMixin, nnUNetTrainer):
         return self.loss(output[0], target[0], masks[0])
 
     def train_step(self, batch: dict) -> dict:
-        """One co-teaching step: both forwards, partner masks, two masked updates."""
+        """One co-teaching step: partner masks from both peers' outputs, two masked updates.
+
+        ``coteaching_peer_updates`` chooses the schedule of the same updates (see
+        :meth:`_sequential_step` and :meth:`_joint_step`).
+        """
         data, target = self._batch_to_device(batch)
         targets = target if isinstance(target, list) else [target]
         self.optimizer.zero_grad(set_to_none=True)
         self.optimizer_b.zero_grad(set_to_none=True)
-        with self._autocast():
-            out_a = self.network(data)
-            out_b = self.network_b(data)
-        del data
-        outs_a = list(out_a) if isinstance(out_a, (list, tuple)) else [out_a]
-        outs_b = list(out_b) if isinstance(out_b, (list, tuple)) else [out_b]
-        masks_a, masks_b = self.select(outs_a, outs_b, targets, self._level_weights(len(outs_a)))
-        with self._autocast():
-            loss_a = self._peer_loss(outs_a, targets, masks_a)
-            loss_b = self._peer_loss(outs_b, targets, masks_b)
-        self._optimizer_step(loss_a, self.network, self.optimizer, self.grad_scaler)
-        self._optimizer_step(loss_b, self.network_b, self.optimizer_b, self.grad_scaler_b)
-        self._accumulate_pseudo_dice(outs_a, targets)
+        step = self._joint_step if self.settings.coteaching_peer_updates == "joint" \
+            else self._sequential_step
+        out_a0, loss_a, loss_b, masks_a, masks_b = step(data, targets)
+        self._accumulate_pseudo_dice([out_a0], targets)
         return {
             "loss": loss_a.detach().cpu().numpy(),
             "loss_b": float(loss_b.detach().cpu()),
@@ -174,6 +178,48 @@ class CoTeachingTrainer(RobustTrainerMixin, nnUNetTrainer):
             "kept_a_per_class": _kept_counts_per_class(masks_a[0], targets[0],
                                                        self.label_manager.foreground_labels),
         }
+
+    def _joint_step(self, data: Tensor, targets: list[Tensor]) -> StepResult:
+        """Both forwards with grad, then A's and B's update: both graphs are alive at once."""
+        with self._autocast():
+            outs_a = _as_list(self.network(data))
+            outs_b = _as_list(self.network_b(data))
+        masks_a, masks_b = self.select(outs_a, outs_b, targets, self._level_weights(len(outs_a)))
+        with self._autocast():
+            loss_a = self._peer_loss(outs_a, targets, masks_a)
+            loss_b = self._peer_loss(outs_b, targets, masks_b)
+        self._optimizer_step(loss_a, self.network, self.optimizer, self.grad_scaler)
+        self._optimizer_step(loss_b, self.network_b, self.optimizer_b, self.grad_scaler_b)
+        return outs_a[0].detach(), loss_a, loss_b, masks_a, masks_b
+
+    def _sequential_step(self, data: Tensor, targets: list[Tensor]) -> StepResult:
+        """The joint step's updates with one peer's graph in memory at a time.
+
+        B's outputs for the masks come from a ``no_grad`` forward: nnU-Net's networks have no
+        dropout and instance norm without running statistics, so a forward changes no state and
+        draws no random numbers, and B's later forward with grad gives the same outputs. Both
+        masks are drawn (in the joint step's order) before A's update, so B's mask is chosen by A's
+        outputs before A's step. A's gradients are released after its step (the next step
+        zeroes them anyway). Cost: one extra forward of B.
+        """
+        with self._autocast():  # separate autocast regions: no cast weights cached across modes
+            outs_a = _as_list(self.network(data))
+        with torch.no_grad(), self._autocast():
+            outs_b = _as_list(self.network_b(data))
+        masks_a, masks_b = self.select(outs_a, outs_b, targets, self._level_weights(len(outs_a)))
+        del outs_b
+        with self._autocast():
+            loss_a = self._peer_loss(outs_a, targets, masks_a)
+        self._optimizer_step(loss_a, self.network, self.optimizer, self.grad_scaler)
+        out_a0 = outs_a[0].detach()
+        del outs_a
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            outs_b = _as_list(self.network_b(data))
+            loss_b = self._peer_loss(outs_b, targets, masks_b)
+        del outs_b
+        self._optimizer_step(loss_b, self.network_b, self.optimizer_b, self.grad_scaler_b)
+        return out_a0, loss_a.detach(), loss_b.detach(), masks_a, masks_b
 
     def on_train_epoch_end(self, train_outputs: list[dict]) -> None:
         """Mixin bookkeeping plus per-peer losses, kept fractions and ramp(e)."""
@@ -216,6 +262,11 @@ class CoTeachingTrainer(RobustTrainerMixin, nnUNetTrainer):
             self.grad_scaler_b.load_state_dict(scaler_state)
         if checkpoint.get("selection_generator_state") is not None:
             self.selection_generator.set_state(checkpoint["selection_generator_state"].cpu())
+
+
+def _as_list(output: Tensor | Sequence[Tensor]) -> list[Tensor]:
+    """A network's output as a list of levels (one entry without deep supervision)."""
+    return list(output) if isinstance(output, (list, tuple)) else [output]
 
 
 def _kept_fraction(mask: Tensor | None) -> float:

@@ -175,6 +175,83 @@ def test_region_absent_in_both_while_other_regions_present() -> None:
     assert r["one"]["dice"] == 1.0
 
 
+def test_empty_prediction_every_kits_region() -> None:
+    # All-background prediction: every region present in the reference gets Dice 0, ASD NaN,
+    # surface Dice 0; the cyst region, absent in both, gets 1, 0, 1.
+    ref = np.zeros((6, 10, 10), np.uint8)
+    ref[1:5, 2:8, 2:8] = 1
+    ref[2:4, 3:5, 3:5] = 2
+    pred = np.zeros_like(ref)
+    regions = {**KITS23_REGIONS, "cyst": [3]}
+    r = evaluate_case(pred, ref, (3.0, 0.8, 0.8), regions, 1.0)
+    for name in KITS23_REGIONS:
+        assert r[name]["dice"] == 0.0 and r[name]["surface_dice"] == 0.0, name
+        assert math.isnan(r[name]["asd"]), name
+    assert r["cyst"] == {"dice": 1.0, "asd": 0.0, "surface_dice": 1.0}
+    # both empty everywhere
+    r = evaluate_case(pred, pred, (3.0, 0.8, 0.8), regions, 1.0)
+    assert all(v == {"dice": 1.0, "asd": 0.0, "surface_dice": 1.0} for v in r.values())
+
+
+def test_structure_missing_in_reference() -> None:
+    # The reference has no tumour; the prediction adds a 2x2x2 tumour inside the kidney.
+    ref = np.zeros((8, 8, 8), np.uint8)
+    ref[1:7, 1:7, 1:7] = 1
+    pred = ref.copy()
+    pred[3:5, 3:5, 3:5] = 2
+    r = evaluate_case(pred, ref, (1.0, 1.0, 1.0), KITS23_REGIONS, KITS23_TOLERANCES_MM)
+    for name in ("Tumor+Cyst", "Tumor"):
+        assert r[name]["dice"] == 0.0 and r[name]["surface_dice"] == 0.0
+        assert math.isnan(r[name]["asd"])
+    # the kidney+masses region is unchanged by the relabelling
+    assert r["Kidney+Tumor+Cyst"] == {"dice": 1.0, "asd": 0.0, "surface_dice": 1.0}
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int16, np.uint16, bool])
+def test_label_dtypes_give_the_same_numbers(dtype) -> None:
+    rng = np.random.default_rng(11)
+    pred, ref = _blobs(rng, (12, 14, 16)), _blobs(rng, (12, 14, 16))
+    if dtype is bool:
+        pred, ref = pred > 0, ref > 0
+    regions = {"fg": [1]} if dtype is bool else {"a": [1, 2, 3], "b": [2], "c": [3]}
+    exp = evaluate_case(pred.astype(np.uint8), ref.astype(np.uint8), (2.0, 1.0, 0.5), regions,
+                        1.0)
+    got = evaluate_case(pred.astype(dtype), ref.astype(dtype), (2.0, 1.0, 0.5), regions, 1.0)
+    for name in regions:
+        assert_close(got[name], exp[name], rel=1e-12)
+
+
+def test_area_table_equals_surface_distance() -> None:
+    from nnrobustloss.metrics import _area_table
+
+    for sp in ((1.0, 1.0, 1.0), (5.0, 0.82, 0.82), (0.5, 0.6, 0.7)):
+        np.testing.assert_array_equal(
+            _area_table(sp), sdist.lookup_tables.create_table_neighbour_code_to_surface_area(sp))
+
+
+@pytest.mark.parametrize("edt_voxels_per_point", [0.0, 1e12])
+def test_far_speckle_kd_tree_and_distance_transform_paths(monkeypatch, edt_voxels_per_point
+                                                          ) -> None:
+    # Speckle far from a compact reference (as an under-trained network makes it): most pred
+    # surfels lie beyond the lattice search, so the fallback decides the numbers. 0 forces the
+    # KD-tree, 1e12 the distance transform; both must equal surface-distance.
+    from nnrobustloss import metrics as m
+
+    monkeypatch.setattr(m, "EDT_VOXELS_PER_POINT", edt_voxels_per_point)
+    monkeypatch.setattr(m, "LATTICE_OFFSETS", 20)
+    rng = np.random.default_rng(5)
+    ref = np.zeros((16, 40, 40), np.uint8)
+    ref[6:10, 4:12, 4:12] = 2
+    pred = ref.copy()
+    pred[7:9, 5:10, 5:10] = 0
+    speck = rng.choice(ref.size, size=300, replace=False)
+    pred.flat[speck] = 2
+    sp = (3.0, 0.8, 0.7)
+    ours = evaluate_case(pred, ref, sp, {"t": [2]}, 1.1)["t"]
+    assert_close(ours, reference_metrics(pred == 2, ref == 2, sp, 1.1), rel=1e-12)
+    assert ours["asd"] > 5.0  # the speckle is far: the test exercises the far path
+
+
 # ------------------------------------------------------------------ equality with surface-distance
 
 

@@ -10,10 +10,16 @@ the nearest surfel of the other surface. The computation is organised for speed:
   of non-zero labels, so nothing outside it matters) and each region again to its own box;
 - the crop is padded by one empty voxel on every side, which reproduces surface-distance's
   zero padding, so objects touching the volume border get the same closed surface;
-- nearest surfels come from a KD-tree over the other surface's surfels (cost grows with the
-  surface, not the volume), surfels shared by both surfaces have distance 0 without a query,
-  and the distance is recomputed from the integer lattice offset exactly as
-  ``scipy.ndimage.distance_transform_edt`` does, so thresholds at the tolerance agree too.
+- nearest surfels come from a lattice search (offsets nearest first, the first hit is exact),
+  and for the surfels it leaves from a KD-tree over the other surface's surfels, or from a
+  distance transform of the box when they are many for it (speckle far from the other
+  surface); distances are computed from the integer lattice offset exactly as
+  ``scipy.ndimage.distance_transform_edt`` does, so thresholds at the tolerance agree too;
+- label counts decide the empty-mask cases before any mask is built.
+
+Measured (benchmarks/results/metrics.txt, 12 real KiTS23 cases, CPU time): 5.2-14.9x faster
+than the official-style evaluation in total per kind of prediction and slice group, except
+scattered wrong voxels (3.5-3.9x: far surfels cost a KD-tree query or a distance transform).
 
 Empty masks follow the KiTS23 evaluation: both empty gives Dice 1 and surface Dice 1 (ASD 0),
 exactly one empty gives Dice 0 and surface Dice 0 with ASD NaN.
@@ -39,6 +45,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
+from scipy.ndimage import distance_transform_edt
 from scipy.spatial import cKDTree
 from surface_distance import lookup_tables
 
@@ -70,6 +77,27 @@ GEOMETRY_ATOL = 1e-4
 
 # surface-distance's 2x2x2 neighbourhood code: bit weight of each corner of the cell.
 _KERNEL = np.asarray(lookup_tables.ENCODE_NEIGHBOURHOOD_3D_KERNEL, dtype=np.uint8)
+
+
+def _padded_normals() -> np.ndarray:
+    """surface-distance's marching-cubes normals per neighbourhood code, zero-padded (256, K, 3)."""
+    table = lookup_tables._NEIGHBOUR_CODE_TO_NORMALS
+    out = np.zeros((256, max(len(n) for n in table), 3))
+    for code, normals in enumerate(table):
+        out[code, :len(normals)] = normals
+    return out
+
+
+_NORMALS = _padded_normals()
+
+
+def _area_table(spacing: Sequence[float]) -> np.ndarray:
+    """Surfel area (mm^2) per neighbourhood code: surface-distance's
+    ``create_table_neighbour_code_to_surface_area`` as one vectorised expression (its Python
+    loop over 256 codes took 3-10 ms per case, a tenth of a small thick-slice case)."""
+    s0, s1, s2 = (float(s) for s in spacing)
+    n = _NORMALS * np.array([s1 * s2, s0 * s2, s0 * s1])
+    return np.sqrt(np.einsum("ckd,ckd->ck", n, n)).sum(axis=1)
 
 
 def build_regions(labels: Mapping[str, int],
@@ -138,16 +166,26 @@ def _check_inputs(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -
 
 def _bbox(mask_or_labels: Sequence[np.ndarray]) -> tuple[slice, ...] | None:
     """Joint bounding box (slices) of the non-zero voxels of 3D arrays, None if all are zero."""
-    # Project along z first: one pass over each array, then the small (y, x) map.
-    proj = np.logical_or.reduce([a.any(axis=0) for a in mask_or_labels])
-    if not proj.any():
-        return None
+    return _bbox_and_empty(mask_or_labels)[0]
+
+
+def _bbox_and_empty(arrays: Sequence[np.ndarray]) -> tuple[tuple[slice, ...] | None, list[bool]]:
+    """:func:`_bbox` and, per array, whether it has no non-zero voxel (from the same pass)."""
+    # Project along z first: one pass over each array, then the small (y, x) map. An OR
+    # reduction is 1.5x faster than .any() on uint8 labels (no cast to bool).
+    projs = [np.bitwise_or.reduce(a, axis=0) if a.dtype != bool else a.any(axis=0)
+             for a in arrays]
+    empty = [not p.any() for p in projs]
+    if all(empty):
+        return None, empty
+    proj = np.logical_or.reduce([p != 0 for p in projs])
     ys = np.flatnonzero(proj.any(axis=1))
     xs = np.flatnonzero(proj.any(axis=0))
     ysl, xsl = slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1)
-    zproj = np.logical_or.reduce([a[:, ysl, xsl].any(axis=(1, 2)) for a in mask_or_labels])
+    zproj = np.logical_or.reduce([a[:, ysl, xsl].any(axis=(1, 2))
+                                  for a, e in zip(arrays, empty, strict=True) if not e])
     zs = np.flatnonzero(zproj)
-    return slice(zs[0], zs[-1] + 1), ysl, xsl
+    return (slice(zs[0], zs[-1] + 1), ysl, xsl), empty
 
 
 def _surfels(mask: np.ndarray, area_table: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -176,12 +214,12 @@ def _offsets_within(spacing: np.ndarray, n_target: int = 400
     """Lattice offsets within a radius of the origin, sorted by their physical distance.
 
     The radius (mm) is chosen so that about ``n_target`` offsets lie inside it, but at least
-    the largest spacing. Returns (offsets (M, 3) int, distances (M,) mm, half-widths (3,) int);
+    the smallest spacing. Returns (offsets (M, 3) int, distances (M,) mm, half-widths (3,) int);
     distances are computed as scipy's distance transform does (offset * spacing, squared,
     summed over axes in order, sqrt) so that they are bit-identical to surface-distance's.
     """
     radius = max(float(np.cbrt(n_target * 3.0 * np.prod(spacing) / (4.0 * np.pi))),
-                 float(spacing.max()))
+                 float(spacing.min()))
     half = np.floor(radius / spacing).astype(np.int64)
     grids = np.meshgrid(*(np.arange(-h, h + 1) for h in half), indexing="ij")
     offsets = np.stack([g.ravel() for g in grids], axis=1)
@@ -198,6 +236,42 @@ def _lattice_distance(delta: np.ndarray, spacing: np.ndarray) -> np.ndarray:
     return np.sqrt(np.add.reduce(d, axis=1))
 
 
+LATTICE_OFFSETS = 400
+"""About how many lattice offsets the nearest-surfel search tries before its fallback."""
+
+EDT_VOXELS_PER_POINT = 20.0
+"""Fallback choice: a distance transform of the target's box when it has fewer than this many
+voxels per unresolved point, else a KD-tree. Measured on real KiTS23 labels: a KD-tree query
+from a point far (tens of mm) from the target costs 2-4 us, scipy's EDT 100-170 ns per voxel."""
+
+_ROW_BLOCK = 1 << 15  # points per block of the chunked lattice search (bounds its memory)
+
+
+def _lattice_search(lin: np.ndarray, flat: np.ndarray, off_lin: np.ndarray,
+                    off_dist: np.ndarray, dist: np.ndarray, todo: np.ndarray) -> np.ndarray:
+    """Resolve points by trying lattice offsets nearest first; return the unresolved ones.
+
+    ``lin`` are the points' linear indices into ``flat`` (the padded target border), ``todo``
+    their positions in ``dist``, which receives the distance of every resolved point. Offsets
+    are tried in chunks of doubling size (one 2D gather per chunk instead of one Python-level
+    pass per offset): within a chunk the first hit is the nearest, as earlier chunks missed.
+    """
+    left = []
+    for b in range(0, lin.size, _ROW_BLOCK):
+        blin, btodo = lin[b:b + _ROW_BLOCK], todo[b:b + _ROW_BLOCK]
+        k, size = 0, 1
+        while k < off_lin.size and btodo.size:
+            hits = flat[blin[:, None] + off_lin[None, k:k + size]]
+            first = hits.argmax(axis=1)
+            found = hits[np.arange(first.size), first]
+            dist[btodo[found]] = off_dist[k + first[found]]
+            miss = ~found
+            blin, btodo = blin[miss], btodo[miss]
+            k, size = k + size, min(2 * size, 64)
+        left.append(btodo)
+    return np.concatenate(left) if left else todo
+
+
 def _nearest_distances(points: np.ndarray, target_border: np.ndarray, target_points: np.ndarray,
                        spacing: np.ndarray) -> np.ndarray:
     """Distance (mm) from each lattice point (N, 3) to the nearest surfel of the target surface.
@@ -205,13 +279,15 @@ def _nearest_distances(points: np.ndarray, target_border: np.ndarray, target_poi
     First a lattice search: the offsets within a small radius are tried in order of increasing
     distance, so the first hit is the exact nearest surfel (anything outside the radius is
     farther). Most surfels of a realistic prediction are resolved within a few offsets. The
-    rest are found with a KD-tree over the target surfels; their distance is then recomputed
-    from the integer offset, so both paths give the numbers of scipy's distance transform.
+    rest get scipy's distance transform of the target border when they are many for the
+    target's box (:data:`EDT_VOXELS_PER_POINT`; e.g. speckle far from a compact target),
+    else a KD-tree over the target surfels whose result is recomputed from the integer offset.
+    All paths give the numbers of scipy's distance transform (that surface-distance uses).
     """
     dist = np.empty(len(points))
     if len(points) == 0:
         return dist
-    offsets, off_dist, half = _offsets_within(spacing)
+    offsets, off_dist, half = _offsets_within(spacing, LATTICE_OFFSETS)
     shape = np.asarray(target_border.shape)
     padded = np.zeros(tuple(int(v) for v in shape + 2 * half), dtype=bool)
     inner = tuple(slice(int(h), int(h + n)) for h, n in zip(half, shape, strict=True))
@@ -222,20 +298,14 @@ def _nearest_distances(points: np.ndarray, target_border: np.ndarray, target_poi
     strides = np.array([padded.shape[1] * padded.shape[2], padded.shape[2], 1], dtype=itype)
     lin = ((points + half) @ strides).astype(itype)
     off_lin = (offsets @ strides).astype(itype)
-    todo = np.arange(len(points))
-    buf = np.empty(len(points), dtype=itype)
-    hitbuf = np.empty(len(points), dtype=bool)
-    for k in range(len(off_lin)):
-        n = lin.size
-        idx = np.add(lin, off_lin[k], out=buf[:n])
-        hit = np.take(flat, idx, out=hitbuf[:n])
-        if hit.any():
-            dist[todo[hit]] = off_dist[k]
-            miss = ~hit
-            todo, lin = todo[miss], lin[miss]
-            if todo.size == 0:
-                return dist
+    todo = _lattice_search(lin, flat, off_lin, off_dist, dist, np.arange(len(points)))
+    if todo.size == 0:
+        return dist
     far = points[todo]
+    if target_border.size < EDT_VOXELS_PER_POINT * todo.size:
+        edt = distance_transform_edt(~target_border, sampling=tuple(spacing))
+        dist[todo] = edt[far[:, 0], far[:, 1], far[:, 2]]
+        return dist
     tree = cKDTree(target_points * spacing, balanced_tree=False, compact_nodes=False)
     _, nearest = tree.query(far * spacing, k=1)
     dist[todo] = _lattice_distance(target_points[nearest] - far, spacing)
@@ -291,7 +361,6 @@ def evaluate_case(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float],
     """
     sp = _check_inputs(pred, ref, spacing)
     spacing_arr = np.asarray(sp, dtype=np.float64)
-    area_table = lookup_tables.create_table_neighbour_code_to_surface_area(sp)
     label_sets = {name: np.unique(np.asarray(list(vals), dtype=np.int64))
                   for name, vals in regions.items()}
     for name, vals in label_sets.items():
@@ -302,30 +371,51 @@ def evaluate_case(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float],
     if any((vals == 0).any() for vals in label_sets.values()):
         crop_pred, crop_ref = pred, ref
     else:
-        box = _bbox([pred, ref])
+        box, empty = _bbox_and_empty([pred, ref])
         if box is None:
             crop_pred = crop_ref = np.zeros((1, 1, 1), dtype=np.uint8)
         else:
             crop_pred, crop_ref = pred[box], ref[box]
+            # an empty array needs no counting pass (an empty prediction is a common case)
+            crop_pred = crop_pred if not empty[0] else np.zeros((1, 1, 1), dtype=np.uint8)
+            crop_ref = crop_ref if not empty[1] else np.zeros((1, 1, 1), dtype=np.uint8)
+    # Voxel counts per label decide the empty-mask cases without building any mask.
+    count_pred, count_ref = _label_counts(crop_pred), _label_counts(crop_ref)
 
+    area_table: np.ndarray | None = None
     results: dict[str, dict[str, float]] = {}
     for name, vals in label_sets.items():
         tol = tolerance_for(name, tolerance_mm)
-        m_pred, m_ref = _region_mask(crop_pred, vals), _region_mask(crop_ref, vals)
-        n_pred, n_ref = int(np.count_nonzero(m_pred)), int(np.count_nonzero(m_ref))
+        n_pred = sum(count_pred.get(int(v), 0) for v in vals)
+        n_ref = sum(count_ref.get(int(v), 0) for v in vals)
         if n_pred == 0 and n_ref == 0:
             results[name] = {"dice": 1.0, "asd": 0.0, "surface_dice": 1.0}
             continue
         if n_pred == 0 or n_ref == 0:
             results[name] = {"dice": 0.0, "asd": float("nan"), "surface_dice": 0.0}
             continue
+        m_pred, m_ref = _region_mask(crop_pred, vals), _region_mask(crop_ref, vals)
         dice = 2.0 * np.count_nonzero(m_pred & m_ref) / (n_pred + n_ref)
         box = _bbox([m_pred, m_ref])
         assert box is not None
+        if area_table is None:
+            area_table = _area_table(sp)
         asd, sdice = _surface_metrics(_padded(m_ref[box]), _padded(m_pred[box]), spacing_arr,
                                       area_table, tol)
         results[name] = {"dice": float(dice), "asd": asd, "surface_dice": sdice}
     return results
+
+
+def _label_counts(labels: np.ndarray) -> dict[int, int]:
+    """``{label value: voxel count}`` of the labels present in an integer array."""
+    flat = labels.reshape(-1)
+    if flat.dtype in (np.uint8, np.uint16, np.bool_):
+        # bincount over small unsigned labels: one pass, several times faster than np.unique
+        counts = np.bincount(flat.view(np.uint8) if flat.dtype == np.bool_ else flat)
+        present = np.flatnonzero(counts)
+        return dict(zip(present.tolist(), counts[present].tolist(), strict=True))
+    values, counts = np.unique(flat, return_counts=True)
+    return dict(zip(values.tolist(), counts.tolist(), strict=True))
 
 
 def _check_geometry(pred_path: Path, ref_path: Path, pred_img: sitk.Image,
@@ -596,8 +686,6 @@ def calibration_band(ref_mask: np.ndarray, pred_mask: np.ndarray, spacing: Seque
 def _band_in_box(ref_mask: np.ndarray, pred_mask: np.ndarray, spacing: Sequence[float],
                  band_mm: float) -> tuple[tuple[slice, ...] | None, np.ndarray]:
     """:func:`calibration_band` as (box, band inside the box); (None, empty) for no band."""
-    from scipy.ndimage import distance_transform_edt
-
     if ref_mask.shape != pred_mask.shape:
         raise InputDataError(f"reference mask shape {ref_mask.shape} differs from prediction "
                              f"mask shape {pred_mask.shape}.")

@@ -1,18 +1,17 @@
 """Every stage of the paper's configuration on KiTS23-sized data, measured per stage.
 
 Prepares a KiTS23 source folder (real label maps of ../shared/data/kits23_labels, synthetic CT
-images of the same geometry), then runs the workflow twice in ``--workdir``:
+images of the same geometry) under ``--workdir``, then runs the workflow there:
 
-1. ``config/paper.yaml`` + ``config/kits23_stages.yaml``, target ``data``: convert, noise
-   report, splits and plan + preprocessing with the paper's residual-encoder L planner.
-2. the same + ``config/kits23_stages_cpu.yaml``: the plan stage again with a CPU-sized network
-   (same target spacing), then tuning, training, prediction (full-resolution sliding window with
-   mirroring), evaluation and the report.
+- part ``data``: ``config/paper.yaml`` + ``config/kits23_stages.yaml``, target ``data``: convert,
+  noise report, splits, plan + preprocessing with the paper's residual-encoder L planner
+  (``results/kits23_stages``). With ``--resenc`` it also times one forward pass (inference) of
+  that ResEnc-L network at its full patch and one training step at a ninth of the patch.
+- part ``all``: the same + ``config/kits23_stages_cpu.yaml`` (``results/kits23_stages_cpu``):
+  every stage with a CPU-sized network at the same spacing: convert, noise, splits, plan,
+  tuning, training, prediction (full-resolution sliding window), evaluation and the report.
 
-Each part's table comes from Snakemake's per-job benchmark files (benchmarks/pipeline.py). With
-``--resenc`` it also times one forward pass (inference) of the ResEnc-L network of part 1 at its
-full patch and one training step at a ninth of the patch, to show what the paper's plans cost on
-this CPU.
+Each part's table comes from Snakemake's per-job benchmark files (benchmarks/pipeline.py).
 
     nice -n 19 python benchmarks/kits23_stages.py --resenc > benchmarks/results/kits23_stages.md
 """
@@ -23,7 +22,6 @@ import argparse
 import json
 import os
 import resource
-import shutil
 import subprocess
 import sys
 import time
@@ -33,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+import pandas as pd  # noqa: E402
 from pipeline import collect  # noqa: E402  (benchmarks/pipeline.py)
 
 from nnrobustloss.config import load_config  # noqa: E402
@@ -108,72 +107,79 @@ print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrs
     return float(out[0]), float(out[1])
 
 
+def header(prep_s: float) -> str:
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (f"Machine: {os.cpu_count()} cores, {ram:.0f} GiB, no GPU; shared with other jobs "
+            f"(load average {os.getloadavg()[0]:.1f} at the start), so seconds are upper bounds. "
+            f"Cases: {', '.join(CASES)} (real KiTS23 label maps, synthetic CT written in "
+            f"{prep_s:.0f} s), n_folds 3, fold 0.\n")
+
+
+def part_data(workdir: Path, results: Path, cfg: dict, resenc: bool) -> None:
+    """Part 1: the data stages with the paper's plans (and optionally the ResEnc-L timings)."""
+    wall = snakemake(workdir, CONFIGS, "data")
+    noise = pd.read_csv(results / "noise" / "KiTS23.csv")
+    dice = noise[noise["metric"] == "dice"].groupby("case")["value"].mean()
+    print("## Data stages with the paper's plans (CI runs these: tests/test_kits23_stages.py)\n")
+    print(f"`snakemake --configfile config/paper.yaml config/kits23_stages.yaml -- data`, wall "
+          f"{wall:.0f} s.\n\nPlans (residual-encoder L planner): "
+          f"{plan_summary(results, cfg['tasks']['KiTS23'])}.\n")
+    print("Noise report, mean Dice of noisy vs reference labels over the 3 regions per case: "
+          + ", ".join(f"{c} {v:.3f}" for c, v in dice.items()) + f"; mean {dice.mean():.3f} "
+          "(the calibration's target, 0.96, is the mean over cases of the per-class Dice).\n")
+    print(stage_table(results, ORDER[:4]) + "\n")
+    if resenc:
+        plans_file = results / "preprocessed" / "Dataset621_KiTS23" / "nnUNetPlans.json"
+        patch = json.loads(plans_file.read_text())["configurations"]["3d_fullres"]["patch_size"]
+        print("The ResEnc-L network of these plans, one pass in a fresh process on this CPU "
+              "(batch 1, 2 threads; the plans' batch is 2):\n")
+        print("| pass | patch | seconds | peak RSS (MB) |\n| --- | --- | ---: | ---: |")
+        for train, p in ((False, patch), (True, [patch[0], patch[1] // 3, patch[2] // 3])):
+            s, mb = resenc_step(plans_file, train, p)
+            print(f"| {'forward + backward' if train else 'forward (inference)'} | {p} | "
+                  f"{s:.0f} | {mb:.0f} |", flush=True)
+        print()
+
+
+def part_all(workdir: Path) -> None:
+    """Part 2: every stage with the CPU-sized network (config/kits23_stages_cpu.yaml)."""
+    configs = [*CONFIGS, CPU_OVERLAY]
+    cfg = load_config(*configs)
+    results = workdir / cfg["results_dir"]
+    wall = snakemake(workdir, configs, "all")
+    print("## Every stage, CPU-sized network (benchmark only)\n")
+    print(f"`snakemake --configfile config/paper.yaml config/kits23_stages.yaml "
+          f"config/kits23_stages_cpu.yaml` (target all), wall {wall:.0f} s of this invocation.\n"
+          f"\nPlans: {plan_summary(results, cfg['tasks']['KiTS23'])}. Prediction: "
+          f"mirroring {cfg['prediction']['mirroring']}, tile step "
+          f"{cfg['prediction']['tile_step_size']}, held-out case of fold 0.\n")
+    print(stage_table(results, ORDER))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=REPO,
                         help="Snakemake's working directory (outputs under its results/)")
+    parser.add_argument("--part", choices=["data", "all", "both"], default="both",
+                        help="data: part 1 only; all: part 2 only; both (default)")
     parser.add_argument("--resenc", action="store_true",
-                        help="also time the ResEnc-L network at the paper's patch")
-    parser.add_argument("--fresh", action="store_true", help="delete earlier outputs first")
+                        help="also time the ResEnc-L network at the paper's patch (part 1)")
     args = parser.parse_args()
     if not SHARED_KITS.is_dir():
         raise SystemExit(f"{SHARED_KITS} not found: the shared KiTS23 label maps are needed")
-    os.chdir(args.workdir)  # the overlay's relative paths resolve against Snakemake's workdir
+    workdir = args.workdir.resolve()
+    os.chdir(workdir)  # the overlay's relative paths resolve against Snakemake's workdir
     cfg = load_config(*CONFIGS)
-    results = args.workdir / cfg["results_dir"]
-    if args.fresh:
-        shutil.rmtree(results, ignore_errors=True)
-    source = Path(cfg["tasks"]["KiTS23"]["sources"][0]["path"])
     t0 = time.perf_counter()
-    write_synthetic_kits23(SHARED_KITS, source, CASES, seed=cfg["seed"])
+    write_synthetic_kits23(SHARED_KITS, Path(cfg["tasks"]["KiTS23"]["sources"][0]["path"]),
+                           CASES, seed=cfg["seed"])
     prep_s = time.perf_counter() - t0
-
-    wall_data = snakemake(args.workdir, CONFIGS, "data")
-    data_table = stage_table(results, ORDER[:4])
-    resenc_plans = plan_summary(results, cfg["tasks"]["KiTS23"])
-    noise = __import__("pandas").read_csv(results / "noise" / "KiTS23.csv")
-    dice = noise[noise["metric"] == "dice"].groupby("case")["value"].mean()
-    resenc_rows = []
-    if args.resenc:
-        plans_file = results / "preprocessed" / "Dataset621_KiTS23" / "nnUNetPlans.json"
-        patch = json.loads(plans_file.read_text())["configurations"]["3d_fullres"]["patch_size"]
-        small = [patch[0], patch[1] // 3, patch[2] // 3]
-        for train, p in ((False, patch), (True, small)):
-            s, mb = resenc_step(plans_file, train, p)
-            resenc_rows.append(f"| {'forward + backward' if train else 'forward (inference)'} "
-                               f"| {p} | {s:.0f} | {mb:.0f} |")
-        shutil.copy(plans_file, results / "resenc_l_plans.json")
-
-    wall_all = snakemake(args.workdir, [*CONFIGS, CPU_OVERLAY], "all")
-    all_table = stage_table(results, ORDER)
-    cpu_plans = plan_summary(results, cfg["tasks"]["KiTS23"])
-
     print("# Every stage of the paper's configuration on KiTS23-sized data\n")
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    print(f"Machine: {os.cpu_count()} cores, {ram:.0f} GiB, "
-          "no GPU; shared with other jobs (load average "
-          f"{os.getloadavg()[0]:.1f} at the end), so seconds are upper bounds. "
-          f"Cases: {', '.join(CASES)} (real KiTS23 label maps, synthetic CT), n_folds 3, fold 0.")
-    print(f"Synthetic CT images written in {prep_s:.0f} s.\n")
-    print("## Part 1: data stages with the paper's plans (CI runs these: tests/test_kits23_stages.py)\n")
-    print(f"`snakemake --configfile config/paper.yaml config/kits23_stages.yaml -- data`, wall "
-          f"{wall_data:.0f} s (a few seconds: the outputs were up to date, the table holds the "
-          "seconds of the jobs that made them)." if wall_data < 60 else f"{wall_data:.0f} s.")
-    print(f"\nPlans (residual-encoder L planner): {resenc_plans}.\n")
-    print("Noisy vs reference labels (noise report), mean Dice over the 3 regions per case: "
-          + ", ".join(f"{c} {v:.3f}" for c, v in dice.items()) + f"; mean {dice.mean():.3f} "
-          "(target 0.96).\n")
-    print(data_table + "\n")
-    if resenc_rows:
-        print("ResEnc-L network of these plans, one pass on this CPU (batch 1, 2 threads; the "
-              "plans' batch is 2):\n")
-        print("| pass | patch | seconds | peak RSS (MB) |\n| --- | --- | ---: | ---: |")
-        print("\n".join(resenc_rows) + "\n")
-    print("## Part 2: every stage, CPU-sized network (benchmark only)\n")
-    print(f"`... config/kits23_stages.yaml config/kits23_stages_cpu.yaml` (target all), wall "
-          f"{wall_all:.0f} s; convert, noise and splits were up to date from part 1, the plan "
-          f"stage ran again.\n\nPlans: {cpu_plans}.\n")
-    print(all_table)
+    print(header(prep_s))
+    if args.part in ("data", "both"):
+        part_data(workdir, workdir / cfg["results_dir"], cfg, args.resenc)
+    if args.part in ("all", "both"):
+        part_all(workdir)
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\nThis script's own peak RSS: {own:.0f} MB.")
 

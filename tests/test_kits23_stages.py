@@ -100,7 +100,8 @@ def test_overlay_keeps_only_kits23_with_the_paper_settings() -> None:
     assert cfg["prediction"]["mirroring"] is True and cfg["prediction"]["tile_step_size"] == 0.5
     assert cfg["tuning"]["storage"] == "journal" and cfg["tuning"]["pruner"] == "none"
     cpu = load_config(*CONFIGS, REPO / "config" / "kits23_stages_cpu.yaml")
-    assert cpu["planning"]["planner"] == "cpu" and cpu["prediction"] == cfg["prediction"]
+    assert cpu["planning"]["planner"] == "cpu" and cpu["results_dir"] != cfg["results_dir"]
+    assert cpu["tasks"] == cfg["tasks"] and cpu["prediction"]["tile_step_size"] == 0.5
 
 
 def test_null_task_is_removed_and_no_task_left_is_an_error() -> None:

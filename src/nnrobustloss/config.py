@@ -130,11 +130,12 @@ def _message(err: jsonschema.ValidationError) -> str:
 def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """Validate ``config`` against the schema and return a copy with all defaults filled in.
 
-    ``folds`` defaults to every fold ``0 .. n_folds - 1``. Raises :class:`ConfigError` naming
+    ``folds`` defaults to every fold ``0 .. n_folds - 1``; a task set to null is removed (how an
+    overlay leaves out a task of the config it extends). Raises :class:`ConfigError` naming
     the first offending key (the deepest schema error).
     """
     schema = config_schema()
-    cfg = _coerce_strings(copy.deepcopy(dict(config)), schema, schema)
+    cfg = _coerce_strings(_drop_null_tasks(config), schema, schema)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(cfg), key=lambda e: (-len(e.absolute_path), e.message))
     if errors:
@@ -145,6 +146,15 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
     _fill_defaults(cfg, schema, schema)
     _expand_noise_sweep(cfg)
     _check_semantics(cfg)
+    return cfg
+
+
+def _drop_null_tasks(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``config`` without the tasks an overlay set to null (``tasks: {HIE: null}``):
+    overlays are merged key by key, so null is how one removes a task of the file below it."""
+    cfg = copy.deepcopy(dict(config))
+    if isinstance(cfg.get("tasks"), Mapping):
+        cfg["tasks"] = {name: task for name, task in cfg["tasks"].items() if task is not None}
     return cfg
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from nnrobustloss.datasets.raw import dataset_name
 
 __all__ = ["dataset_name", "raw_dir", "reference_labels_dir", "preprocessed_dir", "study_dir",
-           "training_dir", "predictions_dir", "partial_dir"]
+           "warmup_dir", "training_dir", "predictions_dir", "partial_dir"]
 
 
 def raw_dir(results_dir: str | os.PathLike[str], task: str, dataset_id: int,
@@ -31,6 +31,12 @@ def preprocessed_dir(results_dir: str | os.PathLike[str], task: str, dataset_id:
 def study_dir(results_dir: str | os.PathLike[str], task: str, method: str, fold: int) -> Path:
     """``tuning/<Task>/<Method>/fold<k>``: the study's storage file, trials and results."""
     return Path(results_dir) / "tuning" / task / method / f"fold{fold}"
+
+
+def warmup_dir(results_dir: str | os.PathLike[str], task: str, fold: int, seed: int) -> Path:
+    """``tuning/<Task>/warmup/fold<k>/seed<s>``: the shared co-teaching warm-up of the task x fold's
+    tuning trials (:mod:`nnrobustloss.warmup`)."""
+    return Path(results_dir) / "tuning" / task / "warmup" / f"fold{fold}" / f"seed{seed}"
 
 
 def training_dir(results_dir: str | os.PathLike[str], task: str, method: str, fold: int) -> Path:

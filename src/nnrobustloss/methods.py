@@ -85,6 +85,7 @@ class MethodSpec:
     uses_reference: bool
     search_space: tuple[FloatParam, ...] = field(default_factory=tuple)
     needs_tuning: bool = False
+    shares_warmup: bool = False
 
     def load_trainer_class(self) -> type:
         """Import and return the ``nnUNetTrainer`` subclass of this method."""
@@ -124,9 +125,12 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec("BaselineRef", "Baseline (ref.)", f"{_T}:nnUNetTrainer_Baseline", True),
         MethodSpec("APL1", "APL1", f"{_T}:nnUNetTrainer_APL1", False),
         MethodSpec("APL2", "APL2", f"{_T}:nnUNetTrainer_APL2", False, (_W,), True),
-        MethodSpec("CoT", "CoT", f"{_T}:nnUNetTrainer_CoT", False, (_R,), True),
-        MethodSpec("CoTPlus", "CoT+", f"{_T}:nnUNetTrainer_CoTPlus", False, (_R,), True),
-        MethodSpec("StoCoT", "StoCoT", f"{_T}:nnUNetTrainer_StoCoT", False, (_A, _B), True),
+        MethodSpec("CoT", "CoT", f"{_T}:nnUNetTrainer_CoT", False, (_R,), True,
+                   shares_warmup=True),
+        MethodSpec("CoTPlus", "CoT+", f"{_T}:nnUNetTrainer_CoTPlus", False, (_R,), True,
+                   shares_warmup=True),
+        MethodSpec("StoCoT", "StoCoT", f"{_T}:nnUNetTrainer_StoCoT", False, (_A, _B), True,
+                   shares_warmup=True),
         MethodSpec("SVLS", "SVLS", f"{_T}:nnUNetTrainer_SVLS", False, (_SIGMA,), True),
         MethodSpec("HRL", "HRL", f"{_T}:nnUNetTrainer_HRL", False, (_A, _B, _W, _SIGMA), True),
     )

@@ -213,14 +213,59 @@ def tune_params(config: Mapping[str, Any], task: str, method: str, fold: int) ->
     return kw
 
 
+def warmup_params(config: Mapping[str, Any], task: str, fold: int) -> dict[str, Any]:
+    """Settings of the shared co-teaching warm-up of a task x fold (:mod:`nnrobustloss.warmup`):
+    the tuning trials' training settings with the warm-up's trainer and its epoch count."""
+    from nnrobustloss.warmup import WARMUP_METHOD, warmup_epochs
+
+    tu = config["tuning"]
+    kw = _training_kwargs(config, task, WARMUP_METHOD, fold, tu)
+    kw["warmup_epochs"] = warmup_epochs(tu["epochs"], config["coteaching"])
+    return kw
+
+
+def warmup_checkpoint(config: Mapping[str, Any], task: str, method: str,
+                      fold: int) -> Path | None:
+    """The shared warm-up checkpoint that the tuning trials of (task, method, fold) start from,
+    or None when they train from scratch (see :func:`nnrobustloss.warmup.uses_shared_warmup`)."""
+    from nnrobustloss.warmup import WARMUP_CHECKPOINT, uses_shared_warmup
+
+    _task(config, task)
+    if not uses_shared_warmup(config, method):
+        return None
+    return layout.warmup_dir(config["results_dir"], task, fold, config["seed"]) / WARMUP_CHECKPOINT
+
+
+def run_warmup(params: Mapping[str, Any], results_dir: str | os.PathLike[str],
+               checkpoint: str | os.PathLike[str], device: str = "auto",
+               threads: int | None = None, peer_updates: str | None = None) -> Path:
+    """Train the shared warm-up of a task x fold into the folder of ``checkpoint`` (a
+    :func:`warmup_checkpoint` path); a killed run continues from its latest checkpoint; one run
+    per task x fold at a time (a lock). ``peer_updates``: ``coteaching.peer_updates`` (not a
+    result setting: the trials may use another)."""
+    from nnrobustloss.warmup import WARMUP_METHOD, train_warmup
+
+    p = dict(params)
+    single_threaded_augmentation_on_cpu(device)
+    limit_cpu_threads(device, threads)
+    call = _train_call(p, results_dir, peer_updates)
+    if call.pop("method") != WARMUP_METHOD:
+        raise ConfigError(f"warm-up params name method {p['method']}, not {WARMUP_METHOD}.")
+    return train_warmup(Path(checkpoint).parent, device=device, **call)
+
+
 def run_tune_worker(params: Mapping[str, Any], worker: int, workers: int,
                     results_dir: str | os.PathLike[str], marker: str | os.PathLike[str],
                     url_env: str = "NNROBUSTLOSS_OPTUNA_URL", device: str = "auto",
                     threads: int | None = None, checkpoint_minutes: float = 0.0,
-                    peer_updates: str | None = None) -> None:
+                    peer_updates: str | None = None,
+                    warmup: str | os.PathLike[str] | None = None) -> None:
     """Run one worker's quota of a study; write the worker's marker JSON when done.
     ``checkpoint_minutes``: see :func:`nnrobustloss.training.train`; ``peer_updates``:
-    ``coteaching.peer_updates``. Neither is a result setting, so neither is in ``params``."""
+    ``coteaching.peer_updates``. Neither is a result setting, so neither is in ``params``.
+
+    ``warmup``: the shared warm-up checkpoint (:func:`warmup_checkpoint`) every trial starts
+    from; None trains every trial from scratch (the same results, more epochs)."""
     from nnrobustloss.tuning import run_worker, training_objective
 
     p = dict(params)
@@ -229,6 +274,8 @@ def run_tune_worker(params: Mapping[str, Any], worker: int, workers: int,
     call = _train_call(p, results_dir, peer_updates)
     call["device"] = device
     call["checkpoint_minutes"] = checkpoint_minutes
+    if warmup is not None:
+        call["start_from"] = Path(warmup)
     summary = run_worker(
         task=p["task"], method=p["method"], fold=p["fold"], worker=worker, workers=workers,
         n_trials=p["n_trials"], study_dir=layout.study_dir(results_dir, p["task"], p["method"],

@@ -58,7 +58,7 @@ from nnrobustloss.fileio import read_json
 from nnrobustloss.methods import get_method
 from nnrobustloss.planning import nnunet_paths
 from nnrobustloss.selection import MAX_SCHEDULE_FRACTION, scaled_schedule
-from nnrobustloss.trainers.base import EpochCallback, TrainerSettings
+from nnrobustloss.trainers.base import CHECKPOINT_KEY, EpochCallback, TrainerSettings
 
 CHECKPOINT_FINAL = "checkpoint_final.pth"
 CHECKPOINT_LATEST = "checkpoint_latest.pth"
@@ -146,18 +146,55 @@ def _check_preprocessed(pre: Path, plans_identifier: str, configuration: str,
     return plans, dataset_json
 
 
+def _settings_diff(old: Mapping[str, Any], new: Mapping[str, Any],
+                   ignore: tuple[str, ...] = ()) -> list[str]:
+    """Sorted keys whose values differ between two ``TrainerSettings.to_dict()`` dicts, except
+    ``ignore`` and :data:`SCHEDULE_ONLY_SETTINGS`."""
+    skip = SCHEDULE_ONLY_SETTINGS | set(ignore)
+    return sorted(k for k in set(old) | set(new) if k not in skip and old.get(k) != new.get(k))
+
+
 def _check_resume_settings(out: Path, settings: TrainerSettings) -> None:
     path = out / "settings.json"
     if not path.is_file():
         return
-    old = read_json(path)
-    new = settings.to_dict()
-    diff = sorted(k for k in set(old) | set(new)
-                  if k not in SCHEDULE_ONLY_SETTINGS and old.get(k) != new.get(k))
+    diff = _settings_diff(read_json(path), settings.to_dict())
     if diff:
         raise ConfigError(f"{path}: the unfinished run in {out} used different settings "
                           f"({', '.join(diff)}). Delete {out} to start over with the new "
                           "settings, or rerun with the old ones.")
+
+
+def _check_start_checkpoint(path: Path, settings: TrainerSettings) -> list[dict[str, Any]]:
+    """Check that checkpoint ``path`` (the shared warm-up) can start this run; return its
+    progress rows.
+
+    The run must be of a method that shares the warm-up, the checkpoint's settings must equal
+    this run's except method and hyper-parameters, and it must not have trained past the
+    co-teaching delay (where the hyper-parameters start to matter). ConfigError otherwise.
+    """
+    spec = get_method(settings.method)
+    if not spec.shares_warmup:
+        raise ConfigError(f"{path}: method {spec.id} cannot start from a shared warm-up (only "
+                          "CoT, CoTPlus and StoCoT train hyper-parameter-free before the delay).")
+    if not path.is_file():
+        raise InputDataError(f"{path}: the shared warm-up checkpoint is missing. Run its "
+                             "tune_warmup job first (snakemake builds it).")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    extra = ckpt.get(CHECKPOINT_KEY) if isinstance(ckpt, dict) else None
+    if not extra or "network_weights_peer_b" not in ckpt:
+        raise ConfigError(f"{path}: not a checkpoint of a co-teaching trainer of nnRobustLoss. "
+                          "Delete it and rerun its tune_warmup job.")
+    diff = _settings_diff(extra["settings"], settings.to_dict(), ignore=("method", "params"))
+    if diff:
+        raise ConfigError(f"{path}: the warm-up was trained with different settings "
+                          f"({', '.join(diff)}) than this run. Delete it and rerun its "
+                          "tune_warmup job.")
+    if int(ckpt["current_epoch"]) > settings.coteaching_delay:
+        raise ConfigError(f"{path}: the warm-up ran {ckpt['current_epoch']} epochs, past the "
+                          f"co-teaching delay ({settings.coteaching_delay}), where the method's "
+                          "hyper-parameters matter. Delete it and rerun its tune_warmup job.")
+    return [dict(r) for r in extra["progress_history"]]
 
 
 def train(preprocessed_dataset_dir: str | os.PathLike[str], method: str, fold: int,
@@ -168,7 +205,8 @@ def train(preprocessed_dataset_dir: str | os.PathLike[str], method: str, fold: i
           seed: int = 0, device: str | torch.device = "auto",
           plans_identifier: str = "nnUNetPlans", configuration: str = "3d_fullres",
           epoch_callback: EpochCallback | None = None,
-          continue_training: bool = True, checkpoint_minutes: float = 0.0) -> Path:
+          continue_training: bool = True, checkpoint_minutes: float = 0.0,
+          start_from: str | os.PathLike[str] | None = None) -> Path:
     """Train ``method`` on ``fold`` of ``preprocessed_dataset_dir``; return ``output_dir``.
 
     ``preprocessed_dataset_dir``: nnU-Net preprocessed dataset folder (``<plans_identifier>.json``,
@@ -183,6 +221,13 @@ def train(preprocessed_dataset_dir: str | os.PathLike[str], method: str, fold: i
     from ``checkpoint_latest.pth`` when ``continue_training`` (else starts over).
     ``checkpoint_latest.pth`` is written after every epoch, or with ``checkpoint_minutes`` > 0 at
     most once per that many minutes (less I/O, more epochs lost to a kill; results unchanged).
+
+    ``start_from``: a shared warm-up checkpoint (:mod:`nnrobustloss.warmup`) to start from when
+    there is nothing to resume: the run continues it exactly as a resumed run would, so that it
+    equals the same run trained from scratch; ``epoch_callback`` is first called for each of its
+    epochs (a pruner sees every epoch). Only for CoT, CoTPlus and StoCoT, and only a checkpoint
+    of the same settings (except method and params) that stopped at or before the co-teaching
+    delay; ConfigError otherwise.
     """
     spec = get_method(method)
     if not checkpoint_minutes >= 0:
@@ -200,8 +245,10 @@ def train(preprocessed_dataset_dir: str | os.PathLike[str], method: str, fold: i
     plans, dataset_json = _check_preprocessed(pre, plans_identifier, configuration, fold)
     latest = out / CHECKPOINT_LATEST
     resume = continue_training and latest.is_file()
+    start = Path(start_from) if start_from is not None and not resume else None
     if resume:
         _check_resume_settings(out, settings)
+    warmup_rows = _check_start_checkpoint(start, settings) if start is not None else []
     trainer_cls = spec.load_trainer_class()
     plans["continue_training"] = resume  # nnU-Net 2.8.1 pops this key in __init__
     # nnU-Net's __init__ creates $nnUNet_results/<dataset>/<trainer>.../fold_<k> and its log
@@ -216,6 +263,10 @@ def train(preprocessed_dataset_dir: str | os.PathLike[str], method: str, fold: i
     trainer.checkpoint_minutes = float(checkpoint_minutes)
     if resume:
         trainer.load_checkpoint(str(latest))
+    elif start is not None:
+        trainer.load_checkpoint(str(start))
+        for row in warmup_rows if epoch_callback is not None else ():
+            epoch_callback(int(row["epoch"]), dict(row))
     trainer.run_training()
     return out
 

@@ -53,6 +53,16 @@ def worker_markers(w):
     return [f"{root}/worker{i}.done" for i in range(tuning_workers(config, w.method))]
 
 
+def tune_worker_inputs(w):
+    """A tuning worker needs the preprocessed data and, for CoT, CoT+ and StoCoT with
+    tuning.shared_warmup on, the task x fold's shared warm-up checkpoint (tune_warmup)."""
+    inputs = {"plans": f"{R}/preprocessed/{w.task}.json"}
+    warmup = P.warmup_checkpoint(config, w.task, w.method, int(w.fold))
+    if warmup is not None:
+        inputs["warmup"] = str(warmup)
+    return inputs
+
+
 def train_inputs(w):
     """A final training needs the preprocessed data and, for tuned methods, the best parameters."""
     inputs = {"plans": f"{R}/preprocessed/{w.task}.json"}

@@ -4,11 +4,13 @@
 # failed job); tuning.workers is not a param, so changing it does not rerun finished studies.
 # runtime (minutes) = the job's estimated work x cluster.safety_factor + overhead, x attempt,
 # capped at cluster.max_job_hours (nnrobustloss.cost); select_best is a local rule (seconds).
+# With tuning.shared_warmup, the workers of CoT, CoT+ and StoCoT start every trial from the one
+# warm-up checkpoint of their task x fold (tune_warmup: the first coteaching.delay epochs).
 
 
 rule tune_worker:
     input:
-        plans=f"{R}/preprocessed/{{task}}.json",
+        unpack(tune_worker_inputs),
     output:
         marker=f"{R}/tuning/{{task}}/{{method}}/fold{{fold}}/worker{{worker}}.done",
     params:
@@ -41,3 +43,24 @@ rule select_best:
         f"../../{ENV}"
     script:
         "../scripts/select_best.py"
+
+
+rule tune_warmup:
+    input:
+        plans=f"{R}/preprocessed/{{task}}.json",
+    output:
+        checkpoint=f"{R}/tuning/{{task}}/warmup/fold{{fold}}/seed{{seed}}/checkpoint_warmup.pth",
+    wildcard_constraints:
+        seed=r"\d+",
+    params:
+        p=lambda w: P.warmup_params(config, w.task, int(w.fold)),
+    resources:
+        runtime=lambda w, attempt: runtime_minutes(config, "tune_warmup", "CoT", attempt),
+    log:
+        f"{R}/logs/tune/{{task}}/warmup/fold{{fold}}/seed{{seed}}.log",
+    benchmark:
+        f"{R}/benchmarks/tune/{{task}}/warmup/fold{{fold}}/seed{{seed}}.tsv",
+    conda:
+        f"../../{ENV}"
+    script:
+        "../scripts/tune_warmup.py"

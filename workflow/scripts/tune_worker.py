@@ -13,4 +13,5 @@ if __name__ == "__main__":
                         url_env=snakemake.config["tuning"]["postgresql_url_env"],
                         device=snakemake.config["device"], threads=snakemake.threads,
                         checkpoint_minutes=snakemake.config["checkpoint_minutes"],
-                        peer_updates=snakemake.config["coteaching"].get("peer_updates"))
+                        peer_updates=snakemake.config["coteaching"].get("peer_updates"),
+                        warmup=snakemake.input.get("warmup"))

@@ -1,0 +1,145 @@
+"""The shared warm-up of the co-teaching family's tuning trials (DESIGN.md section 3).
+
+Before ``coteaching.delay`` epochs (the delay of a tuning trial, scaled by
+:func:`nnrobustloss.selection.scaled_schedule`) CoT, CoT+ and StoCoT train both peers with plain
+CE + Dice on every voxel: ramp(e) = 0 gives CoT and CoT+ the forget rate 0 (all voxels kept) and
+StoCoT the threshold 0 (all kept, and no threshold is drawn, so its generator is not advanced).
+Both peers start from the same seeded initialisation in all three trainers and read the same
+global RNG streams. Their first ``delay`` epochs are therefore the same for every method of the
+three and every value of R, a and b; with the paper's schedule that is 20 of the 50 epochs of
+each trial. One warm-up of those epochs per task x fold (and seed) is trained once with the CoT
+trainer (:data:`WARMUP_METHOD`; any of the three gives the same checkpoint), checkpointed as
+``tuning/<Task>/warmup/fold<k>/seed<s>/checkpoint_warmup.pth``, and every trial of the three
+methods continues from it (``train(start_from=...)``) exactly as a training killed after epoch
+``delay`` and resumed would: the checkpoint holds both peers, both optimisers, the progress
+history and the RNG states. On the CPU with single-threaded augmentation such a trial equals the
+same trial trained from scratch bit for bit (a test checks it); on CUDA both reproduce
+statistically only, as any resumed training.
+
+The warm-up runs with the trials' epoch count (the poly learning-rate schedule depends on it)
+and stops after its last warm-up epoch. CoT+ differs from CoT from epoch ``delay`` on (its
+selection is restricted to disagreeing voxels even at rate 0), so exactly ``delay`` epochs are
+shared. HRL's loss depends on w and sigma from epoch 0: never shared.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nnrobustloss.errors import ConfigError, NNRobustLossError
+from nnrobustloss.methods import get_method
+from nnrobustloss.selection import MAX_SCHEDULE_FRACTION, scaled_schedule
+
+WARMUP_METHOD = "CoT"
+"""The trainer that trains the shared warm-up (with its default forget rate, unused at ramp 0)."""
+WARMUP_CHECKPOINT = "checkpoint_warmup.pth"
+
+
+class _WarmupDone(Exception):
+    """Raised by the epoch callback after the last warm-up epoch (its checkpoint is written)."""
+
+
+def warmup_epochs(epochs: int, coteaching: Mapping[str, Any]) -> int:
+    """Epochs of the shared warm-up of a tuning trial of ``epochs`` epochs: the trial's scaled
+    co-teaching delay, or 0 (nothing to share) when the delay is 0 or covers the whole trial."""
+    delay, _ = scaled_schedule(int(coteaching.get("delay", 20)),
+                               int(coteaching.get("gradual", 20)), int(epochs),
+                               coteaching.get("max_fraction", MAX_SCHEDULE_FRACTION))
+    return delay if 0 < delay < epochs else 0
+
+
+def uses_shared_warmup(config: Mapping[str, Any], method: str) -> bool:
+    """Whether the tuning trials of ``method`` start from the shared warm-up under the validated
+    ``config``: tuning on, ``tuning.shared_warmup`` on, a method that shares the warm-up (CoT,
+    CoTPlus, StoCoT) and a non-zero warm-up (:func:`warmup_epochs`)."""
+    tu = config["tuning"]
+    return bool(tu["enabled"] and tu.get("shared_warmup", True)
+                and get_method(method).shares_warmup
+                and warmup_epochs(tu["epochs"], config["coteaching"]) > 0)
+
+
+def _epochs_done(checkpoint: Path) -> int:
+    return int(torch.load(checkpoint, map_location="cpu", weights_only=False,
+                          mmap=True)["current_epoch"])
+
+
+def train_warmup(output_dir: str | os.PathLike[str], *, preprocessed_dataset_dir:
+                 str | os.PathLike[str], fold: int, epochs: int, iterations_per_epoch: int,
+                 val_iterations_per_epoch: int, coteaching: Mapping[str, Any],
+                 svls: Mapping[str, Any] | None = None, seed: int = 0,
+                 device: str | torch.device = "auto", configuration: str = "3d_fullres",
+                 plans_identifier: str = "nnUNetPlans") -> Path:
+    """Train the shared warm-up of tuning trials of ``epochs`` epochs into ``output_dir``; return
+    ``<output_dir>/checkpoint_warmup.pth``.
+
+    The arguments are those of the trials' :func:`nnrobustloss.training.train`. Trains
+    :func:`warmup_epochs` epochs with the :data:`WARMUP_METHOD` trainer and moves that epoch's
+    ``checkpoint_latest.pth`` to ``checkpoint_warmup.pth`` in one rename (never half-written).
+    Returns at once when the checkpoint exists; a killed warm-up continues from its latest
+    checkpoint (ConfigError if that run used other settings). ConfigError when there is no
+    warm-up to train (delay 0 or not shorter than the trial).
+    """
+    from nnrobustloss.training import CHECKPOINT_LATEST, train
+
+    n = warmup_epochs(epochs, coteaching)
+    if n == 0:
+        raise ConfigError(f"coteaching.delay: a {epochs}-epoch tuning trial has no shared "
+                          "warm-up (its scaled delay is 0 or the whole trial); set "
+                          "tuning.shared_warmup: false or a delay between 1 and epochs - 1.")
+    out = Path(output_dir)
+    final, latest = out / WARMUP_CHECKPOINT, out / CHECKPOINT_LATEST
+    if final.is_file():
+        return final
+
+    def stop(epoch: int, metrics: dict[str, Any]) -> None:
+        if epoch + 1 >= n:
+            raise _WarmupDone
+
+    if not (latest.is_file() and _epochs_done(latest) >= n):
+        try:
+            train(preprocessed_dataset_dir, WARMUP_METHOD, fold, out, epochs=epochs,
+                  iterations_per_epoch=iterations_per_epoch,
+                  val_iterations_per_epoch=val_iterations_per_epoch, coteaching=coteaching,
+                  svls=svls, seed=seed, device=device, plans_identifier=plans_identifier,
+                  configuration=configuration, epoch_callback=stop, continue_training=True)
+        except _WarmupDone:
+            pass
+    done = _epochs_done(latest) if latest.is_file() else 0
+    if done != n:
+        raise NNRobustLossError(f"{latest}: holds {done} epochs, the warm-up needs {n}. Delete "
+                                f"{out} and rerun.")
+    os.replace(latest, final)
+    (out / "checkpoint_best.pth").unlink(missing_ok=True)  # nnU-Net's; unused, as large
+    return final
+
+
+def tuning_epochs(config: Mapping[str, Any], shared_warmup: bool) -> dict[str, Any]:
+    """Training epochs that the tuning of the validated ``config`` runs, with or without the
+    shared warm-up (whatever ``tuning.shared_warmup`` says).
+
+    Returns ``{"per_method": {method: epochs of its trials, summed over tasks x folds},
+    "warmup": epochs of the shared warm-ups, "total": their sum, "studies": number of studies,
+    "warmups": number of warm-up jobs}``. Without the warm-up a study runs ``n_trials x epochs``
+    epochs; with it, a study of CoT, CoTPlus or StoCoT runs ``n_trials x (epochs - w)`` and each
+    task x fold trains one warm-up of ``w`` (:func:`warmup_epochs`) epochs.
+    """
+    tu = config["tuning"]
+    tuned: Iterable[str] = [m for m in config["methods"] if get_method(m).needs_tuning] \
+        if tu["enabled"] else []
+    n_runs = len(config["tasks"]) * len(config["folds"])
+    w = warmup_epochs(tu["epochs"], config["coteaching"]) if shared_warmup else 0
+    per_method: dict[str, int] = {}
+    sharing = False
+    for m in tuned:
+        share = w > 0 and get_method(m).shares_warmup
+        sharing |= share
+        per_method[m] = n_runs * tu["n_trials"] * (tu["epochs"] - (w if share else 0))
+    warmup = n_runs * w if sharing else 0
+    return {"per_method": per_method, "warmup": warmup,
+            "total": sum(per_method.values()) + warmup,
+            "studies": n_runs * len(per_method), "warmups": n_runs if sharing else 0}

@@ -494,3 +494,110 @@ def test_sequential_peer_updates_equal_joint(phantom_dir, tmp_path, method):
         assert float(x["kept_fraction_peer_b"]) < 1.0  # selection was active
         assert {k: v for k, v in x.items() if k != "epoch_seconds"} == \
                {k: v for k, v in y.items() if k != "epoch_seconds"}
+
+# ---------------------------------------------------------------------------- shared warm-up
+
+# 5-epoch trials: delay 2 and gradual 2 (the paper's 20 + 20 capped at 40 %); ramp 0, 0, 0, 0.5,
+# 1, so every method selects (and StoCoT draws thresholds) in the two epochs after the warm-up.
+WARMUP_TRIAL = {"epochs": 5, "coteaching": {"delay": 20, "gradual": 20}, "seed": 3, **SHORT}
+WARMUP_PARAMS = {"CoT": {"forget_rate": 0.1}, "CoTPlus": {"forget_rate": 0.08},
+                 "StoCoT": {"a": 0.7, "b": 5.0}}
+
+
+@pytest.fixture(scope="module")
+def warmup_checkpoint(phantom_dir, tmp_path_factory) -> Path:
+    """The shared warm-up of :data:`WARMUP_TRIAL` trials (2 epochs of the CoT trainer)."""
+    from nnrobustloss.warmup import train_warmup
+
+    return train_warmup(tmp_path_factory.mktemp("warmup"), preprocessed_dataset_dir=phantom_dir,
+                        fold=0, **WARMUP_TRIAL)
+
+
+def _trial(phantom_dir: Path, method: str, out: Path, start_from: Path | None
+           ) -> tuple[float, dict[int, float]]:
+    """One tuning trial through the real objective of the tuning stage: (objective, the
+    values reported to Optuna per epoch)."""
+    import optuna
+
+    from nnrobustloss.tuning import training_objective
+
+    call = {"preprocessed_dataset_dir": phantom_dir, "method": method, "fold": 0,
+            **WARMUP_TRIAL}
+    if start_from is not None:
+        call["start_from"] = start_from
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    value = training_objective(call)(trial, WARMUP_PARAMS[method], out)
+    study.tell(trial, value)
+    return value, dict(study.trials[0].intermediate_values)
+
+
+@pytest.mark.slow
+def test_warmup_checkpoint_holds_the_delay_epochs(phantom_dir, warmup_checkpoint):
+    out = warmup_checkpoint.parent
+    assert warmup_checkpoint.name == "checkpoint_warmup.pth"
+    assert not list(out.glob("checkpoint_latest.pth")) and not (out / "checkpoint_final.pth").exists()
+    ckpt = torch.load(warmup_checkpoint, map_location="cpu", weights_only=False)
+    assert ckpt["current_epoch"] == 2
+    history = ckpt["nnrobustloss"]["progress_history"]
+    assert [r["epoch"] for r in history] == [0, 1]
+    assert all(r["ramp"] == 0.0 and r["kept_fraction_peer_a"] == 1.0 for r in history)
+    settings = ckpt["nnrobustloss"]["settings"]
+    assert (settings["num_epochs"], settings["coteaching_delay"]) == (5, 2)  # the trials' LR schedule
+    # a second call returns the finished checkpoint untouched
+    from nnrobustloss.warmup import train_warmup
+
+    stamp = warmup_checkpoint.stat().st_mtime_ns
+    assert train_warmup(out, preprocessed_dataset_dir=phantom_dir, fold=0, **WARMUP_TRIAL) == \
+        warmup_checkpoint
+    assert warmup_checkpoint.stat().st_mtime_ns == stamp
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["CoT", "CoTPlus", "StoCoT"])
+def test_trial_from_the_shared_warmup_equals_the_trial_from_scratch(phantom_dir, tmp_path,
+                                                                   warmup_checkpoint, method):
+    value_a, reported_a = _trial(phantom_dir, method, tmp_path / "scratch", None)
+    value_b, reported_b = _trial(phantom_dir, method, tmp_path / "warm", warmup_checkpoint)
+    assert value_a == value_b  # the objective, bit for bit
+    assert reported_a == reported_b and sorted(reported_b) == [0, 1, 2, 3, 4]
+    ra = read_progress_csv(tmp_path / "scratch" / "progress.csv")
+    rb = read_progress_csv(tmp_path / "warm" / "progress.csv")
+    assert [r["ramp"] for r in ra] == ["0.0", "0.0", "0.0", "0.5", "1.0"]
+    assert float(ra[-1]["kept_fraction_peer_a"]) < 1.0  # selection did act after the warm-up
+    for x, y in zip(ra, rb, strict=True):
+        assert {k: v for k, v in x.items() if k != "epoch_seconds"} == \
+               {k: v for k, v in y.items() if k != "epoch_seconds"}
+    a = torch.load(tmp_path / "scratch" / "checkpoint_final.pth", map_location="cpu",
+                   weights_only=False)
+    b = torch.load(tmp_path / "warm" / "checkpoint_final.pth", map_location="cpu",
+                   weights_only=False)
+    for key in ("network_weights", "network_weights_peer_b"):
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), (key, name)
+    assert torch.equal(a["selection_generator_state"], b["selection_generator_state"])
+    assert b["trainer_name"] == a["trainer_name"]  # the trial's trainer, not the warm-up's
+    assert json.loads((tmp_path / "warm" / "settings.json").read_text())["params"] == \
+        WARMUP_PARAMS[method]
+
+
+@pytest.mark.slow
+def test_start_from_refuses_a_warmup_that_does_not_fit(phantom_dir, tmp_path, warmup_checkpoint):
+    kw = {**WARMUP_TRIAL, "start_from": warmup_checkpoint}
+    with pytest.raises(ConfigError, match="HRL cannot start from a shared warm-up"):
+        train(phantom_dir, "HRL", 0, tmp_path / "hrl", **kw)
+    with pytest.raises(ConfigError, match=r"different settings \(seed\)"):
+        train(phantom_dir, "StoCoT", 0, tmp_path / "seed", **{**kw, "seed": 4})
+    with pytest.raises(ConfigError, match=r"different settings \(num_epochs\)"):
+        train(phantom_dir, "CoT", 0, tmp_path / "epochs", **{**kw, "epochs": 6})
+    with pytest.raises(InputDataError, match="warm-up checkpoint is missing"):
+        train(phantom_dir, "CoT", 0, tmp_path / "none",
+              **{**kw, "start_from": tmp_path / "missing.pth"})
+    # a checkpoint past the delay: the hyper-parameters already acted
+    ckpt = torch.load(warmup_checkpoint, map_location="cpu", weights_only=False)
+    ckpt["current_epoch"] = 3
+    late = tmp_path / "late.pth"
+    torch.save(ckpt, late)
+    with pytest.raises(ConfigError, match="past the co-teaching delay"):
+        train(phantom_dir, "CoT", 0, tmp_path / "late", **{**kw, "start_from": late})
+    assert not (tmp_path / "late" / "checkpoint_final.pth").exists()

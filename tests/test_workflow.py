@@ -95,6 +95,41 @@ def test_tuning_disabled_trains_with_defaults(tmp_path: Path) -> None:
     assert counts["train"] == 27 and "tune_worker" not in counts and "select_best" not in counts
 
 
+def dry_run_jobs(output: str, rule: str) -> list[dict[str, str]]:
+    """The jobs of ``rule`` in a dry run's output: ``input``, ``output`` and ``wildcards``
+    (as {name: value}) of each."""
+    jobs = []
+    for block in output.split(f"rule {rule}:\n")[1:]:
+        fields = dict(re.findall(r"^\s{4}(\w+): (.*)$", block.split("\n\n")[0].split("[")[0],
+                                 flags=re.M))
+        fields["wildcards"] = dict(kv.split("=") for kv in fields["wildcards"].split(", "))
+        jobs.append(fields)
+    return jobs
+
+
+def test_shared_warmup_is_one_job_per_task_and_fold_that_cot_workers_need(tmp_path: Path) -> None:
+    paper = REPO / "config" / "paper.yaml"
+    on = snakemake(tmp_path, "-n", configfiles=(paper,)).stdout
+    warmups = {j["output"] for j in dry_run_jobs(on, "tune_warmup")}
+    expected = {f"results/tuning/{t}/warmup/fold{f}/seed0/checkpoint_warmup.pth"
+                for t in ("HIE", "Heart", "KiTS23") for f in range(3)}
+    assert warmups == expected and job_counts(on)["tune_warmup"] == 9
+    workers = dry_run_jobs(on, "tune_worker")
+    assert len(workers) == 54
+    for job in workers:
+        w = job["wildcards"]
+        warm = f"results/tuning/{w['task']}/warmup/fold{w['fold']}/seed0/checkpoint_warmup.pth"
+        shared = w["method"] in ("CoT", "CoTPlus", "StoCoT")
+        assert (warm in job["input"].split(", ")) == shared, job
+        assert ("warmup" in job["input"]) == shared, job
+    off_file = tmp_path / "off.yaml"
+    off_file.write_text("tuning: {shared_warmup: false}\n")
+    off = snakemake(tmp_path, "-n", configfiles=(paper, off_file)).stdout
+    counts = job_counts(off)
+    assert "tune_warmup" not in counts and counts["tune_worker"] == 54  # today's DAG
+    assert not any("warmup" in j["input"] for j in dry_run_jobs(off, "tune_worker"))
+
+
 def test_report_html_has_one_captioned_entry_per_output(tmp_path: Path) -> None:
     """Each table and figure is one report entry (its .html / .png) with a caption file."""
     proc = snakemake(tmp_path, "-n", "--forceall", "-p", "--rerun-triggers", "mtime")

@@ -1,0 +1,88 @@
+"""The shared co-teaching warm-up: its length, which studies use it, where it lives, and the
+tuning epochs it saves. (The bit-for-bit equality of a trial started from it with the trial
+trained from scratch is tested with real trainings in tests/test_trainers.py.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nnrobustloss import pipeline as P
+from nnrobustloss.config import load_config
+from nnrobustloss.errors import ConfigError
+from nnrobustloss.methods import METHODS
+from nnrobustloss.warmup import train_warmup, tuning_epochs, uses_shared_warmup, warmup_epochs
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def paper(**tuning: object) -> dict:
+    return load_config(REPO / "config" / "paper.yaml", overrides={"tuning": tuning} if tuning else None)
+
+
+@pytest.mark.parametrize(("epochs", "coteaching", "expected"), [
+    (50, {"delay": 20, "gradual": 20}, 20),              # the paper's tuning trials
+    (5, {"delay": 20, "gradual": 20}, 2),                # the default: capped at 40 % of 5
+    (10, {"delay": 3, "gradual": 20}, 3),                # a delay below the cap is kept
+    (50, {"delay": 0, "gradual": 20}, 0),                # no delay: nothing to share
+    (1, {"delay": 20, "gradual": 20}, 0),                # floor(0.4) = 0
+    (4, {"delay": 20, "gradual": 0, "max_fraction": 1.0}, 0),  # the whole trial: not shared
+    (4, {"delay": 3, "gradual": 0, "max_fraction": 1.0}, 3),
+])
+def test_warmup_epochs_is_the_trials_scaled_delay(epochs, coteaching, expected):
+    assert warmup_epochs(epochs, coteaching) == expected
+
+
+def test_only_cot_cotplus_and_stocot_share_the_warmup():
+    assert {m for m, spec in METHODS.items() if spec.shares_warmup} == {"CoT", "CoTPlus", "StoCoT"}
+    cfg = paper()
+    assert cfg["tuning"]["shared_warmup"] is True  # on by default
+    assert [m for m in cfg["methods"] if uses_shared_warmup(cfg, m)] == ["CoT", "CoTPlus", "StoCoT"]
+    assert not any(uses_shared_warmup(paper(shared_warmup=False), m) for m in cfg["methods"])
+    assert not any(uses_shared_warmup(paper(enabled=False), m) for m in cfg["methods"])
+    no_delay = load_config(REPO / "config" / "paper.yaml", overrides={"coteaching": {"delay": 0}})
+    assert not any(uses_shared_warmup(no_delay, m) for m in cfg["methods"])
+
+
+def test_warmup_checkpoint_path_and_params():
+    cfg = paper()
+    path = P.warmup_checkpoint(cfg, "KiTS23", "StoCoT", 2)
+    assert path == Path("results/tuning/KiTS23/warmup/fold2/seed0/checkpoint_warmup.pth")
+    assert P.warmup_checkpoint(cfg, "KiTS23", "CoT", 2) == path  # one per task x fold
+    assert P.warmup_checkpoint(cfg, "KiTS23", "HRL", 2) is None
+    assert P.warmup_checkpoint(paper(shared_warmup=False), "KiTS23", "CoT", 2) is None
+    with pytest.raises(ConfigError, match="tasks.Nope"):
+        P.warmup_checkpoint(cfg, "Nope", "CoT", 0)
+    params = P.warmup_params(cfg, "KiTS23", 2)
+    trial = P.tune_params(cfg, "KiTS23", "StoCoT", 2)
+    # the trials' training settings exactly (the warm-up must equal their first epochs)
+    for key in ("dataset", "fold", "epochs", "iterations_per_epoch", "val_iterations_per_epoch",
+                "coteaching", "svls", "seed", "configuration"):
+        assert params[key] == trial[key], key
+    assert params["warmup_epochs"] == 20 and params["method"] == "CoT"
+    assert "shared_warmup" not in str(trial)  # the switch changes no result: not a param
+
+
+def test_paper_tuning_epochs_with_and_without_the_warmup():
+    cfg = paper()
+    off, on = tuning_epochs(cfg, False), tuning_epochs(cfg, True)
+    # 3 tasks x 3 folds x 6 tuned methods, 30 trials x 50 epochs each
+    assert off == {"per_method": dict.fromkeys(["APL2", "CoT", "CoTPlus", "StoCoT", "SVLS", "HRL"],
+                                               9 * 30 * 50),
+                   "warmup": 0, "total": 81000, "studies": 54, "warmups": 0}
+    # CoT, CoT+, StoCoT train 30 epochs per trial; one 20-epoch warm-up per task x fold
+    assert on["per_method"]["CoT"] == on["per_method"]["StoCoT"] == 9 * 30 * 30
+    assert on["per_method"]["HRL"] == on["per_method"]["APL2"] == 9 * 30 * 50
+    assert (on["warmup"], on["warmups"], on["total"]) == (180, 9, 81000 - 16200 + 180)
+    co = sum(on["per_method"][m] for m in ("CoT", "CoTPlus", "StoCoT")) + on["warmup"]
+    assert co == 3 * 9 * 30 * 30 + 9 * 20 == 24480  # of 40500: the family's tuning 39.6 % shorter
+    assert tuning_epochs(paper(enabled=False), True)["total"] == 0
+
+
+def test_train_warmup_refuses_a_schedule_without_warmup(tmp_path):
+    with pytest.raises(ConfigError, match="no shared warm-up"):
+        train_warmup(tmp_path / "w", preprocessed_dataset_dir=tmp_path, fold=0, epochs=5,
+                     iterations_per_epoch=1, val_iterations_per_epoch=1,
+                     coteaching={"delay": 0, "gradual": 2})
+    assert not (tmp_path / "w").exists()

@@ -106,11 +106,15 @@ def run(args: argparse.Namespace) -> None:
         study = layout.study_dir(r, args.task, params["method"], args.fold)
         workers = args.workers or tuning_workers(cfg, params["method"])
         url_env = cfg["tuning"]["postgresql_url_env"]
+        warmup = P.warmup_checkpoint(cfg, args.task, params["method"], args.fold)
+        if warmup is not None and not warmup.is_file():  # CoT, CoT+, StoCoT: train it once
+            P.run_warmup(P.warmup_params(cfg, args.task, args.fold), results_dir=r,
+                         checkpoint=warmup, device=cfg["device"])
         P.run_tune_worker(params, worker=args.worker, workers=workers, results_dir=r,
                           marker=study / f"worker{args.worker}.done", url_env=url_env,
                           device=cfg["device"],
                           checkpoint_minutes=cfg["checkpoint_minutes"],
-                          peer_updates=cfg["coteaching"].get("peer_updates"))
+                          peer_updates=cfg["coteaching"].get("peer_updates"), warmup=warmup)
         try:
             best = P.run_select_best(params, results_dir=r, trials_csv=study / "trials.csv",
                                      best_params_json=study / "best_params.json", url_env=url_env)

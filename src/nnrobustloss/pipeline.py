@@ -251,7 +251,9 @@ def run_warmup(params: Mapping[str, Any], results_dir: str | os.PathLike[str],
     call = _train_call(p, results_dir, peer_updates)
     if call.pop("method") != WARMUP_METHOD:
         raise ConfigError(f"warm-up params name method {p['method']}, not {WARMUP_METHOD}.")
-    return train_warmup(Path(checkpoint).parent, device=device, **call)
+    latest = Path(checkpoint).with_name("checkpoint_latest.pth")  # its killed writes, GBs each
+    with _one_run(results_dir, f"warmup.fold{p['fold']}", p["task"], checkpoint, latest):
+        return train_warmup(Path(checkpoint).parent, device=device, **call)
 
 
 def run_tune_worker(params: Mapping[str, Any], worker: int, workers: int,

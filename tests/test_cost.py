@@ -49,7 +49,10 @@ def test_runtime_grows_with_attempt_up_to_the_limit(paper):
 
 def test_auto_workers_are_the_fewest_whose_quota_fits(paper):
     cap = cost.limit_minutes(paper)
-    for method, expected in [*((m, 3) for m in SINGLE), *((m, 6) for m in TWO_PEERS)]:
+    # CoT, CoT+, StoCoT trials start from the shared warm-up: 30 of 50 epochs, 8 trials fit
+    shared = {"CoT": 4, "CoTPlus": 4, "StoCoT": 4}
+    for method, expected in [*((m, 3) for m in SINGLE),
+                             *((m, shared.get(m, 6)) for m in TWO_PEERS)]:
         w = cost.tuning_workers(paper, method)
         assert w == expected, method
         assert cost.job_minutes(paper, "tune_worker", method, w) <= cap
@@ -98,7 +101,8 @@ def test_the_default_and_noise_sweep_configs_fit(paper):
         assert all(cost.tuning_workers(cfg, m) == 1 for m in cost.tuned_methods(cfg))
 
 
-def test_cost_plan_of_the_paper(paper):
+def test_cost_plan_of_the_paper_without_the_shared_warmup():
+    paper = load_config(PAPER, overrides={"tuning": {"shared_warmup": False}})
     plan = cost.cost_plan(paper)
     assert len(plan) == 3 * 9
     t = plan.sum(numeric_only=True)
@@ -115,12 +119,34 @@ def test_cost_plan_of_the_paper(paper):
     assert untuned["tune_jobs"].sum() == 0 and untuned["tune_gpu_h"].sum() == 0
 
 
+def test_cost_plan_of_the_paper_with_the_shared_warmup(paper):
+    plan = cost.cost_plan(paper)
+    warm = plan[plan["method"] == cost.WARMUP_ROW]
+    assert list(warm["task"]) == ["HIE", "Heart", "KiTS23"] and list(warm["tune_jobs"]) == [3] * 3
+    # one warm-up of 20 epochs of two peers per task x fold: 20 x 126 s x 2
+    assert warm["tune_gpu_h"].sum() == pytest.approx(9 * 20 * 126 * 2 / 3600)  # 12.6
+    assert cost.runtime_minutes(paper, "tune_warmup", "CoT") == _minutes(20, 2) == 120
+    cot = plan[plan["method"] == "CoT"]
+    assert list(cot["tune_epochs"]) == [3 * 30 * 30] * 3  # 30 of 50 epochs per trial
+    assert cost.runtime_minutes(paper, "tune_worker", "CoT") == _minutes(8 * 30, 2) == 1275
+    t = plan.sum(numeric_only=True)
+    assert t.tune_epochs == 81000 - 9 * 3 * 30 * 20 + 9 * 20 == 64980
+    # per task x fold: APL2 + SVLS 2 x 52.5 h, HRL 105 h, CoT + CoT+ + StoCoT 3 x 63 h
+    assert t.tune_gpu_h == pytest.approx(9 * (2 * 52.5 + 105 + 3 * 63) + 12.6)  # 3603.6 of 4725
+    assert t.tune_jobs == 9 * (2 * 3 + 6 + 3 * 4) + 9
+    text = cost.format_cost_plan(paper, plan)
+    assert "| tune_warmup | 9 | 120 |" in text and "| tune_worker | 216 | 1275, 1328 |" in text
+    assert ("64980 tuning epochs and 3,604 tuning GPU-hours; without it 81000 and 4,725 "
+            "(-19.8% epochs, -23.7% GPU-hours)") in text
+
+
 def test_plan_cost_command(capsys):
     assert main(["plan-cost", "--configfile", str(PAPER)]) == 0
     out = capsys.readouterr().out
-    assert "| tune_worker | 270 | 1328 |" in out and "| train | 81 | 540, 1065 |" in out
+    assert "| tune_worker | 216 | 1275, 1328 |" in out and "| train | 81 | 540, 1065 |" in out
     assert "| KiTS23 | HRL | 18 | 4500 | 600 | 315.0 | 42.0 | 6.0 | 363.0 | 459.9 |" in out
-    assert "GPU jobs: 432; estimated 5,706 GPU-hours" in out and "warning" not in out
+    assert "| KiTS23 | warm-up | 3 | 60 | 0 | 4.2 |" in out
+    assert "GPU jobs: 387; estimated 4,585 GPU-hours" in out and "warning" not in out
 
 
 def test_plan_cost_command_reports_a_study_that_cannot_be_split(tmp_path, capsys):

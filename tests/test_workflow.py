@@ -51,10 +51,12 @@ def test_paper_dag_dry_runs_without_data(tmp_path: Path) -> None:
     proc = snakemake(tmp_path, "-n", configfiles=(REPO / "config" / "paper.yaml",))
     counts = job_counts(proc.stdout)
     # 3 tasks x 9 methods x 3 folds; 6 tuned methods; tuning.workers: auto splits each study so
-    # that a worker fits 24 h: 3 workers for APL2 and SVLS, 6 for the two-peer CoT, CoT+, StoCoT
-    # and HRL (nnrobustloss.cost), so 9 x (2 x 3 + 4 x 6) = 270 worker jobs.
+    # that a worker fits 24 h: 3 workers for APL2 and SVLS, 6 for the two-peer HRL, 4 for the
+    # two-peer CoT, CoT+ and StoCoT, whose trials start from the shared warm-up (30 of 50 epochs)
+    # (nnrobustloss.cost), so 9 x (2 x 3 + 6 + 3 x 4) = 216 worker jobs and 9 warm-ups.
     assert counts["train"] == counts["predict"] == counts["evaluate"] == 81
-    assert counts["select_best"] == 54 and counts["tune_worker"] == 270
+    assert counts["select_best"] == 54 and counts["tune_worker"] == 216
+    assert counts["tune_warmup"] == 9
     assert counts["convert"] == counts["plan"] == counts["splits"] == counts["noise_report"] == 3
     assert counts["report"] == 1
 
@@ -115,7 +117,7 @@ def test_shared_warmup_is_one_job_per_task_and_fold_that_cot_workers_need(tmp_pa
                 for t in ("HIE", "Heart", "KiTS23") for f in range(3)}
     assert warmups == expected and job_counts(on)["tune_warmup"] == 9
     workers = dry_run_jobs(on, "tune_worker")
-    assert len(workers) == 54
+    assert len(workers) == 216  # auto workers: 4 per CoT, CoT+, StoCoT study (30-epoch trials)
     for job in workers:
         w = job["wildcards"]
         warm = f"results/tuning/{w['task']}/warmup/fold{w['fold']}/seed0/checkpoint_warmup.pth"
@@ -126,7 +128,8 @@ def test_shared_warmup_is_one_job_per_task_and_fold_that_cot_workers_need(tmp_pa
     off_file.write_text("tuning: {shared_warmup: false}\n")
     off = snakemake(tmp_path, "-n", configfiles=(paper, off_file)).stdout
     counts = job_counts(off)
-    assert "tune_warmup" not in counts and counts["tune_worker"] == 54  # today's DAG
+    # today's DAG: 50-epoch trials, 6 workers per CoT, CoT+, StoCoT study
+    assert "tune_warmup" not in counts and counts["tune_worker"] == 270
     assert not any("warmup" in j["input"] for j in dry_run_jobs(off, "tune_worker"))
 
 

@@ -3,8 +3,10 @@
 The work of a job is epochs x the seconds of one epoch: ``cluster.seconds_per_epoch`` of the
 planner (an epoch of 250 training iterations of one network), scaled by the budget's
 ``iterations_per_epoch`` and, for the two-peer methods, by ``cluster.two_peer_factor``. A tuning
-worker's work is its quota of trials x ``tuning.epochs``; a final training's is
-``training.epochs``; a predict job's is ``cluster.predict_hours``.
+worker's work is its quota of trials x ``tuning.epochs`` (less the shared warm-up's epochs for
+CoT, CoT+ and StoCoT with ``tuning.shared_warmup``, :mod:`nnrobustloss.warmup`); a warm-up
+job's is its epochs of the two-peer CoT trainer; a final training's is ``training.epochs``; a
+predict job's is ``cluster.predict_hours``.
 
 - :func:`job_minutes` is the runtime a job asks for: the work x ``cluster.safety_factor`` plus
   ``cluster.job_overhead_minutes``; :func:`runtime_minutes` multiplies it by Snakemake's
@@ -27,10 +29,14 @@ from typing import Any
 
 import pandas as pd
 
+from nnrobustloss.config import deep_update
 from nnrobustloss.errors import ConfigError
 from nnrobustloss.methods import get_method
+from nnrobustloss.warmup import WARMUP_METHOD, trial_epochs, uses_shared_warmup, warmup_epochs
 
-GPU_RULES = ("tune_worker", "train", "predict")
+GPU_RULES = ("tune_warmup", "tune_worker", "train", "predict")
+#: The method column of the cost plan's rows of the shared warm-ups (``tune_warmup`` jobs).
+WARMUP_ROW = "warm-up"
 #: seconds_per_epoch is given for an epoch of this many training iterations (nnU-Net's default).
 REFERENCE_ITERATIONS = 250
 #: tuning.workers: auto never splits a study into more workers than this (one trial each at most).
@@ -55,8 +61,9 @@ def epoch_seconds(config: Mapping[str, Any], method: str, stage: str) -> float:
 
 
 def trial_seconds(config: Mapping[str, Any], method: str) -> float:
-    """Estimated seconds of one tuning trial (``tuning.epochs`` epochs)."""
-    return config["tuning"]["epochs"] * epoch_seconds(config, method, "tuning")
+    """Estimated seconds of one tuning trial (``tuning.epochs`` epochs, less the shared warm-up's:
+    :func:`nnrobustloss.warmup.trial_epochs`)."""
+    return trial_epochs(config, method) * epoch_seconds(config, method, "tuning")
 
 
 def work_seconds(config: Mapping[str, Any], rule: str, method: str,
@@ -70,6 +77,9 @@ def work_seconds(config: Mapping[str, Any], rule: str, method: str,
     if rule == "tune_worker":
         w = tuning_workers(config, method) if workers is None else workers
         return -(-config["tuning"]["n_trials"] // w) * trial_seconds(config, method)
+    if rule == "tune_warmup":  # whatever ``method``: the warm-up's own trainer
+        return warmup_epochs(config["tuning"]["epochs"], config["coteaching"]) * \
+            epoch_seconds(config, WARMUP_METHOD, "tuning")
     if rule == "train":
         return config["training"]["epochs"] * epoch_seconds(config, method, "training")
     if rule == "predict":
@@ -185,7 +195,9 @@ def cost_plan(config: Mapping[str, Any]) -> pd.DataFrame:
 
     Columns: ``task, method, tune_jobs, tune_epochs, train_jobs, train_epochs, predict_jobs``,
     the estimated GPU-hours ``tune_gpu_h, train_gpu_h, predict_gpu_h, gpu_h`` (work without the
-    safety factor) and ``reserved_gpu_h``: the runtimes the first attempts ask for.
+    safety factor) and ``reserved_gpu_h``: the runtimes the first attempts ask for. With the
+    shared warm-up, each task has a row of method :data:`WARMUP_ROW` whose ``tune_*`` columns
+    are its ``tune_warmup`` jobs (one per fold).
     """
     n_folds = len(config["folds"])
     tuned = tuned_methods(config)
@@ -198,7 +210,7 @@ def cost_plan(config: Mapping[str, Any]) -> pd.DataFrame:
             if method in tuned:
                 w = tuning_workers(config, method)
                 row["tune_jobs"] = n_folds * w
-                row["tune_epochs"] = n_folds * tu["n_trials"] * tu["epochs"]
+                row["tune_epochs"] = n_folds * tu["n_trials"] * trial_epochs(config, method)
                 row["tune_gpu_h"] = n_folds * tu["n_trials"] * trial_seconds(config, method) / 3600
                 reserved += row["tune_jobs"] * runtime_minutes(config, "tune_worker", method) / 60
             else:
@@ -213,6 +225,14 @@ def cost_plan(config: Mapping[str, Any]) -> pd.DataFrame:
             row["gpu_h"] = row["tune_gpu_h"] + row["train_gpu_h"] + row["predict_gpu_h"]
             row["reserved_gpu_h"] = reserved
             rows.append(row)
+        if any(uses_shared_warmup(config, m) for m in tuned):
+            warm = work_seconds(config, "tune_warmup", WARMUP_METHOD)
+            rows.append({"task": task, "method": WARMUP_ROW, "tune_jobs": n_folds,
+                         "tune_epochs": n_folds * warmup_epochs(tu["epochs"], config["coteaching"]),
+                         "tune_gpu_h": n_folds * warm / 3600, "train_jobs": 0, "train_epochs": 0,
+                         "train_gpu_h": 0.0, "predict_jobs": 0, "predict_gpu_h": 0.0,
+                         "gpu_h": n_folds * warm / 3600, "reserved_gpu_h": n_folds * runtime_minutes(
+                             config, "tune_warmup", WARMUP_METHOD) / 60})
     return pd.DataFrame(rows)
 
 
@@ -227,12 +247,17 @@ def format_cost_plan(config: Mapping[str, Any], plan: pd.DataFrame | None = None
              f"{REFERENCE_ITERATIONS} iterations (one network), wall-time limit "
              f"{'none' if limit is None else f'{limit} h'} per job", "",
              "| rule | jobs | runtime per job, first attempt (min) |", "| --- | ---: | --- |"]
+    warm = plan["method"] == WARMUP_ROW
+    if warm.any():
+        lines.append(f"| tune_warmup | {int(plan.loc[warm, 'tune_jobs'].sum())} | "
+                     f"{runtime_minutes(config, 'tune_warmup', WARMUP_METHOD)} |")
     for rule, col in (("tune_worker", "tune_jobs"), ("train", "train_jobs"),
                       ("predict", "predict_jobs")):
         methods = tuned_methods(config) if rule == "tune_worker" else list(config["methods"])
         minutes = sorted({runtime_minutes(config, rule, m) for m in methods})
         shown = ", ".join(map(str, minutes)) or "-"
-        lines.append(f"| {rule} | {int(plan[col].sum())} | {shown} |")
+        jobs = plan.loc[~warm, col].sum() if rule == "tune_worker" else plan[col].sum()
+        lines.append(f"| {rule} | {int(jobs)} | {shown} |")
     lines += ["", "| task | method | tune jobs | tune epochs | train epochs | tune GPU-h | "
               "train GPU-h | predict GPU-h | GPU-h | reserved GPU-h |",
               "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -244,6 +269,13 @@ def format_cost_plan(config: Mapping[str, Any], plan: pd.DataFrame | None = None
     lines.append(f"| **total** | | {int(t.tune_jobs)} | {int(t.tune_epochs)} | "
                  f"{int(t.train_epochs)} | {t.tune_gpu_h:.1f} | {t.train_gpu_h:.1f} | "
                  f"{t.predict_gpu_h:.1f} | {t.gpu_h:.1f} | {t.reserved_gpu_h:.1f} |")
+    if warm.any():  # the same studies trained from scratch (tuning.shared_warmup: false)
+        off = cost_plan(deep_update(config, {"tuning": {"shared_warmup": False}}))
+        lines += ["", f"Shared warm-up (tuning.shared_warmup): {int(t.tune_epochs)} tuning epochs "
+                  f"and {t.tune_gpu_h:,.0f} tuning GPU-hours; without it "
+                  f"{int(off['tune_epochs'].sum())} and {off['tune_gpu_h'].sum():,.0f} "
+                  f"(-{1 - t.tune_epochs / off['tune_epochs'].sum():.1%} epochs, "
+                  f"-{1 - t.tune_gpu_h / off['tune_gpu_h'].sum():.1%} GPU-hours)."]
     lines += [""] + [f"warning: {m}" for m in fit_warnings(config)]
     lines += ["", f"GPU jobs: {int(t.tune_jobs + t.train_jobs + t.predict_jobs)}; estimated "
               f"{t.gpu_h:,.0f} GPU-hours, reserved (first attempts) {t.reserved_gpu_h:,.0f} "

@@ -24,16 +24,20 @@ shared. HRL's loss depends on w and sigma from epoch 0: never shared.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from nnrobustloss.errors import ConfigError, NNRobustLossError
 from nnrobustloss.methods import get_method
-from nnrobustloss.selection import MAX_SCHEDULE_FRACTION, scaled_schedule
+
+if TYPE_CHECKING:
+    import torch
+
+#: selection.MAX_SCHEDULE_FRACTION (selection imports torch; a test keeps the two equal)
+MAX_SCHEDULE_FRACTION = 0.4
 
 WARMUP_METHOD = "CoT"
 """The trainer that trains the shared warm-up (with its default forget rate, unused at ramp 0)."""
@@ -46,10 +50,13 @@ class _WarmupDone(Exception):
 
 def warmup_epochs(epochs: int, coteaching: Mapping[str, Any]) -> int:
     """Epochs of the shared warm-up of a tuning trial of ``epochs`` epochs: the trial's scaled
-    co-teaching delay, or 0 (nothing to share) when the delay is 0 or covers the whole trial."""
-    delay, _ = scaled_schedule(int(coteaching.get("delay", 20)),
-                               int(coteaching.get("gradual", 20)), int(epochs),
-                               coteaching.get("max_fraction", MAX_SCHEDULE_FRACTION))
+    co-teaching delay, or 0 (nothing to share) when the delay is 0 or covers the whole trial.
+
+    The delay is :func:`nnrobustloss.selection.scaled_schedule`'s, computed here without
+    importing torch (the Snakefile and the cost plan call this; a test keeps the two equal).
+    """
+    fraction = float(coteaching.get("max_fraction", MAX_SCHEDULE_FRACTION))
+    delay = min(int(coteaching.get("delay", 20)), math.floor(fraction * int(epochs) + 1e-9))
     return delay if 0 < delay < epochs else 0
 
 
@@ -63,7 +70,18 @@ def uses_shared_warmup(config: Mapping[str, Any], method: str) -> bool:
                 and warmup_epochs(tu["epochs"], config["coteaching"]) > 0)
 
 
+def trial_epochs(config: Mapping[str, Any], method: str) -> int:
+    """Epochs that one tuning trial of ``method`` trains under the validated ``config``:
+    ``tuning.epochs``, less the shared warm-up's when the trial starts from it."""
+    epochs = int(config["tuning"]["epochs"])
+    if uses_shared_warmup(config, method):
+        return epochs - warmup_epochs(epochs, config["coteaching"])
+    return epochs
+
+
 def _epochs_done(checkpoint: Path) -> int:
+    import torch
+
     return int(torch.load(checkpoint, map_location="cpu", weights_only=False,
                           mmap=True)["current_epoch"])
 

@@ -3,11 +3,10 @@
 Usage::
 
     python benchmarks/shared_warmup.py [--workdir DIR] [--trials 3] [--epochs 5] [--iterations 3]
-        [--seconds-per-epoch 120] [--two-peer-factor 2] [--skip-phantom]
+        [--skip-phantom]
 
-Part 1, the plan: tuning epochs of ``config/paper.yaml`` with and without the shared warm-up
-(:func:`nnrobustloss.warmup.tuning_epochs`), and GPU-hours from an assumed time per epoch of
-one network (``--seconds-per-epoch``; two-peer methods count ``--two-peer-factor`` times that).
+Part 1, the plan: tuning epochs, GPU-hours and jobs of ``config/paper.yaml`` with and without
+the shared warm-up (the cost plan of ``nnrobustloss plan-cost``, :mod:`nnrobustloss.cost`).
 Part 2, measured on the default config's Phantom (fold 0, CPU, single-threaded augmentation):
 converts and preprocesses it in ``--workdir`` (a temporary folder by default), then runs the
 tuning of CoT, CoTPlus and StoCoT through the pipeline's tune worker twice, from scratch and
@@ -33,43 +32,38 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = ("CoT", "CoTPlus", "StoCoT")
 
 
-def plan_table(seconds_per_epoch: float, two_peer_factor: float) -> str:
-    """Markdown: the paper config's tuning epochs and GPU-hours with and without the warm-up."""
+def plan_table() -> str:
+    """Markdown: the paper config's tuning epochs and GPU-hours with and without the warm-up
+    (:func:`nnrobustloss.cost.cost_plan`, from ``cluster.seconds_per_epoch``)."""
     from nnrobustloss.config import load_config
-    from nnrobustloss.methods import get_method
-    from nnrobustloss.trainers.coteaching import CoTeachingTrainer
-    from nnrobustloss.warmup import tuning_epochs, warmup_epochs
+    from nnrobustloss.cost import WARMUP_ROW, cost_plan
+    from nnrobustloss.warmup import warmup_epochs
 
     cfg = load_config(REPO / "config" / "paper.yaml")
     tu = cfg["tuning"]
-    off, on = tuning_epochs(cfg, False), tuning_epochs(cfg, True)
-
-    def factor(m: str) -> float:
-        two = issubclass(get_method(m).load_trainer_class(), CoTeachingTrainer)
-        return two_peer_factor if two else 1.0
-
-    def hours(plan: dict[str, Any]) -> float:
-        net = sum(e * factor(m) for m, e in plan["per_method"].items())
-        return (net + plan["warmup"] * two_peer_factor) * seconds_per_epoch / 3600
-
+    on = cost_plan(cfg)
+    off = cost_plan(load_config(REPO / "config" / "paper.yaml",
+                                overrides={"tuning": {"shared_warmup": False}}))
     lines = [f"## Plan: config/paper.yaml ({len(cfg['tasks'])} tasks x {len(cfg['folds'])} folds, "
              f"{tu['n_trials']} trials x {tu['epochs']} epochs, warm-up "
-             f"{warmup_epochs(tu['epochs'], cfg['coteaching'])} epochs)", "",
-             "| methods | epochs without | epochs with | saved | GPU-h without | GPU-h with |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    groups = {"CoT + CoT+ + StoCoT (incl. warm-ups)": [m for m in on["per_method"] if m in SHARED],
-              "all tuned methods": list(on["per_method"])}
-    for name, ms in groups.items():
-        sub_off = {"per_method": {m: off["per_method"][m] for m in ms}, "warmup": 0}
-        sub_on = {"per_method": {m: on["per_method"][m] for m in ms}, "warmup": on["warmup"]}
-        e_off = sum(sub_off["per_method"].values())
-        e_on = sum(sub_on["per_method"].values()) + on["warmup"]
-        lines.append(f"| {name} | {e_off} | {e_on} | {1 - e_on / e_off:.1%} | "
-                     f"{hours(sub_off):,.0f} | {hours(sub_on):,.0f} |")
-    lines += ["", f"{on['warmups']} warm-up jobs ({on['warmup']} epochs) replace "
-              f"{off['total'] - on['total'] + on['warmup']} trial epochs. GPU-hours assume "
-              f"{seconds_per_epoch:g} s per epoch of one network and {two_peer_factor:g}x that "
-              "for two-peer methods (an assumption: scale linearly with the real figure)."]
+             f"{warmup_epochs(tu['epochs'], cfg['coteaching'])} epochs; nnrobustloss plan-cost)",
+             "", "| methods | tuning epochs without | with | saved | tuning GPU-h without | with "
+             "| saved | tuning jobs without | with |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, ms in (("CoT + CoT+ + StoCoT (with their warm-ups)", (*SHARED, WARMUP_ROW)),
+                     ("all tuned methods", tuple(on["method"]))):
+        a, b = off[off["method"].isin(ms)].sum(numeric_only=True), \
+            on[on["method"].isin(ms)].sum(numeric_only=True)
+        lines.append(f"| {name} | {int(a.tune_epochs)} | {int(b.tune_epochs)} | "
+                     f"{1 - b.tune_epochs / a.tune_epochs:.1%} | {a.tune_gpu_h:,.0f} | "
+                     f"{b.tune_gpu_h:,.0f} | {1 - b.tune_gpu_h / a.tune_gpu_h:.1%} | "
+                     f"{int(a.tune_jobs)} | {int(b.tune_jobs)} |")
+    planner = cfg["planning"]["planner"]
+    lines += ["", f"GPU-hours from cluster.seconds_per_epoch.{planner} = "
+              f"{cfg['cluster']['seconds_per_epoch'][planner]} s per epoch of one network, "
+              f"x {cfg['cluster']['two_peer_factor']} for two peers (scale with your GPU's "
+              "figure); jobs with tuning.workers: auto (the warm-up lets 4 workers instead of 6 "
+              "fit 24 h), warm-up jobs included."]
     return "\n".join(lines)
 
 
@@ -174,11 +168,9 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--iterations", type=int, default=3)
-    ap.add_argument("--seconds-per-epoch", type=float, default=120.0)
-    ap.add_argument("--two-peer-factor", type=float, default=2.0)
     ap.add_argument("--skip-phantom", action="store_true")
     args = ap.parse_args()
-    print(plan_table(args.seconds_per_epoch, args.two_peer_factor))
+    print(plan_table())
     if args.skip_phantom:
         return
     with tempfile.TemporaryDirectory() as d:

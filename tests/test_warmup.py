@@ -1,6 +1,7 @@
 """The shared co-teaching warm-up: its length, which studies use it, where it lives, and the
-tuning epochs it saves. (The bit-for-bit equality of a trial started from it with the trial
-trained from scratch is tested with real trainings in tests/test_trainers.py.)"""
+epochs of a trial. The tuning epochs and GPU-hours it saves are tested in tests/test_cost.py;
+that a trial started from it equals the trial trained from scratch, bit for bit, with real
+trainings in tests/test_trainers.py."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from nnrobustloss import pipeline as P
 from nnrobustloss.config import load_config
 from nnrobustloss.errors import ConfigError
 from nnrobustloss.methods import METHODS
-from nnrobustloss.warmup import train_warmup, tuning_epochs, uses_shared_warmup, warmup_epochs
+from nnrobustloss.warmup import train_warmup, trial_epochs, uses_shared_warmup, warmup_epochs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -76,22 +77,9 @@ def test_warmup_checkpoint_path_and_params():
     assert params["warmup_epochs"] == 20 and params["method"] == "CoT"
     # the switch changes no result: not a param (switching it reruns no study for that reason)
     assert P.tune_params(paper(shared_warmup=False), "KiTS23", "StoCoT", 2) == trial
-
-
-def test_paper_tuning_epochs_with_and_without_the_warmup():
-    cfg = paper()
-    off, on = tuning_epochs(cfg, False), tuning_epochs(cfg, True)
-    # 3 tasks x 3 folds x 6 tuned methods, 30 trials x 50 epochs each
-    assert off == {"per_method": dict.fromkeys(["APL2", "CoT", "CoTPlus", "StoCoT", "SVLS", "HRL"],
-                                               9 * 30 * 50),
-                   "warmup": 0, "total": 81000, "studies": 54, "warmups": 0}
-    # CoT, CoT+, StoCoT train 30 epochs per trial; one 20-epoch warm-up per task x fold
-    assert on["per_method"]["CoT"] == on["per_method"]["StoCoT"] == 9 * 30 * 30
-    assert on["per_method"]["HRL"] == on["per_method"]["APL2"] == 9 * 30 * 50
-    assert (on["warmup"], on["warmups"], on["total"]) == (180, 9, 81000 - 16200 + 180)
-    co = sum(on["per_method"][m] for m in ("CoT", "CoTPlus", "StoCoT")) + on["warmup"]
-    assert co == 3 * 9 * 30 * 30 + 9 * 20 == 24480  # of 40500: the family's tuning 39.6 % shorter
-    assert tuning_epochs(paper(enabled=False), True)["total"] == 0
+    assert [trial_epochs(cfg, m) for m in ("APL2", "CoT", "CoTPlus", "StoCoT", "HRL")] == \
+        [50, 30, 30, 30, 50]
+    assert trial_epochs(paper(shared_warmup=False), "CoT") == 50
 
 
 def test_train_warmup_refuses_a_schedule_without_warmup(tmp_path):

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -134,30 +134,3 @@ def train_warmup(output_dir: str | os.PathLike[str], *, preprocessed_dataset_dir
     os.replace(latest, final)
     (out / "checkpoint_best.pth").unlink(missing_ok=True)  # nnU-Net's; unused, as large
     return final
-
-
-def tuning_epochs(config: Mapping[str, Any], shared_warmup: bool) -> dict[str, Any]:
-    """Training epochs that the tuning of the validated ``config`` runs, with or without the
-    shared warm-up (whatever ``tuning.shared_warmup`` says).
-
-    Returns ``{"per_method": {method: epochs of its trials, summed over tasks x folds},
-    "warmup": epochs of the shared warm-ups, "total": their sum, "studies": number of studies,
-    "warmups": number of warm-up jobs}``. Without the warm-up a study runs ``n_trials x epochs``
-    epochs; with it, a study of CoT, CoTPlus or StoCoT runs ``n_trials x (epochs - w)`` and each
-    task x fold trains one warm-up of ``w`` (:func:`warmup_epochs`) epochs.
-    """
-    tu = config["tuning"]
-    tuned: Iterable[str] = [m for m in config["methods"] if get_method(m).needs_tuning] \
-        if tu["enabled"] else []
-    n_runs = len(config["tasks"]) * len(config["folds"])
-    w = warmup_epochs(tu["epochs"], config["coteaching"]) if shared_warmup else 0
-    per_method: dict[str, int] = {}
-    sharing = False
-    for m in tuned:
-        share = w > 0 and get_method(m).shares_warmup
-        sharing |= share
-        per_method[m] = n_runs * tu["n_trials"] * (tu["epochs"] - (w if share else 0))
-    warmup = n_runs * w if sharing else 0
-    return {"per_method": per_method, "warmup": warmup,
-            "total": sum(per_method.values()) + warmup,
-            "studies": n_runs * len(per_method), "warmups": n_runs if sharing else 0}

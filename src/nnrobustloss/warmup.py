@@ -99,7 +99,8 @@ def train_warmup(output_dir: str | os.PathLike[str], *, preprocessed_dataset_dir
     :func:`warmup_epochs` epochs with the :data:`WARMUP_METHOD` trainer and moves that epoch's
     ``checkpoint_latest.pth`` to ``checkpoint_warmup.pth`` in one rename (never half-written).
     Returns at once when the checkpoint exists; a killed warm-up continues from its latest
-    checkpoint (ConfigError if that run used other settings). ConfigError when there is no
+    checkpoint (ConfigError if that run used other settings). It checkpoints after every epoch
+    (``checkpoint_minutes`` 0: its last epoch's checkpoint is the warm-up). ConfigError when there is no
     warm-up to train (delay 0 or not shorter than the trial).
     """
     from nnrobustloss.training import CHECKPOINT_LATEST, train

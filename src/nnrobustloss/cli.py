@@ -109,7 +109,8 @@ def run(args: argparse.Namespace) -> None:
         warmup = P.warmup_checkpoint(cfg, args.task, params["method"], args.fold)
         if warmup is not None and not warmup.is_file():  # CoT, CoT+, StoCoT: train it once
             P.run_warmup(P.warmup_params(cfg, args.task, args.fold), results_dir=r,
-                         checkpoint=warmup, device=cfg["device"])
+                         checkpoint=warmup, device=cfg["device"],
+                         peer_updates=cfg["coteaching"].get("peer_updates"))
         P.run_tune_worker(params, worker=args.worker, workers=workers, results_dir=r,
                           marker=study / f"worker{args.worker}.done", url_env=url_env,
                           device=cfg["device"],

@@ -8,4 +8,5 @@ if __name__ == "__main__":
     with logged(snakemake.log[0]):
         run_warmup(snakemake.params.p, results_dir=snakemake.config["results_dir"],
                    checkpoint=snakemake.output.checkpoint, device=snakemake.config["device"],
-                   threads=snakemake.threads)
+                   threads=snakemake.threads,
+                   peer_updates=snakemake.config["coteaching"].get("peer_updates"))

@@ -46,9 +46,9 @@ ORDER = ["convert", "noise", "splits", "plan", "tune_worker", "select_best", "tr
 
 
 def snakemake(workdir: Path, configs: list[Path], *targets: str) -> float:
-    """Run the workflow with ``--cores 2``; return its wall seconds (raises on failure)."""
+    """Run the workflow with ``--cores 2`` (a killed earlier run's incomplete jobs are redone); return its wall seconds (raises on failure)."""
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-           "--cores", "2", "--configfile", *map(str, configs), "--", *targets]
+           "--cores", "2", "--rerun-incomplete", "--configfile", *map(str, configs), "--", *targets]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     if proc.returncode:

@@ -46,7 +46,9 @@ ORDER = ["convert", "noise", "splits", "plan", "tune_worker", "select_best", "tr
 
 
 def snakemake(workdir: Path, configs: list[Path], *targets: str) -> float:
-    """Run the workflow with ``--cores 2`` (a killed earlier run's incomplete jobs are redone); return its wall seconds (raises on failure)."""
+    """Run the workflow with ``--cores 2``; return its wall seconds (raises on failure).
+
+    ``--rerun-incomplete``: the jobs a killed earlier run left incomplete are redone."""
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
            "--cores", "2", "--rerun-incomplete", "--configfile", *map(str, configs), "--", *targets]
     t0 = time.perf_counter()

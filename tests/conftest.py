@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,26 @@ SHARED_KITS = Path(__file__).resolve().parents[2] / "shared" / "data" / "kits23_
 # Tests run nnU-Net in-process; keep its data augmentation single-threaded and deterministic,
 # and never compile (CPU CI).
 os.environ.setdefault("nnUNet_compile", "false")
+
+
+@contextlib.contextmanager
+def deterministic_cpu_training() -> Iterator[None]:
+    """Single-threaded nnU-Net data augmentation (``nnUNet_n_proc_DA=0``) and one torch thread,
+    so CPU trainings are deterministic; both are restored on exit. Enter it after planning:
+    nnU-Net's planner crashes with ``nnUNet_n_proc_DA=0``."""
+    import torch
+
+    old_env, old_threads = os.environ.get("nnUNet_n_proc_DA"), torch.get_num_threads()
+    os.environ["nnUNet_n_proc_DA"] = "0"
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old_threads)
+        if old_env is None:
+            os.environ.pop("nnUNet_n_proc_DA", None)
+        else:
+            os.environ["nnUNet_n_proc_DA"] = old_env
 
 
 PHANTOM_TEST_TASK = {

@@ -4,7 +4,6 @@ evaluate round trip on the phantom with real nnU-Net inference."""
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -257,7 +256,6 @@ def test_calibration_folder_rows_and_reliability_sums(tmp_path: Path) -> None:
 def trained(request, tmp_path_factory):
     """A results folder that links the phantom fixture's raw data, reference labels and splits,
     with a 1-epoch Baseline and CoT training of fold 0 in it."""
-    import torch
 
     from nnrobustloss import layout
     from nnrobustloss.training import train
@@ -266,19 +264,14 @@ def trained(request, tmp_path_factory):
     root = tmp_path_factory.mktemp("calibration_results")
     for name in ("raw", "reference", "splits"):
         (root / name).symlink_to(Path(info["results_dir"]) / name)
-    old_env, old_threads = os.environ.get("nnUNet_n_proc_DA"), torch.get_num_threads()
-    os.environ["nnUNet_n_proc_DA"] = "0"
-    torch.set_num_threads(1)
-    for method in ("Baseline", "CoT"):
-        train(info["preprocessed_dir"], method, 0,
-              layout.training_dir(root, "PhantomTest", method, 0), epochs=1,
-              iterations_per_epoch=2, val_iterations_per_epoch=1, device="cpu")
-    yield root
-    torch.set_num_threads(old_threads)
-    if old_env is None:
-        os.environ.pop("nnUNet_n_proc_DA", None)
-    else:
-        os.environ["nnUNet_n_proc_DA"] = old_env
+    from conftest import deterministic_cpu_training
+
+    with deterministic_cpu_training():
+        for method in ("Baseline", "CoT"):
+            train(info["preprocessed_dir"], method, 0,
+                  layout.training_dir(root, "PhantomTest", method, 0), epochs=1,
+                  iterations_per_epoch=2, val_iterations_per_epoch=1, device="cpu")
+        yield root
 
 
 def _params(method: str, calibration: bool, **prediction) -> tuple[dict, dict]:

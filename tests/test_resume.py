@@ -8,7 +8,6 @@ nnU-Net tests train and predict the phantom task of tests/conftest.py on the CPU
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,6 @@ class _Interrupted(Exception):
 def phantom(request):
     """The phantom fixture's paths, a 1-epoch Baseline training of fold 0, and deterministic
     single-threaded CPU settings (restored afterwards)."""
-    import torch
 
     from nnrobustloss.training import train
 
@@ -35,19 +33,14 @@ def phantom(request):
         info = request.getfixturevalue("preprocessed_phantom")
     except pytest.FixtureLookupError:
         pytest.skip("tests/conftest.py provides no preprocessed_phantom fixture")
-    old_env, old_threads = os.environ.get("nnUNet_n_proc_DA"), torch.get_num_threads()
-    os.environ["nnUNet_n_proc_DA"] = "0"
-    torch.set_num_threads(1)
-    root = Path(info["results_dir"])
-    model = train(info["preprocessed_dir"], "Baseline", 0,
-                  layout.training_dir(root, "ResumeTest", "Baseline", 0), epochs=1,
-                  iterations_per_epoch=2, val_iterations_per_epoch=1, device="cpu")
-    yield {**info, "model": model}
-    torch.set_num_threads(old_threads)
-    if old_env is None:
-        os.environ.pop("nnUNet_n_proc_DA", None)
-    else:
-        os.environ["nnUNet_n_proc_DA"] = old_env
+    from conftest import deterministic_cpu_training
+
+    with deterministic_cpu_training():
+        root = Path(info["results_dir"])
+        model = train(info["preprocessed_dir"], "Baseline", 0,
+                      layout.training_dir(root, "ResumeTest", "Baseline", 0), epochs=1,
+                      iterations_per_epoch=2, val_iterations_per_epoch=1, device="cpu")
+        yield {**info, "model": model}
 
 
 def _cases(info: dict) -> list[str]:

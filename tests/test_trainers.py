@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -170,15 +169,10 @@ def phantom_dir(request) -> Path:
         info = request.getfixturevalue("preprocessed_phantom")
     except pytest.FixtureLookupError:
         pytest.skip("tests/conftest.py provides no preprocessed_phantom fixture")
-    old_env, old_threads = os.environ.get("nnUNet_n_proc_DA"), torch.get_num_threads()
-    os.environ["nnUNet_n_proc_DA"] = "0"
-    torch.set_num_threads(1)
-    yield Path(info["preprocessed_dir"])
-    torch.set_num_threads(old_threads)
-    if old_env is None:
-        os.environ.pop("nnUNet_n_proc_DA", None)
-    else:
-        os.environ["nnUNet_n_proc_DA"] = old_env
+    from conftest import deterministic_cpu_training
+
+    with deterministic_cpu_training():
+        yield Path(info["preprocessed_dir"])
 
 
 def _finite(x: str) -> bool:

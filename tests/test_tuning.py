@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -612,14 +611,12 @@ def test_real_training_trials_report_the_progress_ema(tmp_path, request):
         info = request.getfixturevalue("preprocessed_phantom")
     except pytest.FixtureLookupError:
         pytest.skip("tests/conftest.py provides no preprocessed_phantom fixture")
-    import torch
+
+    from conftest import deterministic_cpu_training
 
     from nnrobustloss.trainers.progress import read_progress_csv
 
-    old_env, old_threads = os.environ.get("nnUNet_n_proc_DA"), torch.get_num_threads()
-    os.environ["nnUNet_n_proc_DA"] = "0"  # after planning (the fixture): single-threaded DA
-    torch.set_num_threads(1)
-    try:
+    with deterministic_cpu_training():  # after planning (the fixture)
         objective = tuning.training_objective({
             "preprocessed_dataset_dir": info["preprocessed_dir"], "method": "SVLS", "fold": 0,
             "epochs": 2, "iterations_per_epoch": 2, "val_iterations_per_epoch": 1,
@@ -628,12 +625,6 @@ def test_real_training_trials_report_the_progress_ema(tmp_path, request):
         kw = {**worker_kwargs(tmp_path / "study", storage="sqlite", method="SVLS", n_trials=2),
               "epochs": 2}
         tuning.run_worker(**kw, run_trial=objective)
-    finally:
-        torch.set_num_threads(old_threads)
-        if old_env is None:
-            os.environ.pop("nnUNet_n_proc_DA", None)
-        else:
-            os.environ["nnUNet_n_proc_DA"] = old_env
 
     study = load(tmp_path / "study", "sqlite", method="SVLS")
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2

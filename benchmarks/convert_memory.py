@@ -38,17 +38,10 @@ DEFAULT_LABELS = Path("/work/shared/data/kits23_labels")
 
 
 def synthetic_ct(seg_path: Path, out: Path) -> None:
-    """Write an int16 CT-like image on the grid of ``seg_path`` (air, soft tissue, organs)."""
-    seg = sitk.ReadImage(str(seg_path))
-    lab = sitk.GetArrayFromImage(seg)
-    ct = np.full(lab.shape, -1000, dtype=np.int16)
-    z, y, x = lab.shape
-    yy, xx = np.ogrid[:y, :x]
-    body = ((yy - y / 2) / (0.45 * y)) ** 2 + ((xx - x / 2) / (0.48 * x)) ** 2 <= 1.0
-    ct[:, body] = 20
-    ct[lab > 0] = 30 + 20 * lab[lab > 0].astype(np.int16)
-    img = sitk.GetImageFromArray(ct)
-    img.CopyInformation(seg)
+    """Write :func:`nnrobustloss.datasets.synthetic_ct.synthetic_ct_for_labels` of ``seg_path``."""
+    from nnrobustloss.datasets.synthetic_ct import synthetic_ct_for_labels
+
+    img = synthetic_ct_for_labels(sitk.ReadImage(str(seg_path)))
     sitk.WriteImage(img, str(out), useCompression=True)
 
 

@@ -13,10 +13,11 @@ sys.path.insert(0, SRC)
 # (set, not read: the linter's envvars check is about variables a workflow requires)
 os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p))
 
-from nnrobustloss import pipeline as P
+from nnrobustloss import layout
+from nnrobustloss import pipeline as stages
 from nnrobustloss.config import validate_config
-from nnrobustloss.cost import check_fits, runtime_minutes, tuning_workers
-from nnrobustloss.methods import get_method
+from nnrobustloss.cost import check_fits, runtime_minutes, tuned_methods, tuning_workers
+from nnrobustloss.warmup import WARMUP_METHOD
 
 
 # The embedded default; --configfile replaces it (pass it first to extend it instead).
@@ -28,12 +29,15 @@ if not workflow.overwrite_configfiles:
 
 config = validate_config(config)
 check_fits(config)  # warns about GPU jobs longer than cluster.max_job_hours
-R = config["results_dir"]
+# Rules read paths from nnrobustloss.layout (with wildcard placeholders such as "{task}"), the
+# settings of a job from nnrobustloss.pipeline ("stages": <stage>_params(config, ...), passed to
+# the job's script as params.settings) and nothing else from the package.
+RESULTS = config["results_dir"]
 TASKS = list(config["tasks"])
 METHODS = list(config["methods"])
 FOLDS = list(config["folds"])
 # Methods with Optuna studies (none when tuning.enabled is false: registry defaults instead).
-TUNED = [m for m in METHODS if get_method(m).needs_tuning and config["tuning"]["enabled"]]
+TUNED = tuned_methods(config)
 ENV = "envs/nnrobustloss.yaml"
 
 
@@ -78,5 +82,5 @@ rule all:
 rule data:
     """The data stage only: raw datasets, noise reports, splits and preprocessed data."""
     input:
-        expand(f"{R}/preprocessed/{{task}}.json", task=TASKS),
-        expand(f"{R}/noise/{{task}}.csv", task=TASKS),
+        [str(layout.preprocessed_manifest(RESULTS, task)) for task in TASKS],
+        [str(layout.noise_csv(RESULTS, task)) for task in TASKS],

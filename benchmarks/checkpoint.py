@@ -7,7 +7,7 @@ Usage::
 Builds nnU-Net's ``ResidualEncoderUNet`` as the residual-encoder L plans configure it for a 3D
 CT task such as KiTS23 (6 stages, 32..320 features, 1/3/4/6/6/6 encoder blocks, 3 classes + 1
 input channel), gives its SGD optimiser momentum buffers with one step, and times writing and
-reading the checkpoint dict that ``RobustTrainerMixin.save_checkpoint`` writes every epoch
+reading the checkpoint dict that ``RobustTrainer.save_checkpoint`` writes every epoch
 (network weights + optimiser state; two of each for the co-teaching methods), written
 atomically with :func:`nnrobustloss.fileio.atomic_path` into ``--folder`` (default: a temporary
 folder; pass a folder on the cluster's results file system to measure that). Prints a Markdown

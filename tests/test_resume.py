@@ -323,7 +323,7 @@ def test_interrupted_training_trial_continues_and_equals_an_uninterrupted_one(
     from optuna.trial import TrialState
 
     from nnrobustloss import tuning
-    from nnrobustloss.trainers.base import RobustTrainerMixin
+    from nnrobustloss.trainers.base import RobustTrainer
     from nnrobustloss.trainers.progress import read_progress_csv
 
     objective = tuning.training_objective({
@@ -343,14 +343,14 @@ def test_interrupted_training_trial_continues_and_equals_an_uninterrupted_one(
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
     assert (tuning.trial_dir(study_dir, 0) / "checkpoint_latest.pth").is_file()
 
-    real = RobustTrainerMixin.on_train_epoch_start
+    real = RobustTrainer.on_train_epoch_start
     epochs: list[int] = []
 
     def spy(self):
         epochs.append(self.current_epoch)
         real(self)
 
-    monkeypatch.setattr(RobustTrainerMixin, "on_train_epoch_start", spy)
+    monkeypatch.setattr(RobustTrainer, "on_train_epoch_start", spy)
     summary = tuning.run_worker(**_worker_kwargs(study_dir, **kw), run_trial=objective,
                                 keep_checkpoints=True)
     assert (summary["recovered"], summary["ran"]) == (0, 1)

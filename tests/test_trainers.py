@@ -19,7 +19,8 @@ import torch
 
 from nnrobustloss.errors import ConfigError, InputDataError
 from nnrobustloss.methods import METHODS
-from nnrobustloss.trainers.base import TrainerSettings, capture_rng_state, restore_rng_state
+from nnrobustloss.trainers.resume import capture_rng_state, restore_rng_state
+from nnrobustloss.trainers.settings import TrainerSettings
 from nnrobustloss.trainers.progress import (
     confusion_counts,
     ema_update,
@@ -91,16 +92,16 @@ def test_progress_csv_round_trip_full_precision(tmp_path):
 
 
 def test_settings_validation_messages():
-    s = TrainerSettings(method="HRL", params={"w": 0.2}).validated()
+    s = TrainerSettings(method="HRL", params={"w": 0.2})
     assert s.params["w"] == 0.2 and set(s.params) == {"a", "b", "w", "sigma"}
     with pytest.raises(ConfigError, match="num_epochs"):
-        TrainerSettings(method="CoT", num_epochs=0).validated()
+        TrainerSettings(method="CoT", num_epochs=0)
     with pytest.raises(ConfigError, match="stocot_thresholds"):
-        TrainerSettings(method="StoCoT", stocot_thresholds="grid").validated()
+        TrainerSettings(method="StoCoT", stocot_thresholds="grid")
     with pytest.raises(ConfigError, match="svls.kernel"):
-        TrainerSettings(method="SVLS", svls_kernel="box").validated()
+        TrainerSettings(method="SVLS", svls_kernel="box")
     with pytest.raises(ConfigError, match="coteaching.delay"):
-        TrainerSettings(method="CoT", coteaching_delay=-1).validated()
+        TrainerSettings(method="CoT", coteaching_delay=-1)
     with pytest.raises(ConfigError, match="unknown key"):
         build_settings("CoT", coteaching={"dealy": 3})
     s = build_settings("CoT", epochs=5, coteaching={"delay": 1, "gradual": 2}, seed=4)

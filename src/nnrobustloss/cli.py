@@ -16,13 +16,14 @@ disk, a read-only folder, a file in the way) print one ``error:`` line and exit 
 from __future__ import annotations
 
 import argparse
+import glob
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from nnrobustloss import layout
-from nnrobustloss import pipeline as P
+from nnrobustloss import pipeline as stages
 from nnrobustloss.cost import format_cost_plan, tuning_workers
 from nnrobustloss.errors import NNRobustLossError, one_line
 
@@ -87,82 +88,100 @@ def run(args: argparse.Namespace) -> None:
     cfg = _load(args)
     r = cfg["results_dir"]
     s = args.stage
+    if s == "plan-cost":
+        print(format_cost_plan(cfg), end="")
+        return
+    if s == "report":
+        _report(cfg, r)
+        return
+    task = args.task
+    splits = layout.splits_json(r, task)
     if s == "convert":
-        P.run_convert(**P.convert_params(cfg, args.task), results_dir=r,
-                      manifest=Path(r) / "raw" / f"{args.task}.json")
+        stages.run_convert(**stages.convert_params(cfg, task), results_dir=r,
+                           manifest=layout.raw_manifest(r, task))
     elif s == "noise":
-        P.run_noise_report(**P.noise_params(cfg, args.task), results_dir=r,
-                           out_csv=Path(r) / "noise" / f"{args.task}.csv")
+        stages.run_noise_report(**stages.noise_params(cfg, task), results_dir=r,
+                                out_csv=layout.noise_csv(r, task))
     elif s == "splits":
-        P.run_splits(**P.splits_params(cfg, args.task), results_dir=r,
-                     out_json=Path(r) / "splits" / f"{args.task}.json")
+        stages.run_splits(**stages.splits_params(cfg, task), results_dir=r, out_json=splits)
     elif s == "plan":
-        P.run_plan(**P.plan_params(cfg, args.task), results_dir=r,
-                   splits_json=Path(r) / "splits" / f"{args.task}.json",
-                   manifest=Path(r) / "preprocessed" / f"{args.task}.json",
-                   num_processes=cfg["planning"]["num_processes"])
+        stages.run_plan(**stages.plan_params(cfg, task), results_dir=r, splits_json=splits,
+                        manifest=layout.preprocessed_manifest(r, task),
+                        num_processes=cfg["planning"]["num_processes"])
     elif s == "tune":
-        params = P.tune_params(cfg, args.task, args.method, args.fold)
-        study = layout.study_dir(r, args.task, params["method"], args.fold)
-        workers = args.workers or tuning_workers(cfg, params["method"])
-        url_env = cfg["tuning"]["postgresql_url_env"]
-        warmup = P.warmup_checkpoint(cfg, args.task, params["method"], args.fold)
-        if warmup is not None and not warmup.is_file():  # CoT, CoT+, StoCoT: train it once
-            P.run_warmup(P.warmup_params(cfg, args.task, args.fold), results_dir=r,
-                         checkpoint=warmup, device=cfg["device"],
-                         peer_updates=cfg["coteaching"].get("peer_updates"))
-        P.run_tune_worker(params, worker=args.worker, workers=workers, results_dir=r,
-                          marker=study / f"worker{args.worker}.done", url_env=url_env,
-                          device=cfg["device"],
-                          checkpoint_minutes=cfg["checkpoint_minutes"],
-                          peer_updates=cfg["coteaching"].get("peer_updates"), warmup=warmup)
-        try:
-            best = P.run_select_best(params, results_dir=r, trials_csv=study / "trials.csv",
-                                     best_params_json=study / "best_params.json", url_env=url_env)
-            print(f"best parameters: {best['params']} (EMA pseudo Dice {best['value']:.4f})")
-        except NNRobustLossError as e:  # other workers still running: not an error here
-            print(f"study not complete yet: {e}")
+        _tune(cfg, r, task, args)
     elif s == "train":
-        params = P.train_params(cfg, args.task, args.method, args.fold)
+        settings = stages.train_params(cfg, task, args.method, args.fold)
         if args.epochs is not None:
-            params["epochs"] = args.epochs
-        best = layout.study_dir(r, args.task, params["method"], args.fold) / "best_params.json"
+            settings["epochs"] = args.epochs
+        best = layout.best_params_json(r, task, settings["method"], args.fold)
         from nnrobustloss.training import parse_params
 
         source = args.params if args.params is not None else (str(best) if best.is_file() else None)
-        out = P.run_train(params, results_dir=r, hparams=parse_params(source) if source else None,
-                          device=cfg["device"],
-                          checkpoint_minutes=cfg["checkpoint_minutes"],
-                          peer_updates=cfg["coteaching"].get("peer_updates"))
-        print(f"trained: {out / 'checkpoint_final.pth'}")
+        out = stages.run_train(settings, results_dir=r,
+                               hparams=parse_params(source) if source else None,
+                               device=cfg["device"], checkpoint_minutes=cfg["checkpoint_minutes"],
+                               peer_updates=cfg["coteaching"].get("peer_updates"))
+        print(f"trained: {out / layout.CHECKPOINT_FINAL}")
     elif s == "predict":
-        params = P.predict_params(cfg, args.task, args.method, args.fold)
-        P.run_predict(params, results_dir=r, splits_json=Path(r) / "splits" / f"{args.task}.json",
-                      out_dir=layout.predictions_dir(r, args.task, params["method"], args.fold),
-                      device=cfg["device"])
+        settings = stages.predict_params(cfg, task, args.method, args.fold)
+        stages.run_predict(settings, results_dir=r, splits_json=splits,
+                           out_dir=layout.predictions_dir(r, task, settings["method"], args.fold),
+                           device=cfg["device"])
     elif s == "evaluate":
-        params = P.evaluate_params(cfg, args.task, args.method, args.fold)
-        P.run_evaluate(params, results_dir=r, splits_json=Path(r) / "splits" / f"{args.task}.json",
-                       pred_dir=layout.predictions_dir(r, args.task, params["method"], args.fold),
-                       out_csv=Path(r) / "metrics" / args.task / params["method"] / f"fold{args.fold}.csv",
-                       n_workers=cfg["evaluation"]["n_workers"],
-                       reliability_csv=Path(r) / "metrics" / args.task / params["method"]
-                       / f"fold{args.fold}_reliability.csv")
-    elif s == "plan-cost":
-        print(format_cost_plan(cfg), end="")
-    elif s == "report":
-        root = Path(r)
-        out = P.run_report(P.report_params(cfg),
-                           metrics_csvs=sorted(str(f) for f in root.glob("metrics/*/*/fold*.csv")
-                                               if not f.name.endswith("_reliability.csv")),
-                           reliability_csvs=sorted(
-                               map(str, root.glob("metrics/*/*/fold*_reliability.csv"))),
-                           noise_csvs=sorted(map(str, root.glob("noise/*.csv"))),
-                           trials_csvs=sorted(map(str, root.glob("tuning/*/*/fold*/trials.csv"))),
-                           progress_csvs=sorted(map(str, root.glob("training/*/*/fold*/progress.csv"))),
-                           tables_dir=root / "tables", figures_dir=root / "figures")
-        for path in out.values():
-            print(path)
+        settings = stages.evaluate_params(cfg, task, args.method, args.fold)
+        method, fold = settings["method"], args.fold
+        stages.run_evaluate(settings, results_dir=r, splits_json=splits,
+                            pred_dir=layout.predictions_dir(r, task, method, fold),
+                            out_csv=layout.metrics_csv(r, task, method, fold),
+                            n_workers=cfg["evaluation"]["n_workers"],
+                            reliability_csv=layout.reliability_csv(r, task, method, fold))
+
+
+def _tune(cfg: dict[str, Any], r: str, task: str, args: argparse.Namespace) -> None:
+    """One worker of a study (training the shared warm-up first when it is missing), then the
+    best parameters when the study is complete."""
+    settings = stages.tune_params(cfg, task, args.method, args.fold)
+    method, fold = settings["method"], args.fold
+    workers = args.workers or tuning_workers(cfg, method)
+    url_env = cfg["tuning"]["postgresql_url_env"]
+    warmup = stages.warmup_checkpoint(cfg, task, method, fold)
+    if warmup is not None and not warmup.is_file():  # CoT, CoT+, StoCoT: train it once
+        stages.run_warmup(stages.warmup_params(cfg, task, fold), results_dir=r,
+                          checkpoint=warmup, device=cfg["device"],
+                          peer_updates=cfg["coteaching"].get("peer_updates"))
+    stages.run_tune_worker(settings, worker=args.worker, workers=workers, results_dir=r,
+                           marker=layout.worker_marker(r, task, method, fold, args.worker),
+                           url_env=url_env, device=cfg["device"],
+                           checkpoint_minutes=cfg["checkpoint_minutes"],
+                           peer_updates=cfg["coteaching"].get("peer_updates"), warmup=warmup)
+    try:
+        best = stages.run_select_best(settings, results_dir=r,
+                                      trials_csv=layout.trials_csv(r, task, method, fold),
+                                      best_params_json=layout.best_params_json(r, task, method,
+                                                                               fold),
+                                      url_env=url_env)
+        print(f"best parameters: {best['params']} (EMA pseudo Dice {best['value']:.4f})")
+    except NNRobustLossError as e:  # other workers still running: not an error here
+        print(f"study not complete yet: {e}")
+
+
+def _report(cfg: dict[str, Any], r: str) -> None:
+    """The report from every stage CSV under the results folder (the layout's paths with ``*``
+    for task, method and fold)."""
+    def found(path: Path) -> list[str]:
+        return sorted(glob.glob(str(path)))
+
+    reliability = found(layout.reliability_csv(r, "*", "*", "*"))
+    out = stages.run_report(
+        stages.report_params(cfg),
+        metrics_csvs=[f for f in found(layout.metrics_csv(r, "*", "*", "*")) if f not in reliability],
+        reliability_csvs=reliability, noise_csvs=found(layout.noise_csv(r, "*")),
+        trials_csvs=found(layout.trials_csv(r, "*", "*", "*")),
+        progress_csvs=found(layout.progress_csv(r, "*", "*", "*")),
+        tables_dir=layout.tables_dir(r), figures_dir=layout.figures_dir(r))
+    for path in out.values():
+        print(path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

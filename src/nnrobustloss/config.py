@@ -130,7 +130,8 @@ def _message(err: jsonschema.ValidationError) -> str:
 def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """Validate ``config`` against the schema and return a copy with all defaults filled in.
 
-    ``folds`` defaults to every fold ``0 .. n_folds - 1``; a task set to null is removed (how an
+    ``folds`` defaults to every fold ``0 .. n_folds - 1`` and ``methods`` to every method of the
+    registry (:data:`nnrobustloss.methods.METHODS`); a task set to null is removed (how an
     overlay leaves out a task of the config it extends). Raises :class:`ConfigError` naming
     the first offending key (the deepest schema error).
     """
@@ -143,6 +144,10 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(_message(best) + " See workflow/schemas/config.schema.yaml.")
     if "folds" not in cfg:  # the schema's static default would not follow n_folds
         cfg["folds"] = list(range(int(cfg.get("n_folds", 3))))
+    if "methods" not in cfg:  # the registry is the one list of the study's methods
+        from nnrobustloss.methods import METHODS
+
+        cfg["methods"] = list(METHODS)
     _fill_defaults(cfg, schema, schema)
     _expand_noise_sweep(cfg)
     _check_semantics(cfg)
@@ -190,7 +195,7 @@ def _expand_noise_sweep(cfg: dict[str, Any]) -> None:
     if len(template["sources"]) != 1 or not phantoms:
         raise ConfigError(f"config key noise_sweep.task: task {template_name!r} must have exactly "
                           "one source, of type phantom (the sweep varies its n_noisy_cases).")
-    n_cases = template["sources"][0].get("n_cases", 14)
+    n_cases = _phantom_setting(template["sources"][0], "n_cases")
     start = cfg["noise_sweep"]["dataset_id_start"]
     expanded: dict[str, Any] = {k: v for k, v in tasks.items() if k != template_name}
     for i, (name, n_noisy) in enumerate(levels.items()):
@@ -270,7 +275,8 @@ def _check_semantics(cfg: Mapping[str, Any]) -> None:
                     raise ConfigError(f"config key tasks.{name}.sources[{i}].label_map.{key}: not "
                                       "an integer label value of the source; write the source's "
                                       "values as integers, e.g. {500: 1, 600: 2}.")
-            if src["type"] == "phantom" and src.get("n_noisy_cases", 4) > src.get("n_cases", 14):
+            if src["type"] == "phantom" and (_phantom_setting(src, "n_noisy_cases")
+                                             > _phantom_setting(src, "n_cases")):
                 raise ConfigError(f"config key tasks.{name}.sources[{i}].n_noisy_cases: larger "
                                   "than n_cases.")
     tuning = cfg["tuning"]
@@ -286,6 +292,14 @@ def _check_semantics(cfg: Mapping[str, Any]) -> None:
 
     for method in tuned_methods(cfg):  # tuning.workers: auto must be able to split each study
         tuning_workers(cfg, method)
+
+
+def _phantom_setting(source: Mapping[str, Any], key: str) -> Any:
+    """A phantom source's ``key``, or the generator's default
+    (:data:`nnrobustloss.datasets.phantom.PHANTOM_DEFAULTS`)."""
+    from nnrobustloss.datasets.phantom import PHANTOM_DEFAULTS
+
+    return source.get(key, PHANTOM_DEFAULTS[key])
 
 
 def evaluation_regions(task: Mapping[str, Any]) -> dict[str, list[int]]:

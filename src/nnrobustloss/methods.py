@@ -1,8 +1,15 @@
-"""The method registry: method id -> trainer class, display name, search space.
+"""The method registry: the one place that knows a method (DESIGN.md section 1).
 
 ``METHODS`` lists the nine methods of the study in the paper's order. Each entry is a
-:class:`MethodSpec`; its ``search_space`` holds one :class:`FloatParam` per hyper-parameter with
-the paper's range (DESIGN.md section 3):
+:class:`MethodSpec`: its id (paths, config), display name (tables), trainer class, whether it
+trains on the reference labels, its search space, how many peer networks it trains and whether
+its tuning trials share the co-teaching warm-up. Everything else is derived from these fields:
+a method is tuned when it has a search space, the Snakemake DAG, the cost plan, the trainers'
+accepted method and the predictor's trainer lookup all read the registry. Adding a method is one
+trainer class and one entry here (README, "Adding a loss").
+
+``search_space`` holds one :class:`FloatParam` per hyper-parameter with the paper's range
+(DESIGN.md section 3):
 
 | method | parameters |
 | --- | --- |
@@ -16,8 +23,9 @@ Defaults (:func:`default_params`, used when a method is trained without tuning) 
 midpoint of each range, the geometric midpoint for log-scale parameters (a = b = 2), and
 ``w = 0.5`` (the midpoint of the paper's (0, 1]).
 
-Trainer classes are stored as import paths and resolved on demand
-(:meth:`MethodSpec.load_trainer_class`) so that importing the registry does not import nnU-Net.
+Trainer classes are stored as import paths ``"module:ClassName"`` and resolved on demand
+(:meth:`MethodSpec.load_trainer_class`) so that importing the registry does not import nnU-Net
+(the Snakefile and the cost plan read it); a class object is accepted too.
 """
 
 from __future__ import annotations
@@ -74,18 +82,31 @@ class FloatParam:
 class MethodSpec:
     """A method of the study.
 
-    ``trainer_class`` is an import path ``"module:ClassName"`` (or a class); ``uses_reference``
-    is True only for BaselineRef (trained on the reference labels); ``needs_tuning`` is True when
-    the method has hyper-parameters to search.
+    ``id``: the identifier in paths and configs; ``display_name``: the paper's name in tables;
+    ``trainer_class``: an import path ``"module:ClassName"`` (or the class) of its
+    ``nnUNetTrainer`` subclass; ``uses_reference``: trained on the reference labels (only
+    BaselineRef); ``search_space``: its hyper-parameters (empty: nothing to tune); ``peers``: 2
+    for the co-teaching family (two networks per step; twice the compute of an epoch), else 1;
+    ``shares_warmup``: its tuning trials may start from the shared co-teaching warm-up
+    (:mod:`nnrobustloss.warmup`; only methods that train both peers hyper-parameter-free with
+    plain CE + Dice before the delay).
     """
 
     id: str
     display_name: str
     trainer_class: str | type
-    uses_reference: bool
+    uses_reference: bool = False
     search_space: tuple[FloatParam, ...] = field(default_factory=tuple)
-    needs_tuning: bool = False
+    peers: int = 1
     shares_warmup: bool = False
+
+    def __post_init__(self) -> None:
+        if self.peers not in (1, 2):
+            raise ConfigError(f"method {self.id}: peers={self.peers!r}; a method trains 1 or 2 "
+                              "networks.")
+        if self.shares_warmup and self.peers != 2:
+            raise ConfigError(f"method {self.id}: only a two-peer method can share the "
+                              "co-teaching warm-up.")
 
     def load_trainer_class(self) -> type:
         """Import and return the ``nnUNetTrainer`` subclass of this method."""
@@ -95,9 +116,16 @@ class MethodSpec:
         return getattr(importlib.import_module(module), name)
 
     @property
-    def peers(self) -> int:
-        """Networks trained at once: 2 for the co-teaching family (CoT, CoT+, StoCoT, HRL), else 1."""
-        return 2 if self.id in TWO_PEER_METHODS else 1
+    def trainer_name(self) -> str:
+        """The trainer's class name (as nnU-Net's checkpoints record it), without importing it."""
+        if isinstance(self.trainer_class, type):
+            return self.trainer_class.__name__
+        return self.trainer_class.partition(":")[2]
+
+    @property
+    def needs_tuning(self) -> bool:
+        """Whether the method has hyper-parameters to tune (a non-empty search space)."""
+        return bool(self.search_space)
 
     @property
     def param_names(self) -> tuple[str, ...]:
@@ -109,10 +137,8 @@ class MethodSpec:
         return {p.name: p.suggest(trial) for p in self.search_space}
 
 
-#: Methods that train two peer networks (co-teaching family).
-TWO_PEER_METHODS = frozenset({"CoT", "CoTPlus", "StoCoT", "HRL"})
-
-_T = "nnrobustloss.trainers"
+_SINGLE = "nnrobustloss.trainers.single"
+_TWO = "nnrobustloss.trainers.coteaching"
 _W = FloatParam("w", 1e-3, 1.0, default=0.5)
 _R = FloatParam("forget_rate", 0.0, 0.1)
 _A = FloatParam("a", 0.5, 8.0, log=True)
@@ -121,18 +147,20 @@ _SIGMA = FloatParam("sigma", 0.2, 2.0)
 
 METHODS: dict[str, MethodSpec] = {
     m.id: m for m in (
-        MethodSpec("Baseline", "Baseline", f"{_T}:nnUNetTrainer_Baseline", False),
-        MethodSpec("BaselineRef", "Baseline (ref.)", f"{_T}:nnUNetTrainer_Baseline", True),
-        MethodSpec("APL1", "APL1", f"{_T}:nnUNetTrainer_APL1", False),
-        MethodSpec("APL2", "APL2", f"{_T}:nnUNetTrainer_APL2", False, (_W,), True),
-        MethodSpec("CoT", "CoT", f"{_T}:nnUNetTrainer_CoT", False, (_R,), True,
+        MethodSpec("Baseline", "Baseline", f"{_SINGLE}:nnUNetTrainer_Baseline"),
+        MethodSpec("BaselineRef", "Baseline (ref.)", f"{_SINGLE}:nnUNetTrainer_Baseline",
+                   uses_reference=True),
+        MethodSpec("APL1", "APL1", f"{_SINGLE}:nnUNetTrainer_APL1"),
+        MethodSpec("APL2", "APL2", f"{_SINGLE}:nnUNetTrainer_APL2", search_space=(_W,)),
+        MethodSpec("CoT", "CoT", f"{_TWO}:nnUNetTrainer_CoT", search_space=(_R,), peers=2,
                    shares_warmup=True),
-        MethodSpec("CoTPlus", "CoT+", f"{_T}:nnUNetTrainer_CoTPlus", False, (_R,), True,
-                   shares_warmup=True),
-        MethodSpec("StoCoT", "StoCoT", f"{_T}:nnUNetTrainer_StoCoT", False, (_A, _B), True,
-                   shares_warmup=True),
-        MethodSpec("SVLS", "SVLS", f"{_T}:nnUNetTrainer_SVLS", False, (_SIGMA,), True),
-        MethodSpec("HRL", "HRL", f"{_T}:nnUNetTrainer_HRL", False, (_A, _B, _W, _SIGMA), True),
+        MethodSpec("CoTPlus", "CoT+", f"{_TWO}:nnUNetTrainer_CoTPlus", search_space=(_R,),
+                   peers=2, shares_warmup=True),
+        MethodSpec("StoCoT", "StoCoT", f"{_TWO}:nnUNetTrainer_StoCoT", search_space=(_A, _B),
+                   peers=2, shares_warmup=True),
+        MethodSpec("SVLS", "SVLS", f"{_SINGLE}:nnUNetTrainer_SVLS", search_space=(_SIGMA,)),
+        MethodSpec("HRL", "HRL", f"{_TWO}:nnUNetTrainer_HRL", search_space=(_A, _B, _W, _SIGMA),
+                   peers=2),
     )
 }
 
@@ -171,3 +199,20 @@ def resolve_params(method: str | MethodSpec,
         if p.name in params:
             out[p.name] = p.check(params[p.name], spec.id)
     return out
+
+
+def methods_of_trainer(trainer: type) -> list[str]:
+    """Ids of the registered methods whose trainer is the class ``trainer`` (registry order);
+    e.g. ``["Baseline", "BaselineRef"]`` for ``nnUNetTrainer_Baseline``. Compared by class name
+    without importing the other trainers (trainer classes have unique names, as nnU-Net
+    requires to find them from a checkpoint)."""
+    return [m.id for m in METHODS.values() if m.trainer_name == trainer.__name__]
+
+
+def trainer_by_name(name: str) -> type | None:
+    """The trainer class called ``name`` of a registered method (as a checkpoint's
+    ``trainer_name`` records it), or None when no registered method uses such a trainer."""
+    for spec in METHODS.values():
+        if spec.trainer_name == name:
+            return spec.load_trainer_class()
+    return None

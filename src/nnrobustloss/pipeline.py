@@ -194,7 +194,7 @@ def _train_call(kw: Mapping[str, Any], results_dir: str | os.PathLike[str],
     """Keyword arguments of :func:`nnrobustloss.training.train` from training kwargs and the
     two-peer schedule ``coteaching.peer_updates`` (None: the default)."""
     co = dict(kw["coteaching"], **({"peer_updates": peer_updates} if peer_updates else {}))
-    return {"preprocessed_dataset_dir": Path(results_dir) / "preprocessed" / kw["dataset"],
+    return {"preprocessed_dataset_dir": layout.preprocessed_dataset_dir(results_dir, kw["dataset"]),
             "method": kw["method"], "fold": kw["fold"], "epochs": kw["epochs"],
             "iterations_per_epoch": kw["iterations_per_epoch"],
             "val_iterations_per_epoch": kw["val_iterations_per_epoch"],
@@ -228,12 +228,12 @@ def warmup_checkpoint(config: Mapping[str, Any], task: str, method: str,
                       fold: int) -> Path | None:
     """The shared warm-up checkpoint that the tuning trials of (task, method, fold) start from,
     or None when they train from scratch (see :func:`nnrobustloss.warmup.uses_shared_warmup`)."""
-    from nnrobustloss.warmup import WARMUP_CHECKPOINT, uses_shared_warmup
+    from nnrobustloss.warmup import uses_shared_warmup
 
     _task(config, task)
     if not uses_shared_warmup(config, method):
         return None
-    return layout.warmup_dir(config["results_dir"], task, fold, config["seed"]) / WARMUP_CHECKPOINT
+    return layout.warmup_checkpoint(config["results_dir"], task, fold, config["seed"])
 
 
 def run_warmup(params: Mapping[str, Any], results_dir: str | os.PathLike[str],
@@ -251,7 +251,7 @@ def run_warmup(params: Mapping[str, Any], results_dir: str | os.PathLike[str],
     call = _train_call(p, results_dir, peer_updates)
     if call.pop("method") != WARMUP_METHOD:
         raise ConfigError(f"warm-up params name method {p['method']}, not {WARMUP_METHOD}.")
-    latest = Path(checkpoint).with_name("checkpoint_latest.pth")  # its killed writes, GBs each
+    latest = Path(checkpoint).with_name(layout.CHECKPOINT_LATEST)  # its killed writes, GBs each
     with _one_run(results_dir, f"warmup.fold{p['fold']}", p["task"], checkpoint, latest):
         return train_warmup(Path(checkpoint).parent, device=device, **call)
 

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from nnrobustloss.datasets.raw import dataset_name
+from nnrobustloss import layout
 from nnrobustloss.errors import ConfigError, InputDataError
 from nnrobustloss.fileio import read_json, write_json
 from nnrobustloss.splits import read_splits
@@ -128,16 +128,18 @@ def plan_and_preprocess(task: str, dataset_id: int, reference_dataset_id: int,
                           f"{', '.join(PLANNERS)}.")
     if planner == "cpu" and not cpu_plan:
         raise ConfigError("planning.cpu_plan: required when planning.planner is 'cpu'.")
-    root = Path(results_dir)
-    raw_root = root / "raw"
-    names = (dataset_name(dataset_id, task), dataset_name(reference_dataset_id, task, True))
-    for name in names:
-        if not (raw_root / name / "dataset.json").is_file():
-            raise InputDataError(f"{raw_root / name / 'dataset.json'}: raw dataset not found. "
+    raw_dirs = (layout.raw_dir(results_dir, task, dataset_id),
+                layout.raw_dir(results_dir, task, reference_dataset_id, reference=True))
+    names = tuple(d.name for d in raw_dirs)
+    for raw in raw_dirs:
+        if not (raw / "dataset.json").is_file():
+            raise InputDataError(f"{raw / 'dataset.json'}: raw dataset not found. "
                                  f"Run the convert stage for task {task} first.")
+    raw_root = raw_dirs[0].parent
     splits = read_splits(splits_file) if splits_file is not None else None
 
-    final_root = root / "preprocessed"
+    finals = tuple(layout.preprocessed_dataset_dir(results_dir, name) for name in names)
+    final_root = finals[0].parent
     final_root.mkdir(parents=True, exist_ok=True)
     tmp_root = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-{task}-", dir=final_root))
     try:
@@ -165,7 +167,7 @@ def plan_and_preprocess(task: str, dataset_id: int, reference_dataset_id: int,
             write_json(ref_dir / f"{PLANS_IDENTIFIER}.json", ref_plans)
             shutil.copyfile(noisy_dir / "dataset_fingerprint.json",
                             ref_dir / "dataset_fingerprint.json")
-            shutil.copyfile(raw_root / names[1] / "dataset.json", ref_dir / "dataset.json")
+            shutil.copyfile(raw_dirs[1] / "dataset.json", ref_dir / "dataset.json")
             print(f"[plan {task}] preprocessing {names[0]} and {names[1]} ({configuration})",
                   file=sys.stderr)
             preprocess([dataset_id, reference_dataset_id], PLANS_IDENTIFIER, [configuration],
@@ -173,13 +175,10 @@ def plan_and_preprocess(task: str, dataset_id: int, reference_dataset_id: int,
         if splits is not None:
             for name in names:
                 write_json(tmp_root / name / "splits_final.json", splits)
-        finals = []
-        for name in names:
-            final = final_root / name
+        for name, final in zip(names, finals, strict=True):
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp_root / name, final)
-            finals.append(final)
         return finals[0], finals[1]
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)

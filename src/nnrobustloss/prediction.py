@@ -83,7 +83,7 @@ def predict_cases(training_dir: str | os.PathLike[str], images_dir: str | os.Pat
     from nnrobustloss.training import resolve_device
 
     training_dir, images_dir, out = Path(training_dir), Path(images_dir), Path(out_dir)
-    checkpoint = training_dir / "checkpoint_final.pth"
+    checkpoint = training_dir / layout.CHECKPOINT_FINAL
     if not checkpoint.is_file():
         raise InputDataError(f"{checkpoint}: not found. Run the train stage for this method and "
                              "fold first.")

@@ -17,29 +17,26 @@ non-deterministic, so these cases reproduce statistically only.
 
 Adding a new loss
 -----------------
+A new method is a loss, one trainer class and one registry entry (README, "Adding a loss"):
+
 1. Write the per-resolution loss as an ``nn.Module`` with ``forward(logits, target, mask=None)``
    in :mod:`nnrobustloss.losses` (logits ``[B, K, *sp]``, integer target ``[B, 1, *sp]``; see
    ``MaskedCompoundLoss``, whose subclasses only implement ``terms``).
-2. Subclass the mixin and nnU-Net's trainer, repeating nnU-Net's ``__init__`` signature, and
-   build the loss in ``_build_loss`` (hyper-parameters come from ``self.settings.params``)::
+2. Subclass :class:`~nnrobustloss.trainers.base.RobustTrainer` (no ``__init__``: the base
+   defines nnU-Net's) and build the loss in ``_build_loss``; hyper-parameters come from
+   ``self.settings.params``::
 
-       class nnUNetTrainer_MyLoss(RobustTrainerMixin, nnUNetTrainer):
-           method_id = "MyLoss"
-           accepted_methods = ("MyLoss",)
-
-           def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                        device: torch.device = torch.device('cuda')):
-               super().__init__(plans, configuration, fold, dataset_json, device)
-
+       class nnUNetTrainer_MyLoss(RobustTrainer):
            def _build_loss(self):
                return self._wrap_deep_supervision(
                    MyLoss(self.settings.params["t"], soft_dice_kwargs=self._soft_dice_kwargs()))
 
    For a two-peer method subclass ``CoTeachingTrainer`` and implement ``select_level``.
-   Export the class from :mod:`nnrobustloss.trainers`.
-3. Register it in :data:`nnrobustloss.methods.METHODS`:
-   ``MethodSpec("MyLoss", "My loss", "nnrobustloss.trainers:nnUNetTrainer_MyLoss", False,
-   (FloatParam("t", 0.1, 1.0),), True)`` and add ``MyLoss`` to ``methods`` in the config.
+3. Register it in :data:`nnrobustloss.methods.METHODS` with its search space:
+   ``MethodSpec("MyLoss", "My loss", "nnrobustloss.trainers.single:nnUNetTrainer_MyLoss",
+   search_space=(FloatParam("t", 0.1, 1.0),))`` (``peers=2`` for a two-peer method). The
+   config's ``methods`` then accepts ``MyLoss``; tuning, training, prediction, the cost plan and
+   the report find everything they need in the registry.
 """
 
 from __future__ import annotations
@@ -55,16 +52,21 @@ import torch
 
 from nnrobustloss.errors import ConfigError, InputDataError
 from nnrobustloss.fileio import read_json
+from nnrobustloss.layout import CHECKPOINT_FINAL, CHECKPOINT_LATEST
 from nnrobustloss.methods import get_method
 from nnrobustloss.planning import nnunet_paths
 from nnrobustloss.selection import MAX_SCHEDULE_FRACTION, scaled_schedule
-from nnrobustloss.trainers.base import CHECKPOINT_KEY, EpochCallback, TrainerSettings
+from nnrobustloss.trainers.base import EpochCallback
+from nnrobustloss.trainers.resume import CHECKPOINT_KEY
+from nnrobustloss.trainers.settings import TrainerSettings
 
-CHECKPOINT_FINAL = "checkpoint_final.pth"
-CHECKPOINT_LATEST = "checkpoint_latest.pth"
 NNUNET_DEFAULTS = {"epochs": 1000, "iterations_per_epoch": 250, "val_iterations_per_epoch": 50}
 #: settings that schedule the same updates differently: a run may continue with another value
 SCHEDULE_ONLY_SETTINGS = frozenset({"coteaching_peer_updates"})
+
+
+DEVICES = ("auto", "cpu", "cuda")
+"""Values of the config key ``device`` (:func:`resolve_device`)."""
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -80,7 +82,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
             raise ConfigError("device=cuda but PyTorch sees no CUDA device. Use device: auto or "
                               "cpu, or install a CUDA build of PyTorch.")
         return torch.device("cuda")
-    raise ConfigError(f"device={device!r}: use auto, cpu or cuda.")
+    raise ConfigError(f"device={device!r}: use one of {', '.join(DEVICES)}.")
 
 
 def build_settings(method: str, params: Mapping[str, Any] | None = None,
@@ -88,7 +90,7 @@ def build_settings(method: str, params: Mapping[str, Any] | None = None,
                    val_iterations_per_epoch: int | None = None,
                    coteaching: Mapping[str, Any] | None = None,
                    svls: Mapping[str, Any] | None = None, seed: int = 0) -> TrainerSettings:
-    """Validated :class:`TrainerSettings`; None means nnU-Net's (or the paper's) default.
+    """:class:`TrainerSettings` (validated); None means nnU-Net's (or the paper's) default.
 
     ``coteaching`` keys: delay, gradual (the paper's schedule in epochs), max_fraction (cap of
     each as a share of ``epochs``, see :func:`nnrobustloss.selection.scaled_schedule`; the
@@ -110,7 +112,7 @@ def build_settings(method: str, params: Mapping[str, Any] | None = None,
     delay, gradual = co.get("delay", defaults.coteaching_delay), \
         co.get("gradual", defaults.coteaching_gradual)
     if isinstance(num_epochs, int) and num_epochs >= 1 and isinstance(delay, int) \
-            and isinstance(gradual, int):  # bad values are reported by validated()
+            and isinstance(gradual, int):  # bad values are reported by TrainerSettings
         delay, gradual = scaled_schedule(delay, gradual, num_epochs,
                                          co.get("max_fraction", MAX_SCHEDULE_FRACTION))
     return TrainerSettings(
@@ -128,7 +130,7 @@ def build_settings(method: str, params: Mapping[str, Any] | None = None,
         svls_kernel=sv.get("kernel", defaults.svls_kernel),
         svls_hard_dice=sv.get("hard_dice", defaults.svls_hard_dice),
         seed=seed,
-    ).validated()
+    )
 
 
 def _check_preprocessed(pre: Path, plans_identifier: str, configuration: str,
@@ -259,8 +261,7 @@ def train(preprocessed_dataset_dir: str | os.PathLike[str], method: str, fold: i
         trainer = trainer_cls(plans=plans, configuration=configuration, fold=fold,
                               dataset_json=dataset_json, device=resolve_device(device))
         trainer.set_output_paths(out, pre)
-    trainer.configure(settings, epoch_callback)
-    trainer.checkpoint_minutes = float(checkpoint_minutes)
+    trainer.configure(settings, epoch_callback, checkpoint_minutes=float(checkpoint_minutes))
     if resume:
         trainer.load_checkpoint(str(latest))
     elif start is not None:

@@ -49,6 +49,10 @@ from nnrobustloss.fileio import atomic_path, write_json
 from nnrobustloss.methods import get_method
 
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+STORAGES = ("sqlite", "journal", "postgresql")
+"""Kinds of study storage (``tuning.storage``, :func:`storage_url`)."""
+PRUNERS = ("none", "median", "hyperband")
+"""Pruners of ``tuning.pruner`` (:func:`make_pruner`)."""
 HEARTBEAT_SECONDS = 60
 WORKER_ATTR = "worker"
 RETRY_ATTR = "retry_of"
@@ -91,8 +95,8 @@ def storage_url(kind: str, study_dir: str | os.PathLike[str],
                               "not set; export it with the PostgreSQL URL "
                               "(postgresql://user:password@host/db) before running.")
         return url
-    raise ConfigError(f"tuning.storage: unknown storage {kind!r}; use sqlite, journal or "
-                      "postgresql.")
+    raise ConfigError(f"tuning.storage: unknown storage {kind!r}; use one of "
+                      f"{', '.join(STORAGES)}.")
 
 
 def sqlite_path(locator: str) -> Path:
@@ -180,7 +184,7 @@ def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=max(1, max_epochs // 4))
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs)
-    raise ConfigError(f"tuning.pruner: unknown pruner {name!r}; use none, median or hyperband.")
+    raise ConfigError(f"tuning.pruner: unknown pruner {name!r}; use one of {', '.join(PRUNERS)}.")
 
 
 def worker_quota(n_trials: int, workers: int, worker: int) -> int:

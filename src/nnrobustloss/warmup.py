@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nnrobustloss.errors import ConfigError, NNRobustLossError
+from nnrobustloss.layout import CHECKPOINT_LATEST, WARMUP_CHECKPOINT
 from nnrobustloss.methods import get_method
 
 if TYPE_CHECKING:
@@ -41,7 +42,6 @@ MAX_SCHEDULE_FRACTION = 0.4
 
 WARMUP_METHOD = "CoT"
 """The trainer that trains the shared warm-up (with its default forget rate, unused at ramp 0)."""
-WARMUP_CHECKPOINT = "checkpoint_warmup.pth"
 
 
 class _WarmupDone(Exception):
@@ -103,7 +103,7 @@ def train_warmup(output_dir: str | os.PathLike[str], *, preprocessed_dataset_dir
     (``checkpoint_minutes`` 0: its last epoch's checkpoint is the warm-up). ConfigError when there is no
     warm-up to train (delay 0 or not shorter than the trial).
     """
-    from nnrobustloss.training import CHECKPOINT_LATEST, train
+    from nnrobustloss.training import train
 
     n = warmup_epochs(epochs, coteaching)
     if n == 0:

@@ -1,6 +1,7 @@
 # Helpers shared by the workflow: target lists and input functions.
 
 import os
+import re
 
 from nnrobustloss.report import FIGURE_FORMATS, TABLE_FORMATS, report_stems
 
@@ -24,40 +25,52 @@ REPORT_LABELS = {
 def report_outputs():
     """Every file of the report stage (nnrobustloss.report.report_stems knows which): the .html
     of each table and the .png of each figure are the report's entries, with a caption each."""
-    tables, figures = report_stems(bool(P.report_params(config)["sweep"]))
+    tables, figures = report_stems(bool(stages.report_params(config)["sweep"]))
+    tables_dir, figures_dir = layout.tables_dir(RESULTS), layout.figures_dir(RESULTS)
     files = []
     for stem in tables:
-        files += [f"{R}/tables/{stem}.{ext}" for ext in TABLE_FORMATS if ext != "html"]
-        files.append(report(f"{R}/tables/{stem}.html", caption=f"{CAPTIONS}/{stem}.rst",
+        files += [str(tables_dir / f"{stem}.{ext}") for ext in TABLE_FORMATS if ext != "html"]
+        files.append(report(str(tables_dir / f"{stem}.html"), caption=f"{CAPTIONS}/{stem}.rst",
                             category="Tables", labels={"table": REPORT_LABELS[stem]}))
     for stem in figures:
-        files += [f"{R}/figures/{stem}.{ext}" for ext in FIGURE_FORMATS if ext != "png"]
-        files.append(report(f"{R}/figures/{stem}.png", caption=f"{CAPTIONS}/{stem}_figure.rst",
+        files += [str(figures_dir / f"{stem}.{ext}") for ext in FIGURE_FORMATS if ext != "png"]
+        files.append(report(str(figures_dir / f"{stem}.png"),
+                            caption=f"{CAPTIONS}/{stem}_figure.rst",
                             category="Figures", labels={"figure": REPORT_LABELS[stem]}))
     return files
 
 
-def study_root(w):
-    return f"{R}/tuning/{w.task}/{w.method}/fold{w.fold}"
+def per_training(path_of):
+    """``path_of(RESULTS, task, method, fold)`` (a nnrobustloss.layout function) of every task x
+    method x fold of the config."""
+    return [str(path_of(RESULTS, t, m, f)) for t in TASKS for m in METHODS for f in FOLDS]
+
+
+def per_study(path_of):
+    """The same for the tuned methods only (those with an Optuna study)."""
+    return [str(path_of(RESULTS, t, m, f)) for t in TASKS for m in TUNED for f in FOLDS]
 
 
 def worker_markers(w):
     """Markers of a study's workers. Once the study's results exist, only the markers already
     written count, so that changing tuning.workers never reruns a finished study. The number of
     workers is nnrobustloss.cost.tuning_workers (tuning.workers: auto fits cluster.max_job_hours)."""
-    root = study_root(w)
-    if os.path.exists(f"{root}/best_params.json"):
-        done = [f"{root}/worker{i}.done" for i in range(64) if os.path.exists(f"{root}/worker{i}.done")]
+    study = layout.study_dir(RESULTS, w.task, w.method, w.fold)
+    if layout.best_params_json(RESULTS, w.task, w.method, w.fold).exists():
+        done = sorted((str(p) for p in study.glob("worker*.done")
+                       if re.fullmatch(r"worker\d+\.done", p.name)),
+                      key=lambda p: int(re.search(r"(\d+)\.done$", p).group(1)))
         if done:
             return done
-    return [f"{root}/worker{i}.done" for i in range(tuning_workers(config, w.method))]
+    return [str(layout.worker_marker(RESULTS, w.task, w.method, w.fold, i))
+            for i in range(tuning_workers(config, w.method))]
 
 
 def tune_worker_inputs(w):
     """A tuning worker needs the preprocessed data and, for CoT, CoT+ and StoCoT with
     tuning.shared_warmup on, the task x fold's shared warm-up checkpoint (tune_warmup)."""
-    inputs = {"plans": f"{R}/preprocessed/{w.task}.json"}
-    warmup = P.warmup_checkpoint(config, w.task, w.method, int(w.fold))
+    inputs = {"plans": str(layout.preprocessed_manifest(RESULTS, w.task))}
+    warmup = stages.warmup_checkpoint(config, w.task, w.method, int(w.fold))
     if warmup is not None:
         inputs["warmup"] = str(warmup)
     return inputs
@@ -65,19 +78,7 @@ def tune_worker_inputs(w):
 
 def train_inputs(w):
     """A final training needs the preprocessed data and, for tuned methods, the best parameters."""
-    inputs = {"plans": f"{R}/preprocessed/{w.task}.json"}
+    inputs = {"plans": str(layout.preprocessed_manifest(RESULTS, w.task))}
     if w.method in TUNED:
-        inputs["best"] = f"{R}/tuning/{w.task}/{w.method}/fold{w.fold}/best_params.json"
+        inputs["best"] = str(layout.best_params_json(RESULTS, w.task, w.method, w.fold))
     return inputs
-
-
-def all_metrics():
-    return expand(f"{R}/metrics/{{task}}/{{method}}/fold{{fold}}.csv", task=TASKS, method=METHODS, fold=FOLDS)
-
-
-def all_progress():
-    return expand(f"{R}/training/{{task}}/{{method}}/fold{{fold}}/progress.csv", task=TASKS, method=METHODS, fold=FOLDS)
-
-
-def all_trials():
-    return expand(f"{R}/tuning/{{task}}/{{method}}/fold{{fold}}/trials.csv", task=TASKS, method=TUNED, fold=FOLDS)

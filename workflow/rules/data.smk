@@ -4,14 +4,14 @@
 
 rule convert:
     output:
-        manifest=f"{R}/raw/{{task}}.json",
-        reference=directory(f"{R}/reference/{{task}}"),
+        manifest=str(layout.raw_manifest(RESULTS, "{task}")),
+        reference=directory(str(layout.reference_labels_dir(RESULTS, "{task}"))),
     params:
-        p=lambda w: P.convert_params(config, w.task),
+        settings=lambda w: stages.convert_params(config, w.task),
     log:
-        f"{R}/logs/convert/{{task}}.log",
+        f"{RESULTS}/logs/convert/{{task}}.log",
     benchmark:
-        f"{R}/benchmarks/convert/{{task}}.tsv",
+        f"{RESULTS}/benchmarks/convert/{{task}}.tsv",
     conda:
         f"../../{ENV}"
     script:
@@ -20,15 +20,15 @@ rule convert:
 
 rule noise_report:
     input:
-        manifest=f"{R}/raw/{{task}}.json",
+        manifest=str(layout.raw_manifest(RESULTS, "{task}")),
     output:
-        csv=f"{R}/noise/{{task}}.csv",
+        csv=str(layout.noise_csv(RESULTS, "{task}")),
     params:
-        p=lambda w: P.noise_params(config, w.task),
+        settings=lambda w: stages.noise_params(config, w.task),
     log:
-        f"{R}/logs/noise/{{task}}.log",
+        f"{RESULTS}/logs/noise/{{task}}.log",
     benchmark:
-        f"{R}/benchmarks/noise/{{task}}.tsv",
+        f"{RESULTS}/benchmarks/noise/{{task}}.tsv",
     conda:
         f"../../{ENV}"
     script:
@@ -37,15 +37,15 @@ rule noise_report:
 
 rule splits:
     input:
-        manifest=f"{R}/raw/{{task}}.json",
+        manifest=str(layout.raw_manifest(RESULTS, "{task}")),
     output:
-        splits=f"{R}/splits/{{task}}.json",
+        splits=str(layout.splits_json(RESULTS, "{task}")),
     params:
-        p=lambda w: P.splits_params(config, w.task),
+        settings=lambda w: stages.splits_params(config, w.task),
     log:
-        f"{R}/logs/splits/{{task}}.log",
+        f"{RESULTS}/logs/splits/{{task}}.log",
     benchmark:
-        f"{R}/benchmarks/splits/{{task}}.tsv",
+        f"{RESULTS}/benchmarks/splits/{{task}}.tsv",
     conda:
         f"../../{ENV}"
     script:

@@ -4,18 +4,18 @@
 
 rule evaluate:
     input:
-        predictions=f"{R}/predictions/{{task}}/{{method}}/fold{{fold}}",
-        splits=f"{R}/splits/{{task}}.json",
+        predictions=str(layout.predictions_dir(RESULTS, "{task}", "{method}", "{fold}")),
+        splits=str(layout.splits_json(RESULTS, "{task}")),
     output:
-        csv=f"{R}/metrics/{{task}}/{{method}}/fold{{fold}}.csv",
-        reliability=f"{R}/metrics/{{task}}/{{method}}/fold{{fold}}_reliability.csv",
+        csv=str(layout.metrics_csv(RESULTS, "{task}", "{method}", "{fold}")),
+        reliability=str(layout.reliability_csv(RESULTS, "{task}", "{method}", "{fold}")),
     params:
-        p=lambda w: P.evaluate_params(config, w.task, w.method, int(w.fold)),
+        settings=lambda w: stages.evaluate_params(config, w.task, w.method, int(w.fold)),
     threads: config["evaluation"]["n_workers"]
     log:
-        f"{R}/logs/evaluate/{{task}}/{{method}}/fold{{fold}}.log",
+        f"{RESULTS}/logs/evaluate/{{task}}/{{method}}/fold{{fold}}.log",
     benchmark:
-        f"{R}/benchmarks/evaluate/{{task}}/{{method}}/fold{{fold}}.tsv",
+        f"{RESULTS}/benchmarks/evaluate/{{task}}/{{method}}/fold{{fold}}.tsv",
     conda:
         f"../../{ENV}"
     script:

@@ -4,17 +4,17 @@
 
 rule plan:
     input:
-        manifest=f"{R}/raw/{{task}}.json",
-        splits=f"{R}/splits/{{task}}.json",
+        manifest=str(layout.raw_manifest(RESULTS, "{task}")),
+        splits=str(layout.splits_json(RESULTS, "{task}")),
     output:
-        manifest=f"{R}/preprocessed/{{task}}.json",
+        manifest=str(layout.preprocessed_manifest(RESULTS, "{task}")),
     params:
-        p=lambda w: P.plan_params(config, w.task),
+        settings=lambda w: stages.plan_params(config, w.task),
     threads: config["planning"]["num_processes"]
     log:
-        f"{R}/logs/plan/{{task}}.log",
+        f"{RESULTS}/logs/plan/{{task}}.log",
     benchmark:
-        f"{R}/benchmarks/plan/{{task}}.tsv",
+        f"{RESULTS}/benchmarks/plan/{{task}}.tsv",
     conda:
         f"../../{ENV}"
     script:

@@ -7,19 +7,19 @@
 
 rule predict:
     input:
-        checkpoint=f"{R}/training/{{task}}/{{method}}/fold{{fold}}/checkpoint_final.pth",
-        splits=f"{R}/splits/{{task}}.json",
-        reference=f"{R}/reference/{{task}}",
+        checkpoint=str(layout.training_checkpoint(RESULTS, "{task}", "{method}", "{fold}")),
+        splits=str(layout.splits_json(RESULTS, "{task}")),
+        reference=str(layout.reference_labels_dir(RESULTS, "{task}")),
     output:
-        predictions=directory(f"{R}/predictions/{{task}}/{{method}}/fold{{fold}}"),
+        predictions=directory(str(layout.predictions_dir(RESULTS, "{task}", "{method}", "{fold}"))),
     params:
-        p=lambda w: P.predict_params(config, w.task, w.method, int(w.fold)),
+        settings=lambda w: stages.predict_params(config, w.task, w.method, int(w.fold)),
     resources:
         runtime=lambda w, attempt: runtime_minutes(config, "predict", w.method, attempt),
     log:
-        f"{R}/logs/predict/{{task}}/{{method}}/fold{{fold}}.log",
+        f"{RESULTS}/logs/predict/{{task}}/{{method}}/fold{{fold}}.log",
     benchmark:
-        f"{R}/benchmarks/predict/{{task}}/{{method}}/fold{{fold}}.tsv",
+        f"{RESULTS}/benchmarks/predict/{{task}}/{{method}}/fold{{fold}}.tsv",
     conda:
         f"../../{ENV}"
     script:

@@ -3,24 +3,19 @@
 
 rule report:
     input:
-        metrics=all_metrics(),
-        noise=expand(f"{R}/noise/{{task}}.csv", task=TASKS),
-        trials=all_trials(),
-        progress=all_progress(),
-        reliability=expand(
-            f"{R}/metrics/{{task}}/{{method}}/fold{{fold}}_reliability.csv",
-            task=TASKS,
-            method=METHODS,
-            fold=FOLDS,
-        ),
+        metrics=per_training(layout.metrics_csv),
+        noise=[str(layout.noise_csv(RESULTS, task)) for task in TASKS],
+        trials=per_study(layout.trials_csv),
+        progress=per_training(layout.progress_csv),
+        reliability=per_training(layout.reliability_csv),
     output:
         report_outputs(),
     params:
-        p=P.report_params(config),
+        settings=stages.report_params(config),
     log:
-        f"{R}/logs/report.log",
+        f"{RESULTS}/logs/report.log",
     benchmark:
-        f"{R}/benchmarks/report.tsv",
+        f"{RESULTS}/benchmarks/report.tsv",
     conda:
         f"../../{ENV}"
     script:

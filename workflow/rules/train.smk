@@ -6,16 +6,16 @@ rule train:
     input:
         unpack(train_inputs),
     output:
-        checkpoint=f"{R}/training/{{task}}/{{method}}/fold{{fold}}/checkpoint_final.pth",
-        progress=f"{R}/training/{{task}}/{{method}}/fold{{fold}}/progress.csv",
+        checkpoint=str(layout.training_checkpoint(RESULTS, "{task}", "{method}", "{fold}")),
+        progress=str(layout.progress_csv(RESULTS, "{task}", "{method}", "{fold}")),
     params:
-        p=lambda w: P.train_params(config, w.task, w.method, int(w.fold)),
+        settings=lambda w: stages.train_params(config, w.task, w.method, int(w.fold)),
     resources:
         runtime=lambda w, attempt: runtime_minutes(config, "train", w.method, attempt),
     log:
-        f"{R}/logs/train/{{task}}/{{method}}/fold{{fold}}.log",
+        f"{RESULTS}/logs/train/{{task}}/{{method}}/fold{{fold}}.log",
     benchmark:
-        f"{R}/benchmarks/train/{{task}}/{{method}}/fold{{fold}}.tsv",
+        f"{RESULTS}/benchmarks/train/{{task}}/{{method}}/fold{{fold}}.tsv",
     conda:
         f"../../{ENV}"
     script:

@@ -12,15 +12,15 @@ rule tune_worker:
     input:
         unpack(tune_worker_inputs),
     output:
-        marker=f"{R}/tuning/{{task}}/{{method}}/fold{{fold}}/worker{{worker}}.done",
+        marker=str(layout.worker_marker(RESULTS, "{task}", "{method}", "{fold}", "{worker}")),
     params:
-        p=lambda w: P.tune_params(config, w.task, w.method, int(w.fold)),
+        settings=lambda w: stages.tune_params(config, w.task, w.method, int(w.fold)),
     resources:
         runtime=lambda w, attempt: runtime_minutes(config, "tune_worker", w.method, attempt),
     log:
-        f"{R}/logs/tune/{{task}}/{{method}}/fold{{fold}}/worker{{worker}}.log",
+        f"{RESULTS}/logs/tune/{{task}}/{{method}}/fold{{fold}}/worker{{worker}}.log",
     benchmark:
-        f"{R}/benchmarks/tune/{{task}}/{{method}}/fold{{fold}}/worker{{worker}}.tsv",
+        f"{RESULTS}/benchmarks/tune/{{task}}/{{method}}/fold{{fold}}/worker{{worker}}.tsv",
     conda:
         f"../../{ENV}"
     script:
@@ -31,14 +31,14 @@ rule select_best:
     input:
         workers=worker_markers,
     output:
-        trials=f"{R}/tuning/{{task}}/{{method}}/fold{{fold}}/trials.csv",
-        best=f"{R}/tuning/{{task}}/{{method}}/fold{{fold}}/best_params.json",
+        trials=str(layout.trials_csv(RESULTS, "{task}", "{method}", "{fold}")),
+        best=str(layout.best_params_json(RESULTS, "{task}", "{method}", "{fold}")),
     params:
-        p=lambda w: P.tune_params(config, w.task, w.method, int(w.fold)),
+        settings=lambda w: stages.tune_params(config, w.task, w.method, int(w.fold)),
     log:
-        f"{R}/logs/tune/{{task}}/{{method}}/fold{{fold}}/select_best.log",
+        f"{RESULTS}/logs/tune/{{task}}/{{method}}/fold{{fold}}/select_best.log",
     benchmark:
-        f"{R}/benchmarks/tune/{{task}}/{{method}}/fold{{fold}}/select_best.tsv",
+        f"{RESULTS}/benchmarks/tune/{{task}}/{{method}}/fold{{fold}}/select_best.tsv",
     conda:
         f"../../{ENV}"
     script:
@@ -47,19 +47,19 @@ rule select_best:
 
 rule tune_warmup:
     input:
-        plans=f"{R}/preprocessed/{{task}}.json",
+        plans=str(layout.preprocessed_manifest(RESULTS, "{task}")),
     output:
-        checkpoint=f"{R}/tuning/{{task}}/warmup/fold{{fold}}/seed{{seed}}/checkpoint_warmup.pth",
+        checkpoint=str(layout.warmup_checkpoint(RESULTS, "{task}", "{fold}", "{seed}")),
     wildcard_constraints:
         seed=r"\d+",
     params:
-        p=lambda w: P.warmup_params(config, w.task, int(w.fold)),
+        settings=lambda w: stages.warmup_params(config, w.task, int(w.fold)),
     resources:
-        runtime=lambda w, attempt: runtime_minutes(config, "tune_warmup", "CoT", attempt),
+        runtime=lambda w, attempt: runtime_minutes(config, "tune_warmup", WARMUP_METHOD, attempt),
     log:
-        f"{R}/logs/tune/{{task}}/warmup/fold{{fold}}/seed{{seed}}.log",
+        f"{RESULTS}/logs/tune/{{task}}/warmup/fold{{fold}}/seed{{seed}}.log",
     benchmark:
-        f"{R}/benchmarks/tune/{{task}}/warmup/fold{{fold}}/seed{{seed}}.tsv",
+        f"{RESULTS}/benchmarks/tune/{{task}}/warmup/fold{{fold}}/seed{{seed}}.tsv",
     conda:
         f"../../{ENV}"
     script:

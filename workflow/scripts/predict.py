@@ -6,6 +6,6 @@ from nnrobustloss.pipeline import run_predict
 # Guarded: nnU-Net starts worker processes with 'spawn', which re-imports this file.
 if __name__ == "__main__":
     with logged(snakemake.log[0]):
-        run_predict(snakemake.params.p, results_dir=snakemake.config["results_dir"],
+        run_predict(snakemake.params.settings, results_dir=snakemake.config["results_dir"],
                     splits_json=snakemake.input.splits, out_dir=snakemake.output.predictions,
                     device=snakemake.config["device"], threads=snakemake.threads)

@@ -6,7 +6,7 @@ from nnrobustloss.pipeline import run_train
 # Guarded: nnU-Net starts worker processes with 'spawn', which re-imports this file.
 if __name__ == "__main__":
     with logged(snakemake.log[0]):
-        run_train(snakemake.params.p, results_dir=snakemake.config["results_dir"],
+        run_train(snakemake.params.settings, results_dir=snakemake.config["results_dir"],
                   best_params_json=snakemake.input.get("best"),
                   device=snakemake.config["device"], threads=snakemake.threads,
                   checkpoint_minutes=snakemake.config["checkpoint_minutes"],

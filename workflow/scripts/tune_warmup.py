@@ -6,7 +6,7 @@ from nnrobustloss.pipeline import run_warmup
 # Guarded: nnU-Net starts worker processes with 'spawn', which re-imports this file.
 if __name__ == "__main__":
     with logged(snakemake.log[0]):
-        run_warmup(snakemake.params.p, results_dir=snakemake.config["results_dir"],
+        run_warmup(snakemake.params.settings, results_dir=snakemake.config["results_dir"],
                    checkpoint=snakemake.output.checkpoint, device=snakemake.config["device"],
                    threads=snakemake.threads,
                    peer_updates=snakemake.config["coteaching"].get("peer_updates"))

@@ -7,7 +7,7 @@ from nnrobustloss.pipeline import run_tune_worker
 # Guarded: nnU-Net starts worker processes with 'spawn', which re-imports this file.
 if __name__ == "__main__":
     with logged(snakemake.log[0]):
-        run_tune_worker(snakemake.params.p, worker=int(snakemake.wildcards.worker),
+        run_tune_worker(snakemake.params.settings, worker=int(snakemake.wildcards.worker),
                         workers=tuning_workers(snakemake.config, snakemake.wildcards.method),
                         results_dir=snakemake.config["results_dir"], marker=snakemake.output.marker,
                         url_env=snakemake.config["tuning"]["postgresql_url_env"],

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from nnrobustloss.datasets.base import SourceCase
-from nnrobustloss.datasets.phantom import phantom_source
+from nnrobustloss.datasets.phantom import PHANTOM_DEFAULTS, phantom_source
 from nnrobustloss.datasets.raw import RawDatasets, write_raw_datasets
 from nnrobustloss.datasets.sources import folder_source, kits23_source, mmwhs_source
 from nnrobustloss.errors import ConfigError
@@ -28,10 +28,8 @@ def source_cases(task: str, sources: list[Mapping[str, Any]], seed: int) -> list
         kind = src.get("type")
         where = f"tasks.{task}.sources[{i}]"
         if kind == "phantom":
-            cases += phantom_source(n_cases=int(src.get("n_cases", 14)),
-                                    n_noisy_cases=int(src.get("n_noisy_cases", 4)),
-                                    shape=src.get("shape", (20, 40, 40)),
-                                    spacing=src.get("spacing", (2.0, 1.0, 1.0)), seed=seed)
+            given = {k: src[k] for k in PHANTOM_DEFAULTS if k in src}
+            cases += phantom_source(**given, seed=seed)
             continue
         if kind not in SOURCE_TYPES:
             raise ConfigError(f"{where}.type: unknown source type {kind!r}; use one of "

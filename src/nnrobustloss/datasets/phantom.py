@@ -16,12 +16,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
 from nnrobustloss.datasets.base import CaseData, SourceCase
+
+PHANTOM_DEFAULTS: dict[str, Any] = {"n_cases": 14, "n_noisy_cases": 4, "shape": (20, 40, 40),
+                                    "spacing": (2.0, 1.0, 1.0)}
+"""The phantom source's settings when a config leaves them out (a ``phantom`` source's keys)."""
 
 ORGAN, LESION = 1, 2
 
@@ -131,8 +136,10 @@ def _novice_annotation(rng: np.random.Generator, reference: np.ndarray) -> np.nd
     return out
 
 
-def generate_phantom_case(seed: int | np.random.SeedSequence, shape: Sequence[int] = (20, 40, 40),
-                          spacing: Sequence[float] = (2.0, 1.0, 1.0), novice: bool = False
+def generate_phantom_case(seed: int | np.random.SeedSequence,
+                          shape: Sequence[int] = PHANTOM_DEFAULTS["shape"],
+                          spacing: Sequence[float] = PHANTOM_DEFAULTS["spacing"],
+                          novice: bool = False
                           ) -> PhantomCase:
     """Generate one phantom case deterministically.
 
@@ -171,9 +178,11 @@ def _to_image(array: np.ndarray, spacing: Sequence[float]) -> sitk.Image:
     return img
 
 
-def phantom_source(n_cases: int = 14, n_noisy_cases: int = 4,
-                   shape: Sequence[int] = (20, 40, 40),
-                   spacing: Sequence[float] = (2.0, 1.0, 1.0), seed: int = 0) -> list[SourceCase]:
+def phantom_source(n_cases: int = PHANTOM_DEFAULTS["n_cases"],
+                   n_noisy_cases: int = PHANTOM_DEFAULTS["n_noisy_cases"],
+                   shape: Sequence[int] = PHANTOM_DEFAULTS["shape"],
+                   spacing: Sequence[float] = PHANTOM_DEFAULTS["spacing"],
+                   seed: int = 0) -> list[SourceCase]:
     """The phantom task as source cases ``phantom_000``, ``phantom_001``, ...
 
     Case ``i`` is generated from ``SeedSequence([seed, i])``, so adding cases never changes the

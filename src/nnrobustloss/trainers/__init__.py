@@ -7,13 +7,14 @@
 | CoT, CoT+ | ``nnUNetTrainer_CoT``, ``nnUNetTrainer_CoTPlus`` (two peers) |
 | StoCoT, HRL | ``nnUNetTrainer_StoCoT``, ``nnUNetTrainer_HRL`` (two peers) |
 
-All share :class:`RobustTrainerMixin` (settings, explicit folders, training pseudo Dice,
-progress.csv, epoch callback, exact resumption). Build and run them with
-:func:`nnrobustloss.training.train`; load a trained network for prediction with
+All subclass :class:`RobustTrainer` (settings, explicit folders, progress.csv with the training
+pseudo Dice, epoch callback, exact resumption; modules ``settings``, ``progress``, ``resume``).
+The registry (:data:`nnrobustloss.methods.METHODS`) maps each method to its trainer. Build and
+run them with :func:`nnrobustloss.training.train`; load a trained network for prediction with
 :func:`nnrobustloss.trainers.inference.build_predictor`.
 """
 
-from nnrobustloss.trainers.base import RobustTrainerMixin, TrainerSettings
+from nnrobustloss.trainers.base import RobustTrainer
 from nnrobustloss.trainers.coteaching import (
     CoTeachingTrainer,
     nnUNetTrainer_CoT,
@@ -21,6 +22,7 @@ from nnrobustloss.trainers.coteaching import (
     nnUNetTrainer_HRL,
     nnUNetTrainer_StoCoT,
 )
+from nnrobustloss.trainers.settings import TrainerSettings
 from nnrobustloss.trainers.single import (
     nnUNetTrainer_APL1,
     nnUNetTrainer_APL2,
@@ -30,7 +32,7 @@ from nnrobustloss.trainers.single import (
 
 __all__ = [
     "CoTeachingTrainer",
-    "RobustTrainerMixin",
+    "RobustTrainer",
     "TrainerSettings",
     "nnUNetTrainer_APL1",
     "nnUNetTrainer_APL2",

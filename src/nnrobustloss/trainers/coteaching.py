@@ -38,7 +38,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch import GradScaler, Tensor, nn
 
 from nnrobustloss.errors import ConfigError
@@ -50,7 +49,7 @@ from nnrobustloss.selection import (
     small_loss_mask,
     stocot_mask,
 )
-from nnrobustloss.trainers.base import RobustTrainerMixin, TrainerSettings, unwrap
+from nnrobustloss.trainers.base import RobustTrainer, unwrap
 from nnrobustloss.trainers.progress import mean_or_nan
 
 GENERATOR_SEED_OFFSET = 7919
@@ -62,28 +61,22 @@ StepResult = tuple[Tensor, Tensor, Tensor, Masks, Masks]
 """(peer A's full-resolution output, loss A, loss B, masks for A, masks for B) of one step."""
 
 
-class CoTeachingTrainer(RobustTrainerMixin, nnUNetTrainer):
+class CoTeachingTrainer(RobustTrainer):
     """Base of the two-peer trainers; subclasses implement :meth:`select_level`."""
 
-    method_id = "CoT"
-    accepted_methods: tuple[str, ...] = ()
+    network_b: nn.Module | None = None
+    optimizer_b: torch.optim.Optimizer | None = None
+    lr_scheduler_b: Any = None
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device('cuda')):  # noqa: B008
-        super().__init__(plans, configuration, fold, dataset_json, device)
+    def _apply_settings(self) -> None:
+        """As the base, plus peer B's grad scaler (CUDA only) and the selection generator,
+        seeded with ``seed + 7919``."""
+        super()._apply_settings()
         if self.is_ddp:
             raise ConfigError("co-teaching trainers do not support DDP (multi-GPU) training; "
                               "train on one device.")
-        self.network_b: nn.Module | None = None
-        self.optimizer_b: torch.optim.Optimizer | None = None
-        self.lr_scheduler_b: Any = None
         self.grad_scaler_b = GradScaler("cuda") if self.device.type == "cuda" else None
         self.selection_generator = torch.Generator(device=self.device)
-        self.selection_generator.manual_seed(self.settings.seed + GENERATOR_SEED_OFFSET)
-
-    def configure(self, settings: TrainerSettings, epoch_callback: Any = None) -> None:
-        """As the mixin, and seed the selection generator with ``seed + 7919``."""
-        super().configure(settings, epoch_callback)
         self.selection_generator.manual_seed(self.settings.seed + GENERATOR_SEED_OFFSET)
 
     # ------------------------------------------------------------------ setup
@@ -224,7 +217,7 @@ class CoTeachingTrainer(RobustTrainerMixin, nnUNetTrainer):
     def on_train_epoch_end(self, train_outputs: list[dict]) -> None:
         """Mixin bookkeeping plus per-peer losses, kept fractions and ramp(e)."""
         super().on_train_epoch_end(train_outputs)
-        self._epoch_extras.update({
+        self.progress.extras.update({
             "train_loss_peer_a": mean_or_nan(float(o["loss"]) for o in train_outputs),
             "train_loss_peer_b": mean_or_nan(o["loss_b"] for o in train_outputs),
             "kept_fraction_peer_a": mean_or_nan(o["kept_a"] for o in train_outputs),
@@ -234,7 +227,7 @@ class CoTeachingTrainer(RobustTrainerMixin, nnUNetTrainer):
         kept = np.sum([o["kept_a_per_class"] for o in train_outputs], axis=0)
         for label, (n_kept, n_total) in zip(self.label_manager.foreground_labels, kept,
                                             strict=True):
-            self._epoch_extras[f"kept_fraction_class{label}_peer_a"] = \
+            self.progress.extras[f"kept_fraction_class{label}_peer_a"] = \
                 float(n_kept / n_total) if n_total else float("nan")
 
     # ------------------------------------------------------------------ checkpoints
@@ -288,12 +281,6 @@ def _kept_counts_per_class(mask: Tensor | None, target: Tensor,
 class nnUNetTrainer_CoT(CoTeachingTrainer):
     """Co-teaching (Han et al. 2018): the partner's small-loss voxels; parameter ``forget_rate``."""
 
-    method_id = "CoT"
-    accepted_methods = ("CoT",)
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device('cuda')):  # noqa: B008
-        super().__init__(plans, configuration, fold, dataset_json, device)
 
     def forget_rate(self) -> float:
         """R(e) = R * ramp(e)."""
@@ -310,12 +297,6 @@ class nnUNetTrainer_CoT(CoTeachingTrainer):
 class nnUNetTrainer_CoTPlus(nnUNetTrainer_CoT):
     """Co-teaching+ (Yu et al. 2019): small-loss voxels among the disagreeing ones after delay."""
 
-    method_id = "CoTPlus"
-    accepted_methods = ("CoTPlus",)
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device('cuda')):  # noqa: B008
-        super().__init__(plans, configuration, fold, dataset_json, device)
 
     def select_level(self, logits_a: Tensor, logits_b: Tensor,
                      target: Tensor) -> tuple[Tensor, Tensor]:
@@ -330,12 +311,6 @@ class nnUNetTrainer_CoTPlus(nnUNetTrainer_CoT):
 class nnUNetTrainer_StoCoT(CoTeachingTrainer):
     """Stochastic co-teaching (de Vos et al. 2023); hyper-parameters ``a``, ``b`` of Beta(a, b)."""
 
-    method_id = "StoCoT"
-    accepted_methods = ("StoCoT",)
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device('cuda')):  # noqa: B008
-        super().__init__(plans, configuration, fold, dataset_json, device)
 
     def select_level(self, logits_a: Tensor, logits_b: Tensor,
                      target: Tensor) -> tuple[Tensor, Tensor]:
@@ -351,12 +326,6 @@ class nnUNetTrainer_StoCoT(CoTeachingTrainer):
 class nnUNetTrainer_HRL(nnUNetTrainer_StoCoT):
     """HRL: StoCoT peers, each trained with APL2 on SVLS soft targets (``a, b, w, sigma``)."""
 
-    method_id = "HRL"
-    accepted_methods = ("HRL",)
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device('cuda')):  # noqa: B008
-        super().__init__(plans, configuration, fold, dataset_json, device)
 
     def _build_loss(self) -> nn.Module:
         self._require_no_ignore_label()

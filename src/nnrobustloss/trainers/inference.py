@@ -5,9 +5,9 @@ and looks the trainer class up by name inside the nnunetv2 package (or ``nnUNet_
 where our trainers do not live. Our output folder (``training/<Task>/<Method>/fold<k>/``) holds
 the checkpoint next to the ``plans.json`` and ``dataset.json`` copies that nnU-Net writes at
 the start of training, so :func:`build_predictor` does what that method does, explicitly: it
-builds the network with the trainer class named in the checkpoint (all our trainers use
-nnU-Net's own ``build_network_architecture``), loads the weights and calls the predictor's
-``manual_initialization``.
+builds the network with the trainer class named in the checkpoint (found in the method
+registry first; all our trainers use nnU-Net's own ``build_network_architecture``), loads the
+weights and calls the predictor's ``manual_initialization``.
 
 A checkpoint of any trainer holds peer A under nnU-Net's ``network_weights`` key, so the stock
 predictor can also load it directly; co-teaching checkpoints add ``network_weights_peer_b``.
@@ -26,16 +26,18 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnrobustloss.errors import InputDataError
 from nnrobustloss.fileio import read_json
+from nnrobustloss.layout import CHECKPOINT_FINAL
+from nnrobustloss.methods import trainer_by_name
 
 PEER_KEYS = {"A": "network_weights", "B": "network_weights_peer_b"}
 
 
 def trainer_class_by_name(name: str) -> type:
-    """Our trainer class called ``name``, else nnU-Net's (searched in nnunetv2 as nnU-Net does)."""
-    from nnrobustloss import trainers
-
-    cls = getattr(trainers, name, None)
-    if isinstance(cls, type):
+    """The trainer class called ``name``: a registered method's
+    (:func:`nnrobustloss.methods.trainer_by_name`), else nnU-Net's (searched in nnunetv2 as
+    nnU-Net does)."""
+    cls = trainer_by_name(name)
+    if cls is not None:
         return cls
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
@@ -55,7 +57,7 @@ def load_checkpoint_file(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def build_predictor(output_dir: str | os.PathLike[str],
-                    checkpoint_name: str = "checkpoint_final.pth",
+                    checkpoint_name: str = CHECKPOINT_FINAL,
                     peers: str = "A", device: torch.device | str = "cpu",
                     **predictor_kwargs: Any) -> nnUNetPredictor:
     """An initialised ``nnUNetPredictor`` for the network trained in ``output_dir``.

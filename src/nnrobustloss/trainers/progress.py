@@ -1,5 +1,10 @@
 """Training-set pseudo Dice, its moving average and the ``progress.csv`` file.
 
+:class:`ProgressRecorder` is what a trainer uses: it accumulates the pseudo-Dice counts of an
+epoch's steps, and at the end of the epoch builds the epoch's row (nnU-Net's logged values, the
+training pseudo Dice and its EMA, extras such as the co-teaching kept fractions), keeps the
+history (restored from a checkpoint on resumption) and writes ``progress.csv``.
+
 The tuning objective (DESIGN.md section 3) is computed from the training patches of each epoch:
 per step, the full-resolution network output (argmax over classes) is compared with the
 full-resolution training target (the noisy labels the network is trained on); true positives,
@@ -112,3 +117,68 @@ def mean_or_nan(values: Iterable[float]) -> float:
     """Arithmetic mean as a float; NaN for no values."""
     vals = [float(v) for v in values]
     return float(np.mean(vals)) if vals else float("nan")
+
+
+class ProgressRecorder:
+    """The per-epoch progress of one training: pseudo-Dice counts, extras, history rows.
+
+    Per epoch: :meth:`start_epoch`, :meth:`add_step` per training step, :meth:`finish_epoch`
+    after the last step (adds ``train_pseudo_dice`` and ``train_dice_class<k>`` to
+    :attr:`extras`; trainers may add their own extras), then :meth:`record` with nnU-Net's
+    logged values, which appends the row (replacing rows of that epoch or later: a resumed run
+    repeats nothing) and writes ``progress.csv``.
+    """
+
+    def __init__(self) -> None:
+        self.history: list[dict[str, Any]] = []
+        self.extras: dict[str, Any] = {}
+        self._counts: np.ndarray | None = None
+
+    def start_epoch(self) -> None:
+        """Forget the previous epoch's counts and extras."""
+        self._counts = None
+        self.extras = {}
+
+    def add_step(self, logits: torch.Tensor, target: torch.Tensor,
+                 ignore_label: int | None = None) -> None:
+        """Add one step's full-resolution (tp, fp, fn) (:func:`confusion_counts`)."""
+        counts = confusion_counts(logits, target, ignore_label)
+        self._counts = counts if self._counts is None else self._counts + counts
+
+    def finish_epoch(self, foreground_labels: Sequence[int]) -> None:
+        """The epoch's training pseudo Dice (1.0 when no step ran: nothing found, nothing
+        predicted) and per-class Dice into :attr:`extras`."""
+        counts = self._counts if self._counts is not None \
+            else np.zeros((3, len(foreground_labels)), dtype=np.int64)
+        value, per_class = pseudo_dice(counts)
+        self.extras["train_pseudo_dice"] = value
+        for label, d in zip(foreground_labels, per_class, strict=False):
+            self.extras[f"train_dice_class{label}"] = d
+
+    @property
+    def ema(self) -> float:
+        """EMA of the training pseudo Dice after the last recorded epoch (NaN before any)."""
+        return float(self.history[-1]["train_pseudo_dice_ema"]) if self.history else float("nan")
+
+    def record(self, epoch: int, logged: Mapping[str, float],
+               csv_path: str | os.PathLike[str]) -> dict[str, Any]:
+        """Append epoch ``epoch``'s row and write ``csv_path``; return the row.
+
+        ``logged``: nnU-Net's values of the epoch (``train_loss``, ``val_loss``,
+        ``val_pseudo_dice``, ``val_pseudo_dice_ema``, ``lr``, ``epoch_seconds``). The row's
+        columns: epoch, those values in that order with ``train_pseudo_dice`` and its EMA after
+        the validation values, then the extras.
+        """
+        previous = self.history[-1]["train_pseudo_dice_ema"] if self.history else None
+        value = self.extras.get("train_pseudo_dice", float("nan"))
+        row: dict[str, Any] = {"epoch": epoch}
+        for key in ("train_loss", "val_loss", "val_pseudo_dice", "val_pseudo_dice_ema"):
+            row[key] = float(logged[key])
+        row["train_pseudo_dice"] = value
+        row["train_pseudo_dice_ema"] = ema_update(previous, value)
+        row["lr"] = float(logged["lr"])
+        row["epoch_seconds"] = float(logged["epoch_seconds"])
+        row.update({k: v for k, v in self.extras.items() if k != "train_pseudo_dice"})
+        self.history = [r for r in self.history if r["epoch"] < epoch] + [row]
+        write_progress_csv(csv_path, self.history)
+        return row

@@ -1,0 +1,82 @@
+"""Each choice list and default has one home in the code; the config schema agrees with it.
+
+The schema (``nnrobustloss/schemas/config.schema.yaml``) is what users read and what validates a
+config, so it spells the choices out; these tests keep it equal to the lists the code uses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from nnrobustloss.config import config_schema, validate_config
+
+
+def _node(*path: str) -> dict[str, Any]:
+    """The schema node at ``path`` (object properties; ``$defs`` by name)."""
+    schema = config_schema()
+    node: dict[str, Any] = schema
+    for key in path:
+        node = schema["$defs"][key] if key in schema["$defs"] and node is schema else \
+            node["properties"][key]
+    return node
+
+
+def _choices():
+    from nnrobustloss.datasets.convert import SOURCE_TYPES
+    from nnrobustloss.losses import SVLS_KERNELS
+    from nnrobustloss.planning import PLANNERS
+    from nnrobustloss.selection import STOCOT_MODES
+    from nnrobustloss.trainers.settings import PEER_UPDATE_MODES
+    from nnrobustloss.training import DEVICES
+    from nnrobustloss.tuning import PRUNERS, STORAGES
+
+    return [(("device",), DEVICES), (("planning", "planner"), tuple(PLANNERS)),
+            (("tuning", "storage"), STORAGES), (("tuning", "pruner"), PRUNERS),
+            (("coteaching", "stocot_thresholds"), STOCOT_MODES),
+            (("coteaching", "peer_updates"), PEER_UPDATE_MODES),
+            (("svls", "kernel"), SVLS_KERNELS), (("source", "type"), SOURCE_TYPES)]
+
+
+@pytest.mark.parametrize("index", range(8))
+def test_schema_choices_equal_the_code(index: int) -> None:
+    path, choices = _choices()[index]
+    assert tuple(_node(*path)["enum"]) == tuple(choices), ".".join(path)
+
+
+def test_schema_defaults_equal_the_trainer_settings_defaults() -> None:
+    from nnrobustloss.trainers.settings import TrainerSettings
+
+    d = TrainerSettings(method="Baseline")
+    assert _node("coteaching", "delay")["default"] == d.coteaching_delay
+    assert _node("coteaching", "gradual")["default"] == d.coteaching_gradual
+    assert _node("coteaching", "stocot_thresholds")["default"] == d.stocot_thresholds
+    assert _node("svls", "kernel")["default"] == d.svls_kernel
+    assert _node("svls", "hard_dice")["default"] == d.svls_hard_dice
+
+
+def test_default_methods_are_the_registry() -> None:
+    from nnrobustloss.methods import METHODS
+
+    cfg = validate_config({"tasks": {"T": {"dataset_id": 1, "reference_dataset_id": 2,
+                                           "labels": {"background": 0, "a": 1},
+                                           "sources": [{"type": "phantom"}]}}})
+    assert cfg["methods"] == list(METHODS)
+
+
+def test_phantom_defaults_have_one_home(tmp_path) -> None:
+    """A phantom source without settings converts with the generator's defaults, and the
+    config's check of n_noisy_cases <= n_cases uses them too."""
+    from nnrobustloss.datasets.convert import source_cases
+    from nnrobustloss.datasets.phantom import PHANTOM_DEFAULTS
+    from nnrobustloss.errors import ConfigError
+
+    cases = source_cases("T", [{"type": "phantom"}], seed=0)
+    assert len(cases) == PHANTOM_DEFAULTS["n_cases"]
+    image = cases[0].load().image
+    assert image.GetSize()[::-1] == tuple(PHANTOM_DEFAULTS["shape"])
+    task = {"dataset_id": 1, "reference_dataset_id": 2, "labels": {"background": 0, "a": 1},
+            "sources": [{"type": "phantom", "n_noisy_cases": PHANTOM_DEFAULTS["n_cases"] + 1}]}
+    with pytest.raises(ConfigError, match="n_noisy_cases: larger than n_cases"):
+        validate_config({"tasks": {"T": task}})

@@ -388,3 +388,131 @@ def test_report_without_metrics_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(InputDataError, match="no metrics files"):
         run_report(params, [], [], [], tmp_path / "tables", tmp_path / "figures")
     assert not (tmp_path / "tables").exists()
+
+
+# --- the exact LaTeX of small tables (pins the output across refactorings) ------------------
+
+def _small_inputs() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One task, one fold, 2 cases, regions LV and R_V (escaped in LaTeX); Baseline and HRL."""
+    rows = []
+    for method, d in (("Baseline", 0.8), ("HRL", 0.9)):
+        for case, off in (("c0", 0.0), ("c1", 0.02)):
+            for region, roff in (("LV", 0.0), ("R_V", -0.1)):
+                rows += [("Heart", method, 0, case, region, "dice", d + off + roff),
+                         ("Heart", method, 0, case, region, "asd", 2.0 - d + off)]
+                rows += [("Heart", method, 0, case, region, m, v * d + off)
+                         for m, v in (("ece", 0.1), ("brier", 0.05), ("nll", 0.3))]
+    metrics = pd.DataFrame(rows, columns=["task", "method", "fold", "case", "region", "metric",
+                                          "value"])
+    noise = pd.DataFrame([("Heart", c, reg, m, v) for c in ("c0", "c1") for reg in ("LV", "R_V")
+                          for m, v in (("dice", 0.9 if c == "c0" else 0.95), ("asd", 0.5))],
+                         columns=["task", "case", "region", "metric", "value"])
+    return metrics, noise
+
+
+SMALL_TASKS = {"Heart": {"table_metrics": ["dice", "asd"]}}
+SMALL_METHODS = ["Baseline", "HRL"]
+
+
+def test_table1_and_table2_latex_exact() -> None:
+    from nnrobustloss.report import summarise, summarise_regions, table1, table2
+
+    metrics, _ = _small_inputs()
+    # per case mean over LV (d + off) and R_V (d + off - 0.1): Baseline 0.75, 0.77 -> 76.0 %
+    _, tex1 = table1(summarise(metrics, SMALL_TASKS, SMALL_METHODS), SMALL_TASKS, SMALL_METHODS)
+    assert tex1 == (
+        "\\begin{table}[t]\n\\centering\n"
+        "\\caption{segmentation quality per task and method; mean over classes (regions for "
+        "KiTS23) per case, then over the cases of a fold, then over folds. Dice and Surface Dice "
+        "in \\%, ASD in mm. $^{*}$ $p<0.05$ vs Baseline (paired Wilcoxon signed-rank test over "
+        "cases, Holm-corrected per task and metric); -- no results.}\n"
+        "\\label{tab:results}\n\\begin{tabular}{lrr}\n\\toprule\n"
+        " & \\multicolumn{2}{c}{Heart} \\\\\n\\cmidrule(lr){2-3}\n"
+        "Method & Dice (\\%) & ASD (mm) \\\\\n\\midrule\n"
+        "Baseline & 76.0 & 1.2 \\\\\nHRL & 86.0 & 1.1 \\\\\n"
+        "\\bottomrule\n\\end{tabular}\n"
+        "\\par\\smallskip\\footnotesize ASD: no value was left out (no case with exactly one "
+        "empty mask).\n\\end{table}\n")
+    s2 = summarise_regions(metrics, SMALL_TASKS, SMALL_METHODS)
+    _, tex2 = table2(s2, SMALL_TASKS, SMALL_METHODS)
+    assert tex2 == (
+        "\\begin{table}[t]\n\\centering\n"
+        "\\caption{per class (region for KiTS23) results of HRL; mean over cases, then over "
+        "folds. Dice and Surface Dice in \\%, ASD in mm; -- no results.}\n"
+        "\\label{tab:regions}\n\\begin{tabular}{lrr}\n\\toprule\n"
+        " & \\multicolumn{2}{c}{HRL} \\\\\n\\cmidrule(lr){2-3}\n"
+        "\\midrule \\multicolumn{3}{l}{\\textit{Heart}} \\\\\n"
+        "Class/region & Dice (\\%) & ASD (mm) \\\\\n\\midrule\n"
+        "LV & 91.0 & 1.1 \\\\\nR\\_V & 81.0 & 1.1 \\\\\n"
+        "\\bottomrule\n\\end{tabular}\n\\end{table}\n")
+    _, tex2_none = table2(s2, SMALL_TASKS, ["Baseline"])
+    assert tex2_none == (
+        "\\begin{table}[t]\n\\centering\n"
+        "\\caption{Table 2: per class (region for KiTS23) results of SVLS and HRL; mean over "
+        "cases, then over folds. Dice and Surface Dice in \\%, ASD in mm; -- no results.}\n"
+        "Neither SVLS nor HRL is among the study's methods.\n\\end{table}\n")
+
+
+def test_noise_and_sweep_latex_exact() -> None:
+    from nnrobustloss.report import noise_table, summarise_noise, summarise_sweep, sweep_table
+
+    metrics, noise = _small_inputs()
+    _, tex = noise_table(summarise_noise(noise, ["Heart", "KiTS23"]))
+    assert tex == (
+        "\\begin{table}[t]\n\\centering\n"
+        "\\caption{Noise levels: agreement of the noisy training labels with the reference "
+        "labels; per case the mean over classes, then mean +- SD over cases. Dice in \\%, ASD in "
+        "mm; -- no noise report.}\n"
+        "\\label{tab:noise}\n\\begin{tabular}{llrrr}\n\\toprule\n"
+        "Task & Class/region & Cases & Dice (\\%) & ASD (mm) \\\\\n\\midrule\n"
+        "Heart & all classes & 2 & 92.5 $\\pm$ 3.5 & 0.5 $\\pm$ 0.0 \\\\\n"
+        "Heart & LV & 2 & 92.5 $\\pm$ 3.5 & 0.5 $\\pm$ 0.0 \\\\\n"
+        "Heart & R\\_V & 2 & 92.5 $\\pm$ 3.5 & 0.5 $\\pm$ 0.0 \\\\\n"
+        "KiTS23 & all classes & 0 & -- & -- \\\\\n"
+        "\\bottomrule\n\\end{tabular}\n\\end{table}\n")
+    _, tex = sweep_table(summarise_sweep(metrics, noise, {"Heart": 4}, SMALL_METHODS),
+                         SMALL_METHODS)
+    assert tex == (
+        "\\begin{table}[t]\n\\centering\n"
+        "\\caption{Noise sweep: Dice (\\%) on the reference labels per noise level and method, "
+        "mean $\\pm$ SD over folds (per fold the mean over classes and held-out cases); noise "
+        "level = Dice (\\%) of the noisy training labels against the reference (noise report), "
+        "novice = cases labelled by the simulated less-experienced annotator; -- no results.}\n"
+        "\\label{tab:noise_sweep}\n\\begin{tabular}{lrrrr}\n\\toprule\n"
+        "Level & Novice cases & Noise Dice (\\%) & Baseline & HRL \\\\\n\\midrule\n"
+        "Heart & 4 & 92.5 & 76.0 & 86.0 \\\\\n"
+        "\\bottomrule\n\\end{tabular}\n\\end{table}\n")
+
+
+def test_table3_latex_exact() -> None:
+    from nnrobustloss.report import summarise_calibration, table3
+
+    metrics, _ = _small_inputs()
+    s3 = summarise_calibration(metrics, ["Heart"], SMALL_METHODS)
+    reliability = pd.DataFrame(
+        [("Heart", "HRL", 0, "LV", "band", 5.0, b, b / 3, (b + 1) / 3, 1, 0.5, 0.5)
+         for b in range(3)],
+        columns=["task", "method", "fold", "region", "voxels", "band_mm", "bin", "lower",
+                 "upper", "count", "confidence_sum", "correct_sum"])
+    caption_tail = (
+        " of the reference or predicted class (one-vs-rest per class: confidence p\\_k, correct "
+        "where the reference is k; ECE with {bins} equal-width bins); mean over classes (regions "
+        "for KiTS23) per case, then over the cases of a fold, then over folds. ECE and Brier in "
+        "[0, 1], NLL in nats per voxel; lower is better. $^{{*}}$ $p<0.05$ vs Baseline (paired "
+        "Wilcoxon signed-rank test over cases, Holm-corrected per task and metric); -- no "
+        "results. Values over all voxels: table3.csv (metrics *\\_all).}}\n")
+    body = ("\\label{tab:calibration}\n\\begin{tabular}{lrrr}\n\\toprule\n"
+            " & \\multicolumn{3}{c}{Heart} \\\\\n\\cmidrule(lr){2-4}\n"
+            "Method & ECE & Brier & NLL \\\\\n\\midrule\n"
+            "Baseline & 0.090 & 0.050 & 0.250 \\\\\nHRL & 0.100 & 0.055 & 0.280 \\\\\n"
+            "\\bottomrule\n\\end{tabular}\n")
+    head = ("\\begin{table}[t]\n\\centering\n\\caption{calibration per task and method against "
+            "the reference labels, within ")
+    _, tex = table3(s3, ["Heart"], SMALL_METHODS, reliability)
+    assert tex == head + "5 mm" + caption_tail.format(bins=3) + body + "\\end{table}\n"
+    # not measured: no reliability bins, no cases -> default caption and the footnote
+    _, tex = table3(s3.assign(n_cases=0), ["Heart"], SMALL_METHODS, reliability.iloc[:0])
+    assert tex == (head + "a band" + caption_tail.format(bins=15) + body
+                   + "\\par\\smallskip\\footnotesize Calibration was not measured "
+                   "(evaluation.calibration: false, or no calibration rows in the metric CSVs).\n"
+                   "\\end{table}\n")

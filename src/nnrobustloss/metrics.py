@@ -51,11 +51,18 @@ from surface_distance import lookup_tables
 
 from nnrobustloss.errors import ConfigError, InputDataError
 from nnrobustloss.fileio import atomic_path, geometry_mismatch, read_image
+from nnrobustloss.metric_registry import (
+    CALIBRATION_METRIC_NAMES,
+    METRICS_CSV_COLUMNS,
+    SEGMENTATION_METRICS,
+    VOXEL_SETS,
+)
 
-METRIC_NAMES: tuple[str, ...] = ("dice", "asd", "surface_dice")
-"""Metrics computed per region, in the order they are written to the tidy CSV."""
+METRIC_NAMES: tuple[str, ...] = SEGMENTATION_METRICS
+"""Metrics computed per region, in the order they are written to the tidy CSV
+(:data:`nnrobustloss.metric_registry.METRICS` holds their labels, units and directions)."""
 
-CSV_COLUMNS: tuple[str, ...] = ("task", "method", "fold", "case", "region", "metric", "value")
+CSV_COLUMNS: tuple[str, ...] = METRICS_CSV_COLUMNS
 """Columns of the tidy metrics CSV ``metrics/<Task>/<Method>/fold<k>.csv``."""
 
 KITS23_REGIONS: dict[str, list[int]] = {
@@ -523,13 +530,6 @@ def evaluate_folder(pred_dir: str | os.PathLike[str], reference_dir: str | os.Pa
 # --------------------------------------------------------------------------------------------
 # calibration
 
-CALIBRATION_METRICS: tuple[str, ...] = ("ece", "mce", "brier", "nll")
-"""Calibration metrics per case and region; within the band under these names, over all voxels
-with the suffix ``_all`` (``ece_all``, ...)."""
-
-VOXEL_SETS: tuple[str, ...] = ("band", "all")
-"""The two voxel sets of the calibration metrics: the band around the region, the whole image."""
-
 DEFAULT_BINS = 15
 """Equal-width confidence bins of ECE, MCE and the reliability diagrams."""
 
@@ -554,7 +554,7 @@ _CHUNK = 1 << 22  # voxels per accumulation step (bounds the float64 temporaries
 
 def calibration_metric_names() -> list[str]:
     """Metric names of the calibration rows, in CSV order: band first, then ``<name>_all``."""
-    return [m + ("" if s == "band" else f"_{s}") for s in VOXEL_SETS for m in CALIBRATION_METRICS]
+    return list(CALIBRATION_METRIC_NAMES)
 
 
 def _check_calibration_inputs(confidence: np.ndarray, correct: np.ndarray, n_bins: int

@@ -64,6 +64,7 @@ import pandas as pd
 from scipy import ndimage
 
 from nnrobustloss.errors import NNRobustLossError
+from nnrobustloss.metric_registry import NOISE_CSV_COLUMNS
 from nnrobustloss.noise_steps import CaseSteps, case_steps
 
 KITS23_STRUCTURES: tuple[tuple[int, ...], ...] = ((1, 2, 3), (2, 3), (2,))
@@ -938,4 +939,4 @@ def measure_noise_levels(noisy_dir: str | os.PathLike[str], reference_dir: str |
                 rows.append({"task": task, "case": case, "region": region, "metric": metric,
                              "value": value})
         print(f"[noise {task}] {i}/{len(files)} {case}", file=sys.stderr, flush=True)
-    return pd.DataFrame(rows, columns=["task", "case", "region", "metric", "value"])
+    return pd.DataFrame(rows, columns=list(NOISE_CSV_COLUMNS))

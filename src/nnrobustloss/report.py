@@ -21,7 +21,7 @@ import math
 import os
 import re
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,6 +32,15 @@ from scipy import stats
 from nnrobustloss.errors import ConfigError, InputDataError
 from nnrobustloss.fileio import atomic_path, write_text
 from nnrobustloss.methods import METHODS
+from nnrobustloss.metric_registry import (
+    METRICS,
+    METRICS_CSV_COLUMNS,
+    NOISE_CSV_COLUMNS,
+    SEGMENTATION_METRICS,
+    TRIALS_CSV_COLUMNS,
+    VOXEL_SETS,
+    calibration_name,
+)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -41,19 +50,11 @@ METHOD_DISPLAY_NAMES: dict[str, str] = {m.id: m.display_name for m in METHODS.va
 
 BASELINE = "Baseline"
 TABLE2_METHODS: tuple[str, ...] = ("SVLS", "HRL")
-METRIC_LABELS: dict[str, str] = {"dice": "Dice (%)", "asd": "ASD (mm)",
-                                 "surface_dice": "Surface Dice (%)"}
-METRIC_SCALE: dict[str, float] = {"dice": 100.0, "asd": 1.0, "surface_dice": 100.0,
-                                  # calibration (Table 3): natural units
-                                  "ece": 1.0, "brier": 1.0, "nll": 1.0,
-                                  "ece_all": 1.0, "brier_all": 1.0, "nll_all": 1.0}
+NOISE_TABLE_METRICS: tuple[str, ...] = ("dice", "asd")
+"""Metrics of the noise-level table (mean and SD over cases, with the registry's scale)."""
 ALPHA = 0.05
 N_BOOTSTRAP = 1000
 MISSING = "--"
-
-METRICS_COLUMNS = ("task", "method", "fold", "case", "region", "metric", "value")
-NOISE_COLUMNS = ("task", "case", "region", "metric", "value")
-TRIALS_COLUMNS = ("task", "method", "fold", "number", "value", "state")
 
 CAPTION_MEANS = ("mean over classes (regions for KiTS23) per case, then over the cases of a "
                  "fold, then over folds")
@@ -107,8 +108,8 @@ def _read_csvs(paths: Sequence[str | os.PathLike[str]], columns: Sequence[str],
 
 def read_metrics(paths: Sequence[str | os.PathLike[str]]) -> pd.DataFrame:
     """Read tidy metric CSVs; a repeated (task, method, fold, case, region, metric) is an error."""
-    df = _read_csvs(paths, METRICS_COLUMNS, ("fold", "value"), "metrics")
-    key = ["task", "method", "fold", "case", "region", "metric"]
+    df = _read_csvs(paths, METRICS_CSV_COLUMNS, ("fold", "value"), "metrics")
+    key = [c for c in METRICS_CSV_COLUMNS if c != "value"]
     dup = df.duplicated(key, keep=False)
     if dup.any():
         first = df[dup].iloc[0]
@@ -123,12 +124,12 @@ def read_metrics(paths: Sequence[str | os.PathLike[str]]) -> pd.DataFrame:
 
 def read_noise(paths: Sequence[str | os.PathLike[str]]) -> pd.DataFrame:
     """Read tidy noise CSVs (task, case, region, metric, value)."""
-    return _read_csvs(paths, NOISE_COLUMNS, ("value",), "noise")
+    return _read_csvs(paths, NOISE_CSV_COLUMNS, ("value",), "noise")
 
 
 def read_trials(paths: Sequence[str | os.PathLike[str]]) -> pd.DataFrame:
     """Read trials CSVs and keep the COMPLETE trials with a finite objective value."""
-    df = _read_csvs(paths, TRIALS_COLUMNS, ("fold", "number", "value"), "trials")
+    df = _read_csvs(paths, TRIALS_CSV_COLUMNS, ("fold", "number", "value"), "trials")
     df = df[(df["state"].str.upper() == "COMPLETE") & np.isfinite(df["value"])].copy()
     df["fold"] = df["fold"].astype(int)
     return df
@@ -194,9 +195,9 @@ def summarise(metrics: pd.DataFrame, tasks: Mapping[str, Mapping[str, object]],
     case_level = _case_means(metrics)
     rows = []
     for task, spec in tasks.items():
-        table_metrics = _table_metrics(task, spec)
+        table_metrics = _table_metrics(task, spec, allowed=tuple(METRICS))
         for metric in table_metrics:
-            scale = METRIC_SCALE[metric]
+            scale = METRICS[metric].scale
             sel = case_level[(case_level.task == task) & (case_level.metric == metric)]
             raw = metrics[(metrics.task == task) & (metrics.metric == metric)]
             # per-case values averaged over folds, for the test and the bootstrap
@@ -218,7 +219,7 @@ def summarise(metrics: pd.DataFrame, tasks: Mapping[str, Mapping[str, object]],
                 n_nan = int(raw[raw.method == method]["value"].isna().sum())
                 block.append({
                     "task": task, "method": method, "method_name": display_name(method),
-                    "metric": metric, "unit": "mm" if metric == "asd" else "%",
+                    "metric": metric, "unit": METRICS[metric].unit,
                     "mean": mean, "ci_low": ci[0], "ci_high": ci[1],
                     "n_folds": int(len(fold_means)),
                     "n_cases": int(len(cases)) if cases is not None else 0,
@@ -234,12 +235,14 @@ def summarise(metrics: pd.DataFrame, tasks: Mapping[str, Mapping[str, object]],
     return pd.DataFrame(rows, columns=cols)
 
 
-def _table_metrics(task: str, spec: Mapping[str, object]) -> list[str]:
+def _table_metrics(task: str, spec: Mapping[str, object],
+                   allowed: Sequence[str] = SEGMENTATION_METRICS) -> list[str]:
+    """The task's ``table_metrics`` (default dice, asd); ConfigError for a name not in ``allowed``."""
     metrics = list(spec.get("table_metrics", ["dice", "asd"]))  # type: ignore[call-overload]
     for m in metrics:
-        if m not in METRIC_SCALE:
-            raise ConfigError(f"tasks.{task}.table_metrics: unknown metric '{m}'. Use dice, asd "
-                              "or surface_dice.")
+        if m not in allowed:
+            raise ConfigError(f"tasks.{task}.table_metrics: unknown metric '{m}'. Use "
+                              f"{', '.join(allowed[:-1])} or {allowed[-1]}.")
     return metrics
 
 
@@ -279,13 +282,108 @@ def _md_table(header: list[str], rows: list[list[str]], align: list[str]) -> lis
     return lines
 
 
-def _tex_rows_and_end(rows: list[list[str]], footnote: str = "") -> list[str]:
-    r"""LaTeX body rows, the closing rules, an optional small footnote and ``\end{table}``."""
-    tex = [" & ".join(r) + r" \\" for r in rows]
-    tex += [r"\bottomrule", r"\end{tabular}"]
+def _fmt_pm(mean: object, sd: object) -> str:
+    """The mean and SD as "mean ± sd" with one decimal; the mean alone when the SD is NaN,
+    "--" when the mean is NaN."""
+    if mean is None or pd.isna(mean):
+        return MISSING
+    return f"{mean:.1f}" + ("" if sd is None or pd.isna(sd) else f" ± {sd:.1f}")
+
+
+def _markdown(caption: str, header: list[str], rows: list[list[str]], align: list[str],
+              footnote: str = "") -> str:
+    """A table's Markdown: the caption, the pipe table and an optional footnote paragraph."""
+    md = [caption, ""] + _md_table(header, rows, align)
     if footnote:
-        tex += [r"\par\smallskip\footnotesize " + _tex_escape(footnote)]
-    return tex + [r"\end{table}"]
+        md += ["", footnote]
+    return "\n".join(md) + "\n"
+
+
+def _tex_row(cells: Sequence[str]) -> str:
+    r"""One LaTeX table row: the (LaTeX) cells joined by ``&`` and ended by ``\\``."""
+    return " & ".join(cells) + r" \\"
+
+
+def _tex_text(text: str) -> str:
+    r"""Plain text as LaTeX: escaped, with ``±`` as ``$\pm$``."""
+    return _tex_escape(text).replace("±", r"$\pm$")
+
+
+def _tex_caption(caption: str) -> str:
+    """A Markdown caption as LaTeX: without its "Table N: " (LaTeX numbers the table), escaped,
+    the significance mark "* p < ALPHA" in math."""
+    return (_tex_text(re.sub(r"^Table \d+: ", "", caption))
+            .replace(f"* p < {ALPHA}", f"$^{{*}}$ $p<{ALPHA}$"))
+
+
+def _tex_group_header(groups: Sequence[tuple[str, int]]) -> list[str]:
+    r"""Two header lines over column groups after the first column: a row of
+    ``\multicolumn``s, one per (LaTeX name, number of columns), and a ``\cmidrule`` under each."""
+    top, rules, col = [""], [], 2
+    for name, width in groups:
+        top.append(rf"\multicolumn{{{width}}}{{c}}{{{name}}}")
+        rules.append(rf"\cmidrule(lr){{{col}-{col + width - 1}}}")
+        col += width
+    return [_tex_row(top), " ".join(rules)]
+
+
+def _latex_float(tex_caption: str, label: str | None, content: Sequence[str]) -> str:
+    r"""A ``table`` float: ``\centering``, ``\caption`` (already LaTeX), ``\label`` (when given)
+    and the ``content`` lines; ends with a newline."""
+    lines = [r"\begin{table}[t]", r"\centering", r"\caption{" + tex_caption + "}"]
+    if label:
+        lines.append(rf"\label{{{label}}}")
+    return "\n".join([*lines, *content, r"\end{table}"]) + "\n"
+
+
+def _latex_table(caption: str, label: str, colspec: str, head: Sequence[str],
+                 body: Sequence[str], footnote: str = "", midrule: bool = True) -> str:
+    r"""A booktabs table float (:func:`_latex_float`) of a Markdown ``caption``
+    (:func:`_tex_caption`): ``\toprule``, the ``head`` lines, ``\midrule`` (unless
+    ``midrule`` is False: the body brings its own), the ``body`` lines, ``\bottomrule``, then
+    the optional ``footnote`` (plain text) in small print."""
+    content = [rf"\begin{{tabular}}{{{colspec}}}", r"\toprule", *head,
+               *([r"\midrule"] if midrule else []), *body, r"\bottomrule", r"\end{tabular}"]
+    if footnote:
+        content.append(r"\par\smallskip\footnotesize " + _tex_escape(footnote))
+    return _latex_float(_tex_caption(caption), label, content)
+
+
+def _plain_tables(caption: str, label: str, header: list[str], rows: list[list[str]],
+                  align: list[str]) -> tuple[str, str]:
+    """Markdown and LaTeX of a table of plain-text cells (escaped for LaTeX, ``±`` in math)
+    under one header row; ``align`` holds "l" or "r" per column."""
+    tex = _latex_table(caption, label, "".join(align), [_tex_row([_tex_escape(h) for h in header])],
+                       [_tex_row([_tex_text(c) for c in row]) for row in rows])
+    return _markdown(caption, header, rows, align), tex
+
+
+def _methods_table(caption: str, label: str, summary: pd.DataFrame, methods: Sequence[str],
+                   task_metrics: Sequence[tuple[str, list[str]]], heading: Callable[[str], str],
+                   digits: int, footnote: str = "") -> tuple[str, str]:
+    """Markdown and LaTeX of a methods-as-rows table (Tables 1 and 3): per task a group of
+    metric columns (``heading(metric)``: "<task> <heading>" in Markdown, the task over its group
+    in LaTeX), per cell the summary's mean with ``digits`` decimals and the significance mark,
+    "--" where the summary (:func:`summarise`) has no row."""
+    columns = [(task, m) for task, tm in task_metrics for m in tm]
+    lookup = {(r.task, r.method, r.metric): r for r in summary.itertuples()}
+    md_rows, tex_rows = [], []
+    for method in methods:
+        md_row, tex_row = [display_name(method)], [_tex_escape(display_name(method))]
+        for task, m in columns:
+            r = lookup.get((task, method, m))
+            mean = r.mean if r is not None else float("nan")
+            star = bool(r.significant) if r is not None else False
+            md_row.append(_fmt(mean, star, digits=digits))
+            tex_row.append(_fmt(mean, star, tex=True, digits=digits))
+        md_rows.append(md_row)
+        tex_rows.append(_tex_row(tex_row))
+    header = ["Method"] + [f"{task} {heading(m)}" for task, m in columns]
+    align = ["l"] + ["r"] * len(columns)
+    head = [*_tex_group_header([(_tex_escape(task), len(tm)) for task, tm in task_metrics]),
+            _tex_row(["Method"] + [_tex_escape(heading(m)) for _, m in columns])]
+    return (_markdown(caption, header, md_rows, align, footnote),
+            _latex_table(caption, label, "".join(align), head, tex_rows, footnote))
 
 
 def _write_csv(df: pd.DataFrame, path: Path) -> None:
@@ -310,44 +408,10 @@ def table1(summary: pd.DataFrame, tasks: Mapping[str, Mapping[str, object]],
                f"{CAPTION_MEANS}. Dice and Surface Dice in %, ASD in mm. "
                f"* p < {ALPHA} vs Baseline (paired Wilcoxon signed-rank test over cases, "
                "Holm-corrected per task and metric); -- no results.")
-    header = ["Method"]
-    task_metrics = [(t, _table_metrics(t, spec)) for t, spec in tasks.items()]
-    for task, tm in task_metrics:
-        header += [f"{task} {METRIC_LABELS[m]}" for m in tm]
-    md_rows, tex_rows = [], []
-    lookup = {(r.task, r.method, r.metric): r for r in summary.itertuples()}
-    for method in methods:
-        md_row, tex_row = [display_name(method)], [_tex_escape(display_name(method))]
-        for task, tm in task_metrics:
-            for m in tm:
-                r = lookup.get((task, method, m))
-                mean = r.mean if r is not None else float("nan")
-                star = bool(r.significant) if r is not None else False
-                md_row.append(_fmt(mean, star))
-                tex_row.append(_fmt(mean, star, tex=True))
-        md_rows.append(md_row)
-        tex_rows.append(tex_row)
-    footnote = _nan_footnote(summary)
-    md = [caption, ""] + _md_table(header, md_rows, ["l"] + ["r"] * (len(header) - 1))
-    if footnote:
-        md += ["", footnote]
-
-    ncols = len(header) - 1
-    tex = [r"\begin{table}[t]", r"\centering",
-           r"\caption{" + _tex_escape(caption.removeprefix("Table 1: "))
-           .replace(f"* p < {ALPHA}", f"$^{{*}}$ $p<{ALPHA}$") + "}",
-           r"\label{tab:results}", r"\begin{tabular}{l" + "r" * ncols + "}", r"\toprule"]
-    top, rules, col = ["Method"], [], 2
-    for task, tm in task_metrics:
-        top.append(rf"\multicolumn{{{len(tm)}}}{{c}}{{{_tex_escape(task)}}}")
-        rules.append(rf"\cmidrule(lr){{{col}-{col + len(tm) - 1}}}")
-        col += len(tm)
-    tex.append(" & ".join([""] + top[1:]) + r" \\")
-    tex.append(" ".join(rules))
-    sub = ["Method"] + [_tex_escape(METRIC_LABELS[m]) for _, tm in task_metrics for m in tm]
-    tex += [" & ".join(sub) + r" \\", r"\midrule"]
-    tex += _tex_rows_and_end(tex_rows, footnote)
-    return "\n".join(md) + "\n", "\n".join(tex) + "\n"
+    return _methods_table(caption, "tab:results", summary, methods,
+                          [(t, _table_metrics(t, spec)) for t, spec in tasks.items()],
+                          lambda m: METRICS[m].heading, digits=1,
+                          footnote=_nan_footnote(summary))
 
 
 def summarise_regions(metrics: pd.DataFrame, tasks: Mapping[str, Mapping[str, object]],
@@ -369,11 +433,11 @@ def summarise_regions(metrics: pd.DataFrame, tasks: Mapping[str, Mapping[str, ob
                             & (sub.metric == metric)]
                     ok = g.dropna(subset=["value"])
                     fold_means = ok.groupby("fold")["value"].mean()
-                    mean = (float(fold_means.mean()) * METRIC_SCALE[metric]
+                    mean = (float(fold_means.mean()) * METRICS[metric].scale
                             if len(fold_means) else float("nan"))
                     rows.append({"task": task, "region": region, "method": method,
                                  "method_name": display_name(method), "metric": metric,
-                                 "unit": "mm" if metric == "asd" else "%", "mean": mean,
+                                 "unit": METRICS[metric].unit, "mean": mean,
                                  "n_cases": int(ok["case"].nunique()),
                                  "n_nan": int(g["value"].isna().sum())})
     cols = ["task", "region", "method", "method_name", "metric", "unit", "mean", "n_cases",
@@ -391,46 +455,39 @@ def table2(summary: pd.DataFrame, tasks: Mapping[str, Mapping[str, object]],
                "-- no results.")
     md = [caption, ""]
     if not t2_methods:
-        md.append("Neither SVLS nor HRL is among the study's methods.")
-        tex = [r"\begin{table}[t]", r"\centering", r"\caption{" + _tex_escape(caption) + "}",
-               r"Neither SVLS nor HRL is among the study's methods.", r"\end{table}"]
-        return "\n".join(md) + "\n", "\n".join(tex) + "\n"
+        text = "Neither SVLS nor HRL is among the study's methods."
+        # no tabular and no label; this caption has always kept its "Table 2: " prefix
+        return "\n".join([*md, text]) + "\n", _latex_float(_tex_escape(caption), None, [text])
     lookup = {(r.task, r.region, r.method, r.metric): r.mean for r in summary.itertuples()}
     max_m = max(len(_table_metrics(t, s)) for t, s in tasks.items()) if tasks else 2
     ncols = 1 + len(t2_methods) * max_m
-    tex = [r"\begin{table}[t]", r"\centering",
-           r"\caption{" + _tex_escape(caption.removeprefix("Table 2: ")) + "}",
-           r"\label{tab:regions}", r"\begin{tabular}{l" + "r" * (ncols - 1) + "}", r"\toprule"]
-    top = [""] + [rf"\multicolumn{{{max_m}}}{{c}}{{{_tex_escape(display_name(m))}}}"
-                  for m in t2_methods]
-    tex.append(" & ".join(top) + r" \\")
-    tex.append(" ".join(rf"\cmidrule(lr){{{2 + i * max_m}-{1 + (i + 1) * max_m}}}"
-                        for i in range(len(t2_methods))))
+    head = _tex_group_header([(_tex_escape(display_name(m)), max_m) for m in t2_methods])
+    body = []
     for task, spec in tasks.items():
         tm = _table_metrics(task, spec)
+        pad = [""] * (len(t2_methods) * (max_m - len(tm)))  # tasks with fewer metrics
         regions = list(dict.fromkeys(summary[summary.task == task]["region"]))
-        header = ["Class/region"] + [f"{display_name(m)} {METRIC_LABELS[k]}"
+        header = ["Class/region"] + [f"{display_name(m)} {METRICS[k].heading}"
                                      for m in t2_methods for k in tm]
         rows = []
-        tex += [rf"\midrule \multicolumn{{{ncols}}}{{l}}{{\textit{{{_tex_escape(task)}}}}} \\",
-                " & ".join(["Class/region"] + [_tex_escape(METRIC_LABELS[k])
-                                               for _ in t2_methods for k in tm]
-                           + [""] * (len(t2_methods) * (max_m - len(tm)))) + r" \\",
-                r"\midrule"]
+        body += [rf"\midrule \multicolumn{{{ncols}}}{{l}}{{\textit{{{_tex_escape(task)}}}}} \\",
+                 _tex_row(["Class/region"] + [_tex_escape(METRICS[k].heading)
+                                              for _ in t2_methods for k in tm] + pad),
+                 r"\midrule"]
         for region in regions:
             vals = [_fmt(lookup.get((task, region, m, k), float("nan")))
                     for m in t2_methods for k in tm]
             rows.append([region] + vals)
-            tex.append(" & ".join([_tex_escape(region)] + vals
-                                  + [""] * (len(t2_methods) * (max_m - len(tm)))) + r" \\")
+            body.append(_tex_row([_tex_escape(region)] + vals + pad))
         if not regions:
-            tex.append(rf"\multicolumn{{{ncols}}}{{l}}{{{MISSING}}} \\")
+            body.append(rf"\multicolumn{{{ncols}}}{{l}}{{{MISSING}}} \\")
         md += [f"**{task}**", ""]
         md += (_md_table(header, rows, ["l"] + ["r"] * (len(header) - 1)) if rows
                else [f"{MISSING} (no metric rows)"])
         md.append("")
-    tex += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
-    return "\n".join(md).rstrip("\n") + "\n", "\n".join(tex) + "\n"
+    # each task's block opens with its own \midrule
+    tex = _latex_table(caption, "tab:regions", "l" + "r" * (ncols - 1), head, body, midrule=False)
+    return "\n".join(md).rstrip("\n") + "\n", tex
 
 
 def summarise_noise(noise: pd.DataFrame, tasks: Mapping[str, object]) -> pd.DataFrame:
@@ -450,10 +507,10 @@ def summarise_noise(noise: pd.DataFrame, tasks: Mapping[str, object]) -> pd.Data
         for region, g in groups:
             row: dict[str, object] = {"task": task, "region": region,
                                       "n_cases": int(g["case"].nunique())}
-            for metric in ("dice", "asd"):
+            for metric in NOISE_TABLE_METRICS:
                 gm = g[g.metric == metric]
                 per_case = gm.dropna(subset=["value"]).groupby("case")["value"].mean()
-                scale = METRIC_SCALE[metric]
+                scale = METRICS[metric].scale
                 row[f"{metric}_mean"] = float(per_case.mean()) * scale if len(per_case) else np.nan
                 row[f"{metric}_sd"] = (float(per_case.std(ddof=1)) * scale
                                        if len(per_case) > 1 else np.nan)
@@ -470,25 +527,12 @@ def noise_table(summary: pd.DataFrame) -> tuple[str, str]:
     caption = ("Noise levels: agreement of the noisy training labels with the reference labels; "
                "per case the mean over classes, then mean +- SD over cases. Dice in %, ASD in "
                "mm; -- no noise report.")
-
-    def pm(mean: object, sd: object) -> str:
-        if mean is None or pd.isna(mean):
-            return MISSING
-        return f"{mean:.1f}" + ("" if sd is None or pd.isna(sd) else f" ± {sd:.1f}")
-
-    header = ["Task", "Class/region", "Cases", "Dice (%)", "ASD (mm)"]
-    rows = []
-    for r in summary.itertuples():
-        rows.append([str(r.task), str(r.region), str(int(r.n_cases)),
-                     pm(r.dice_mean, r.dice_sd), pm(r.asd_mean, r.asd_sd)])
-    md = [caption, ""] + _md_table(header, rows, ["l", "l", "r", "r", "r"])
-    tex = [r"\begin{table}[t]", r"\centering", r"\caption{" + _tex_escape(caption) + "}",
-           r"\label{tab:noise}", r"\begin{tabular}{llrrr}", r"\toprule",
-           r"Task & Class/region & Cases & Dice (\%) & ASD (mm) \\", r"\midrule"]
-    for row in rows:
-        tex.append(" & ".join(_tex_escape(c).replace("±", r"$\pm$") for c in row) + r" \\")
-    tex += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
-    return "\n".join(md) + "\n", "\n".join(tex) + "\n"
+    header = ["Task", "Class/region", "Cases"] + [METRICS[m].heading for m in NOISE_TABLE_METRICS]
+    rows = [[str(r.task), str(r.region), str(int(r.n_cases))]
+            + [_fmt_pm(getattr(r, f"{m}_mean"), getattr(r, f"{m}_sd")) for m in NOISE_TABLE_METRICS]
+            for r in summary.itertuples()]
+    return _plain_tables(caption, "tab:noise", header, rows,
+                         ["l", "l"] + ["r"] * (len(header) - 2))
 
 
 # --------------------------------------------------------------------------------------------
@@ -740,7 +784,7 @@ def summarise_sweep(metrics: pd.DataFrame, noise: pd.DataFrame, sweep: Mapping[s
     for task, n_noisy in sweep.items():
         for method in methods:
             g = case_level[(case_level.task == task) & (case_level.method == method)]
-            per_fold = g.groupby("fold")["value"].mean() * METRIC_SCALE["dice"]
+            per_fold = g.groupby("fold")["value"].mean() * METRICS["dice"].scale
             rows.append({"task": task, "n_noisy_cases": int(n_noisy),
                          "noise_dice": noise_dice.get(task, float("nan")), "method": method,
                          "method_name": display_name(method),
@@ -768,20 +812,10 @@ def sweep_table(summary: pd.DataFrame, methods: Sequence[str]) -> tuple[str, str
         cells = [str(task), str(int(first.n_noisy_cases)), _fmt(float(first.noise_dice))]
         for m in present:
             r = by_method.get(m)
-            if r is None or pd.isna(r.dice_mean):
-                cells.append(MISSING)
-            else:
-                cells.append(_fmt(r.dice_mean) + ("" if pd.isna(r.dice_sd)
-                                                   else f" ± {r.dice_sd:.1f}"))
+            cells.append(_fmt_pm(r.dice_mean, r.dice_sd) if r is not None else MISSING)
         rows.append(cells)
-    md = [caption, ""] + _md_table(header, rows, ["l"] + ["r"] * (len(header) - 1))
-    tex = [r"\begin{table}[t]", r"\centering", r"\caption{" + _tex_escape(caption)
-           .replace("±", r"$\pm$") + "}", r"\label{tab:noise_sweep}",
-           r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}", r"\toprule",
-           " & ".join(_tex_escape(h) for h in header) + r" \\", r"\midrule"]
-    tex += [" & ".join(_tex_escape(c).replace("±", r"$\pm$") for c in r) + r" \\" for r in rows]
-    tex += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
-    return "\n".join(md) + "\n", "\n".join(tex) + "\n"
+    return _plain_tables(caption, "tab:noise_sweep", header, rows,
+                         ["l"] + ["r"] * (len(header) - 1))
 
 
 def sweep_figure(summary: pd.DataFrame, methods: Sequence[str], png: Path, pdf: Path) -> None:
@@ -929,8 +963,6 @@ def build_report(metrics_csvs: Sequence[str | os.PathLike[str]],
 
 TABLE3_METRICS: tuple[str, ...] = ("ece", "brier", "nll")
 """Table 3's columns per task (within the band); the CSV adds the all-voxel ``<name>_all``."""
-CALIBRATION_LABELS: dict[str, str] = {"ece": "ECE", "brier": "Brier", "nll": "NLL"}
-CALIBRATION_UNITS: dict[str, str] = {"ece": "", "brier": "", "nll": "nats"}
 RELIABILITY_NUMERIC = ("fold", "band_mm", "bin", "lower", "upper", "count", "confidence_sum",
                        "correct_sum")
 
@@ -950,10 +982,8 @@ def summarise_calibration(metrics: pd.DataFrame, tasks: Mapping[str, object],
     [0, 1], NLL in nats per voxel), same means, bootstrap CIs and paired test vs the Baseline
     as Table 1. ``n_nan`` counts region-case values left out (an empty band: the class is in
     neither the reference nor the prediction)."""
-    names = [*TABLE3_METRICS, *(f"{m}_all" for m in TABLE3_METRICS)]
-    summary = summarise(metrics, {t: {"table_metrics": names} for t in tasks}, methods)
-    summary["unit"] = summary["metric"].map(lambda m: CALIBRATION_UNITS[m.removesuffix("_all")])
-    return summary
+    names = [calibration_name(m, v) for v in VOXEL_SETS for m in TABLE3_METRICS]
+    return summarise(metrics, {t: {"table_metrics": names} for t in tasks}, methods)
 
 
 def table3(summary: pd.DataFrame, tasks: Sequence[str], methods: Sequence[str],
@@ -972,38 +1002,11 @@ def table3(summary: pd.DataFrame, tasks: Sequence[str], methods: Sequence[str],
                f"is better. * p < {ALPHA} vs Baseline (paired Wilcoxon signed-rank test over "
                "cases, Holm-corrected per task and metric); -- no results. Values over all "
                "voxels: table3.csv (metrics *_all).")
-    header = ["Method"] + [f"{t} {CALIBRATION_LABELS[m]}" for t in tasks for m in TABLE3_METRICS]
-    lookup = {(r.task, r.method, r.metric): r for r in summary.itertuples()}
-    md_rows, tex_rows = [], []
-    for method in methods:
-        md_row, tex_row = [display_name(method)], [_tex_escape(display_name(method))]
-        for task in tasks:
-            for m in TABLE3_METRICS:
-                r = lookup.get((task, method, m))
-                mean = r.mean if r is not None else float("nan")
-                star = bool(r.significant) if r is not None else False
-                md_row.append(_fmt(mean, star, digits=3))
-                tex_row.append(_fmt(mean, star, tex=True, digits=3))
-        md_rows.append(md_row)
-        tex_rows.append(tex_row)
     note = ("" if measured else "Calibration was not measured (evaluation.calibration: false, "
             "or no calibration rows in the metric CSVs).")
-    md = [caption, ""] + _md_table(header, md_rows, ["l"] + ["r"] * (len(header) - 1))
-    if note:
-        md += ["", note]
-    k = len(TABLE3_METRICS)
-    tex = [r"\begin{table}[t]", r"\centering",
-           r"\caption{" + _tex_escape(caption.removeprefix("Table 3: "))
-           .replace(f"* p < {ALPHA}", f"$^{{*}}$ $p<{ALPHA}$") + "}",
-           r"\label{tab:calibration}", r"\begin{tabular}{l" + "r" * (k * len(tasks)) + "}",
-           r"\toprule",
-           " & ".join([""] + [rf"\multicolumn{{{k}}}{{c}}{{{_tex_escape(t)}}}" for t in tasks])
-           + r" \\",
-           " ".join(rf"\cmidrule(lr){{{2 + i * k}-{1 + (i + 1) * k}}}" for i in range(len(tasks))),
-           " & ".join(["Method"] + [CALIBRATION_LABELS[m] for _ in tasks for m in TABLE3_METRICS])
-           + r" \\", r"\midrule"]
-    tex += _tex_rows_and_end(tex_rows, note)
-    return "\n".join(md) + "\n", "\n".join(tex) + "\n"
+    return _methods_table(caption, "tab:calibration", summary, methods,
+                          [(t, list(TABLE3_METRICS)) for t in tasks],
+                          lambda m: METRICS[m].label, digits=3, footnote=note)
 
 
 def reliability_curves(reliability: pd.DataFrame, voxels: str = "band") -> pd.DataFrame:

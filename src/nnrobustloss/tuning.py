@@ -47,6 +47,7 @@ from optuna.trial import TrialState
 from nnrobustloss.errors import ConfigError, NNRobustLossError
 from nnrobustloss.fileio import atomic_path, write_json
 from nnrobustloss.methods import get_method
+from nnrobustloss.metric_registry import TRIALS_KEY_COLUMNS
 
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 STORAGES = ("sqlite", "journal", "postgresql")
@@ -424,9 +425,8 @@ def select_best(*, task: str, method: str, fold: int, n_trials: int,
     best = max(complete, key=lambda t: (t.value, -t.number))
     df = study.trials_dataframe(attrs=("number", "value", "state", "params", "user_attrs",
                                        "datetime_start", "datetime_complete", "duration"))
-    df.insert(0, "fold", fold)
-    df.insert(0, "method", method)
-    df.insert(0, "task", task)
+    for i, (column, value) in enumerate(zip(TRIALS_KEY_COLUMNS, (task, method, fold), strict=True)):
+        df.insert(i, column, value)
     df["state"] = df["state"].astype(str).str.replace("TrialState.", "", regex=False)
     with atomic_path(trials_csv) as tmp:
         df.to_csv(tmp, index=False)

@@ -75,8 +75,8 @@ def timed_train_steps(cls: type, seconds: list[float], cuda: bool) -> Iterator[N
 def runs(methods: list[str]) -> list[tuple[str, str]]:
     """(method, peer schedule) pairs: both schedules for two-peer methods, '-' otherwise."""
     from nnrobustloss.methods import METHODS
-    from nnrobustloss.trainers.settings import PEER_UPDATE_MODES
     from nnrobustloss.trainers.coteaching import CoTeachingTrainer
+    from nnrobustloss.trainers.settings import PEER_UPDATE_MODES
 
     out = []
     for m in methods:

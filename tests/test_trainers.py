@@ -19,8 +19,6 @@ import torch
 
 from nnrobustloss.errors import ConfigError, InputDataError
 from nnrobustloss.methods import METHODS
-from nnrobustloss.trainers.resume import capture_rng_state, restore_rng_state
-from nnrobustloss.trainers.settings import TrainerSettings
 from nnrobustloss.trainers.progress import (
     confusion_counts,
     ema_update,
@@ -28,6 +26,8 @@ from nnrobustloss.trainers.progress import (
     read_progress_csv,
     write_progress_csv,
 )
+from nnrobustloss.trainers.resume import capture_rng_state, restore_rng_state
+from nnrobustloss.trainers.settings import TrainerSettings
 from nnrobustloss.training import build_settings, parse_params, resolve_device, train
 
 # ---------------------------------------------------------------------------- pseudo Dice

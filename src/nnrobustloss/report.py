@@ -45,9 +45,6 @@ from nnrobustloss.metric_registry import (
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-METHOD_DISPLAY_NAMES: dict[str, str] = {m.id: m.display_name for m in METHODS.values()}
-"""Method identifier (paths, config) -> name printed in the paper's tables and figure."""
-
 BASELINE = "Baseline"
 TABLE2_METHODS: tuple[str, ...] = ("SVLS", "HRL")
 NOISE_TABLE_METRICS: tuple[str, ...] = ("dice", "asd")
@@ -61,8 +58,10 @@ CAPTION_MEANS = ("mean over classes (regions for KiTS23) per case, then over the
 
 
 def display_name(method: str) -> str:
-    """The paper's name of a method identifier (the identifier itself when unknown)."""
-    return METHOD_DISPLAY_NAMES.get(method, method)
+    """The paper's name of a method identifier (the registry's ``display_name``; the identifier
+    itself for a method the registry does not know)."""
+    spec = METHODS.get(method)
+    return spec.display_name if spec is not None else method
 
 
 # --------------------------------------------------------------------------------------------
@@ -885,7 +884,7 @@ def build_report(metrics_csvs: Sequence[str | os.PathLike[str]],
     """Write Table 1, Table 2, the noise table and Figure 1 from the stage CSVs.
 
     tasks: ordered ``{task: {"table_metrics": ["dice", "asd"] | ["dice", "surface_dice"]}}``;
-    methods: ordered method ids (rows of Table 1, shown with :data:`METHOD_DISPLAY_NAMES`).
+    methods: ordered method ids (rows of Table 1, shown with :func:`display_name`).
     Writes ``<tables_dir>/table1.{csv,md,tex}``, ``table2.{csv,md,tex}``,
     ``noise_levels.{csv,md,tex}`` and ``<figures_dir>/figure1.{png,pdf}`` atomically and returns
     ``{file name: path}``. Missing rows show as "--"; a missing file or column raises

@@ -253,14 +253,15 @@ def recover_leftover_trials(study: optuna.Study, worker: int) -> int:
     Returns how many trials were recovered. Safe because one worker index runs in one job at a
     time (Snakemake never runs the same job twice concurrently).
     """
-    storage = study._storage
     recovered = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if _own(t, worker):
             try:
-                storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-            except UpdateFinishedTrialError:
-                continue  # another worker failed it (heartbeat) and its callback re-enqueued it
+                study.tell(t.number, state=TrialState.FAIL)
+            except (ValueError, UpdateFinishedTrialError):
+                # finished meanwhile: another worker failed it (heartbeat) and its callback
+                # re-enqueued it (ValueError: finished when read; the other: while written)
+                continue
             if t.params:
                 study.enqueue_trial(t.params, user_attrs={RETRY_ATTR: t.number},
                                     skip_if_exists=False)
@@ -314,8 +315,8 @@ def run_worker(*, task: str, method: str, fold: int, worker: int, workers: int, 
         trial.set_user_attr(WORKER_ATTR, worker)
         params = spec.suggest(trial)
         folder = trial_dir(study_dir, trial.number)
-        resumed = adopt_interrupted_folder(study, study._storage.get_trial(trial._trial_id),
-                                           study_dir)
+        this = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+        resumed = adopt_interrupted_folder(study, this, study_dir)
         if resumed is not None:
             print(f"[tune {study.study_name}] trial {trial.number} continues interrupted trial "
                   f"{resumed} from its checkpoint", file=sys.stderr, flush=True)

@@ -182,12 +182,8 @@ def mmwhs_source(path: str | os.PathLike[str], case_prefix: str = "mmwhs_",
                                    "noisy": str(lab_p)})
         return load
 
-    out = []
-    for img_p in images:
-        case = img_p.name[: -len("_image.nii.gz")]
-        out.append(SourceCase(case_id=f"{case_prefix}{case}", origin=str(img_p),
-                              load=loader(img_p)))
-    return out
+    return [SourceCase(case_id=f"{case_prefix}{img_p.name[: -len('_image.nii.gz')]}",
+                       origin=str(img_p), load=loader(img_p)) for img_p in images]
 
 
 def folder_source(path: str | os.PathLike[str], case_prefix: str = "",
@@ -234,9 +230,5 @@ def folder_source(path: str | os.PathLike[str], case_prefix: str = "",
                                    "noisy": str(noisy_p)})
         return load
 
-    out = []
-    for img_p in images:
-        case = _case_id(img_p)
-        out.append(SourceCase(case_id=f"{case_prefix}{case}", origin=str(img_p),
-                              load=loader(img_p, case)))
-    return out
+    return [SourceCase(case_id=f"{case_prefix}{_case_id(img_p)}", origin=str(img_p),
+                       load=loader(img_p, _case_id(img_p))) for img_p in images]

@@ -1,6 +1,6 @@
 """Benchmark: calibrated boundary noise on the 12 real KiTS23 segmentations (full CT size).
 
-Usage: python benchmarks/noise.py [KITS23_LABELS_DIR] [--target 0.96] [--seed 0]
+Usage: python benchmarks/noise.py [KITS23_LABELS_DIR] [--target DICE] [--seed 0]
 
 Loads every ``case_*/segmentation.nii.gz`` below the folder (default
 /work/shared/data/kits23_labels), runs ``corrupt_dataset`` with the default KiTS23 structures
@@ -23,7 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnrobustloss.fileio import read_image
-from nnrobustloss.noise import corrupt_dataset_with_calibration, dice_per_case
+from nnrobustloss.noise import DEFAULT_TARGET_DICE, corrupt_dataset_with_calibration, dice_per_case
 
 DEFAULT_DIR = Path("/work/shared/data/kits23_labels")
 
@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print the table; returns the exit status."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("labels_dir", nargs="?", type=Path, default=DEFAULT_DIR)
-    ap.add_argument("--target", type=float, default=0.96)
+    ap.add_argument("--target", type=float, default=DEFAULT_TARGET_DICE,
+                    help="target mean Dice (default: %(default)s)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 

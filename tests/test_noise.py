@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from pathlib import Path
 
@@ -10,8 +11,10 @@ import pytest
 from scipy import ndimage
 
 from nnrobustloss.noise import (
+    DEFAULT_TARGET_DICE,
     DICE_TOLERANCE,
     KITS23_STRUCTURES,
+    BoundaryNoise,
     NoiseCalibrationError,
     corrupt_case,
     corrupt_dataset,
@@ -495,3 +498,23 @@ def test_calibration_on_real_kits23_labels():
         assert n.dtype == r.dtype and set(np.unique(n)) <= set(np.unique(r))
         # inner structures stay inside the noisy kidney+masses region
         assert not np.any(np.isin(n, (2, 3)) & (n == 0))
+
+
+# ------------------------------------------------------------------------------ defaults
+
+
+def test_default_target_dice_is_one_value_in_code_schema_and_config():
+    """DESIGN.md section 6: corrupt_dataset(labels, spacings, target_dice=0.96, seed=0). The
+    value lives in DEFAULT_TARGET_DICE; the signatures, the config schema's default and the
+    config a boundary-noise task gets without a target all take it from there (or equal it)."""
+    from nnrobustloss.config import config_schema, validate_config
+
+    assert DEFAULT_TARGET_DICE == 0.96
+    for fn in (corrupt_dataset, corrupt_dataset_with_calibration, BoundaryNoise):
+        assert inspect.signature(fn).parameters["target_dice"].default == DEFAULT_TARGET_DICE
+    noise = config_schema()["$defs"]["task"]["properties"]["noise"]["properties"]
+    assert noise["target_dice"]["default"] == DEFAULT_TARGET_DICE
+    task = {"dataset_id": 11, "reference_dataset_id": 12, "labels": {"background": 0, "a": 1},
+            "noise": {"type": "boundary"}, "sources": [{"type": "phantom"}]}
+    cfg = validate_config({"tasks": {"T": task}})
+    assert cfg["tasks"]["T"]["noise"] == {"type": "boundary", "target_dice": DEFAULT_TARGET_DICE}

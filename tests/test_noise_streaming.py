@@ -19,14 +19,10 @@ import pytest
 import SimpleITK as sitk
 
 from nnrobustloss.datasets.convert import convert_task
-from nnrobustloss.noise import (
-    BoundaryNoise,
-    _CaseNoise,
-    _check_structures,
-    _dice_from_counts,
-    _value_counts,
-    corrupt_dataset_with_calibration,
-)
+from nnrobustloss.noise import BoundaryNoise, corrupt_dataset_with_calibration
+from nnrobustloss.noise_dice import dice_from_counts, value_counts
+from nnrobustloss.noise_inputs import check_structures
+from nnrobustloss.noise_paint import CaseNoise
 from nnrobustloss.noise_steps import case_steps, crossing_scales
 
 KITS_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "kits23_labels"
@@ -97,9 +93,9 @@ def test_step_table_counts_equal_painting(kits_crops, dilate) -> None:
     """At many scales, including exactly at and just below the table's change points, the
     table's lost/gained counts equal those of painting the case."""
     lab, sp = kits_crops[1]
-    groups, parents, roots = _check_structures(None)
+    groups, parents, roots = check_structures(None)
     factors = np.array([1.3, 0.6, 1.8])
-    case = _CaseNoise(lab, sp, groups, parents, roots, np.array(dilate))
+    case = CaseNoise(lab, sp, groups, parents, roots, np.array(dilate))
     pad = 4.0
     case.prepare(pad)
     steps = case_steps(case.ref_crop, case.structures, case.valid, case.parents, case.dilate,
@@ -112,9 +108,9 @@ def test_step_table_counts_equal_painting(kits_crops, dilate) -> None:
         crop = case.paint(float(s) * factors)
         diff = crop != case.ref_crop
         lost, gained = steps.counts(float(s))
-        assert lost == _value_counts(case.ref_crop[diff]), s
-        assert gained == _value_counts(crop[diff]), s
-        assert _dice_from_counts(case.ref_counts, lost, gained) == case.dice(crop)
+        assert lost == value_counts(case.ref_crop[diff]), s
+        assert gained == value_counts(crop[diff]), s
+        assert dice_from_counts(case.ref_counts, lost, gained) == case.dice(crop)
     # the table is tiny next to the volume it stands for
     assert steps.lost.nbytes + steps.gained.nbytes + steps.times.nbytes < lab.nbytes / 10
     with pytest.raises(ValueError, match="beyond the table's padding"):

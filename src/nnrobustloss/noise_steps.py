@@ -1,8 +1,8 @@
 """A case's boundary noise as an exact step function of the radius scale, without its volume.
 
-The calibration of :mod:`nnrobustloss.noise` evaluates the mean Dice over all cases at about
-ten radius scales. Keeping every case's volume and distance maps for that grows memory with
-the number of cases (about 30 GB for the 489 KiTS23 cases). :func:`case_steps` instead reduces
+The calibration (:mod:`nnrobustloss.noise_calibration`) evaluates the mean Dice over all cases
+at about ten radius scales. Keeping every case's volume and distance maps for that grows memory
+with the number of cases (about 30 GB for the 489 KiTS23 cases). :func:`case_steps` instead reduces
 one prepared case to what the Dice needs: the voxels that change label at a scale ``s`` and the
 labels they take, as a table of (scale, label counts) steps, a few kB to a few 100 kB a case.
 
@@ -28,7 +28,7 @@ import numpy as np
 
 
 class PreparedStructure(Protocol):
-    """What :func:`case_steps` reads of one prepared structure (``noise._Structure``)."""
+    """What :func:`case_steps` reads of one prepared structure (``noise_paint._Structure``)."""
 
     index: int
     box: tuple[slice, ...]

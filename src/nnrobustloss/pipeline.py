@@ -81,8 +81,8 @@ def run_noise_report(task: str, dataset_id: int, regions: Mapping[str, Sequence[
                      tolerance_mm: float | Mapping[str, float],
                      results_dir: str | os.PathLike[str], out_csv: str | os.PathLike[str]) -> pd.DataFrame:
     """Write the task's label-noise report ``noise/<Task>.csv`` (tidy: ``task, case, region,
-    metric, value``; see :func:`nnrobustloss.noise.measure_noise_levels`) and print the means."""
-    from nnrobustloss.noise import measure_noise_levels
+    metric, value``; see :func:`nnrobustloss.noise_report.measure_noise_levels`) and print the means."""
+    from nnrobustloss.noise_report import measure_noise_levels
 
     noisy_dir = layout.raw_dir(results_dir, task, dataset_id) / "labelsTr"
     # A missing or empty folder would give an empty report that reads as "no noise".

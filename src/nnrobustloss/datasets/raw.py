@@ -124,9 +124,10 @@ def write_raw_datasets(task: str, cases: Sequence[SourceCase], dataset_id: int,
     ``labels`` maps class names to values (must contain ``background: 0``); ``channel`` is the
     nnU-Net channel name (``CT`` selects CT normalisation). ``noise`` is the task's noise
     config: ``{"type": "none"}`` uses the sources' noisy labels; ``{"type": "boundary",
-    "target_dice": 0.96, "structures": [[1, 2, 3], ...]}`` derives them from the reference labels
+    "target_dice": t, "structures": [[1, 2, 3], ...]}`` derives them from the reference labels
     with :func:`nnrobustloss.noise.corrupt_dataset` (seeded with ``seed``; streamed, one case in
-    memory at a time, see :class:`nnrobustloss.noise.BoundaryNoise`). ``manifest``, when
+    memory at a time, see :class:`nnrobustloss.noise.BoundaryNoise`; ``target_dice`` defaults to
+    :data:`nnrobustloss.noise.DEFAULT_TARGET_DICE`). ``manifest``, when
     given, is written with the datasets (``{"task", "noisy", "reference", "case_ids"}``).
 
     Everything is committed as a whole (module docstring): nothing visible changes when a case
@@ -204,12 +205,12 @@ class _BoundaryNoiseWriter:
 
     def __init__(self, task: str, noise: Mapping[str, Any], seed: int, n_cases: int,
                  ref_labels: Path, out_dir: Path) -> None:
-        from nnrobustloss.noise import BoundaryNoise
+        from nnrobustloss.noise import DEFAULT_TARGET_DICE, BoundaryNoise
 
         structures = None
         if noise.get("structures"):
             structures = [tuple(int(v) for v in s) for s in noise["structures"]]
-        self.target = float(noise.get("target_dice", 0.96))
+        self.target = float(noise.get("target_dice", DEFAULT_TARGET_DICE))
         self.task, self.ref_labels, self.out_dir = task, ref_labels, out_dir
         self.model = BoundaryNoise(n_cases, self.target, seed, structures, log=self._log)
         # per case: id, spacing in array (z, y, x) order, and the image geometry to write with

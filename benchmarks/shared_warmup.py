@@ -75,13 +75,16 @@ def _epochs_trained(folder: Path) -> int:
 
 def _prepare(cfg: dict[str, Any], task: str, r: Path) -> None:
     """Convert, split and preprocess ``task`` into results folder ``r``."""
-    from nnrobustloss import pipeline as P
+    from nnrobustloss import layout
+    from nnrobustloss import pipeline as stages
 
-    P.run_convert(**P.convert_params(cfg, task), results_dir=r, manifest=r / "raw" / f"{task}.json")
-    P.run_splits(**P.splits_params(cfg, task), results_dir=r,
-                 out_json=r / "splits" / f"{task}.json")
-    P.run_plan(**P.plan_params(cfg, task), results_dir=r, splits_json=r / "splits" / f"{task}.json",
-               manifest=r / "preprocessed" / f"{task}.json", num_processes=1)
+    stages.run_convert(**stages.convert_params(cfg, task), results_dir=r,
+                       manifest=layout.raw_manifest(r, task))
+    stages.run_splits(**stages.splits_params(cfg, task), results_dir=r,
+                      out_json=layout.splits_json(r, task))
+    stages.run_plan(**stages.plan_params(cfg, task), results_dir=r,
+                    splits_json=layout.splits_json(r, task),
+                    manifest=layout.preprocessed_manifest(r, task), num_processes=1)
 
 
 def phantom_table(workdir: Path, trials: int, epochs: int, iterations: int) -> str:
@@ -89,7 +92,7 @@ def phantom_table(workdir: Path, trials: int, epochs: int, iterations: int) -> s
     import optuna
 
     from nnrobustloss import layout
-    from nnrobustloss import pipeline as P
+    from nnrobustloss import pipeline as stages
     from nnrobustloss.config import load_config
     from nnrobustloss.tuning import open_storage, storage_url
 
@@ -99,7 +102,7 @@ def phantom_table(workdir: Path, trials: int, epochs: int, iterations: int) -> s
                                            "val_iterations_per_epoch": 1}}
     cfg = load_config(REPO / "config" / "config.yaml", overrides=overlay)
     r, task = Path(cfg["results_dir"]), "Phantom"
-    if not (r / "preprocessed" / f"{task}.json").is_file():
+    if not layout.preprocessed_manifest(r, task).is_file():
         with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net's planner log
             _prepare(cfg, task, r)
     os.environ["nnUNet_n_proc_DA"] = "0"  # after planning: deterministic augmentation
@@ -117,18 +120,21 @@ def phantom_table(workdir: Path, trials: int, epochs: int, iterations: int) -> s
         warm = None
         with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net's console log
             if way == "shared":
-                warm = P.warmup_checkpoint({**cfg, "results_dir": str(root)}, task, "CoT", 0)
-                P.run_warmup(P.warmup_params(cfg, task, 0), results_dir=root, checkpoint=warm,
-                             device="cpu")
+                warm = stages.warmup_checkpoint({**cfg, "results_dir": str(root)}, task, "CoT", 0)
+                stages.run_warmup(stages.warmup_params(cfg, task, 0), results_dir=root,
+                                  checkpoint=warm, device="cpu")
             t_warm, c_warm = time.perf_counter() - t0, time.process_time() - c0
             per: dict[str, Any] = {}
             for m in SHARED:
-                params = P.tune_params(cfg, task, m, 0)
+                params = stages.tune_params(cfg, task, m, 0)
                 study = layout.study_dir(root, task, m, 0)
-                P.run_tune_worker(params, worker=0, workers=1, results_dir=root,
-                                  marker=study / "worker0.done", device="cpu", warmup=warm)
-                best = P.run_select_best(params, results_dir=root, trials_csv=study / "trials.csv",
-                                         best_params_json=study / "best_params.json")
+                stages.run_tune_worker(params, worker=0, workers=1, results_dir=root,
+                                       marker=layout.worker_marker(root, task, m, 0, 0),
+                                       device="cpu", warmup=warm)
+                best = stages.run_select_best(params, results_dir=root,
+                                              trials_csv=layout.trials_csv(root, task, m, 0),
+                                              best_params_json=layout.best_params_json(root, task,
+                                                                                       m, 0))
                 s = optuna.load_study(study_name=f"{task}.{m}.fold0", storage=open_storage(
                     "sqlite", storage_url("sqlite", study)))
                 per[m] = {"trials": [(t.params, t.value) for t in s.trials], "best": best}
@@ -141,7 +147,7 @@ def phantom_table(workdir: Path, trials: int, epochs: int, iterations: int) -> s
                     (b["per"][m]["best"]["params"], b["per"][m]["best"]["value"]) for m in SHARED)
     lines = [f"## Measured: Phantom fold 0, CoT + CoT+ + StoCoT, {trials} trials x {epochs} "
              f"epochs x {iterations} iterations each (warm-up "
-             f"{P.warmup_params(cfg, task, 0)['warmup_epochs']} epochs), CPU", "",
+             f"{stages.warmup_params(cfg, task, 0)['warmup_epochs']} epochs), CPU", "",
              "| way | epochs trained | wall s (all three studies) | of which warm-up | "
              "CPU s | of which warm-up |",
              "| --- | ---: | ---: | ---: | ---: | ---: |",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from nnrobustloss import pipeline as P
+from nnrobustloss import pipeline as stages
 from nnrobustloss.cli import STAGES, main
 from nnrobustloss.config import load_config, validate_config
 
@@ -25,32 +25,34 @@ def test_workers_and_device_do_not_change_any_stage_params(config: dict) -> None
     config = validate_config({**config, "tuning": {**config["tuning"], "storage": "journal"}})
     other = validate_config({**config, "device": "cpu",
                              "tuning": {**config["tuning"], "workers": 4}})
-    for fn in (P.tune_params, P.train_params, P.predict_params, P.evaluate_params):
+    for fn in (stages.tune_params, stages.train_params, stages.predict_params, stages.evaluate_params):
         assert fn(config, "Phantom", "HRL", 1) == fn(other, "Phantom", "HRL", 1)
 
 
 def test_result_relevant_settings_change_the_params(config: dict) -> None:
     longer = validate_config({**config, "training": {**config["training"], "epochs": 9}})
-    assert P.train_params(longer, "Phantom", "APL2", 0)["epochs"] == 9
-    assert P.train_params(longer, "Phantom", "APL2", 0) != P.train_params(config, "Phantom", "APL2", 0)
-    assert P.tune_params(longer, "Phantom", "APL2", 0) == P.tune_params(config, "Phantom", "APL2", 0)
+    assert stages.train_params(longer, "Phantom", "APL2", 0)["epochs"] == 9
+    assert (stages.train_params(longer, "Phantom", "APL2", 0)
+            != stages.train_params(config, "Phantom", "APL2", 0))
+    assert (stages.tune_params(longer, "Phantom", "APL2", 0)
+            == stages.tune_params(config, "Phantom", "APL2", 0))
 
 
 def test_baseline_ref_trains_on_the_reference_twin(config: dict) -> None:
-    assert P.train_params(config, "Phantom", "BaselineRef", 0)["dataset"] == "Dataset502_PhantomRef"
-    assert P.train_params(config, "Phantom", "Baseline", 0)["dataset"] == "Dataset501_Phantom"
+    assert stages.train_params(config, "Phantom", "BaselineRef", 0)["dataset"] == "Dataset502_PhantomRef"
+    assert stages.train_params(config, "Phantom", "Baseline", 0)["dataset"] == "Dataset501_Phantom"
 
 
 def test_evaluation_regions_of_the_phantom_and_kits(config: dict) -> None:
-    assert P.evaluate_params(config, "Phantom", "SVLS", 2)["regions"] == {"organ": [1], "lesion": [2]}
+    assert stages.evaluate_params(config, "Phantom", "SVLS", 2)["regions"] == {"organ": [1], "lesion": [2]}
     paper = load_config(REPO / "config" / "paper.yaml")
-    assert P.evaluate_params(paper, "KiTS23", "HRL", 0)["regions"] == {
+    assert stages.evaluate_params(paper, "KiTS23", "HRL", 0)["regions"] == {
         "Kidney+Tumor+Cyst": [1, 2, 3], "Tumor+Cyst": [2, 3], "Tumor": [2]}
 
 
 def test_unknown_task_is_a_clear_error(config: dict) -> None:
     with pytest.raises(Exception, match="tasks.Nope: unknown task"):
-        P.train_params(config, "Nope", "Baseline", 0)
+        stages.train_params(config, "Nope", "Baseline", 0)
 
 
 def test_cli_lists_every_stage() -> None:

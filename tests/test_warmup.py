@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nnrobustloss import pipeline as P
+from nnrobustloss import pipeline as stages
 from nnrobustloss.config import load_config
 from nnrobustloss.errors import ConfigError
 from nnrobustloss.methods import METHODS
@@ -61,22 +61,22 @@ def test_only_cot_cotplus_and_stocot_share_the_warmup():
 
 def test_warmup_checkpoint_path_and_params():
     cfg = paper()
-    path = P.warmup_checkpoint(cfg, "KiTS23", "StoCoT", 2)
+    path = stages.warmup_checkpoint(cfg, "KiTS23", "StoCoT", 2)
     assert path == Path("results/tuning/KiTS23/warmup/fold2/seed0/checkpoint_warmup.pth")
-    assert P.warmup_checkpoint(cfg, "KiTS23", "CoT", 2) == path  # one per task x fold
-    assert P.warmup_checkpoint(cfg, "KiTS23", "HRL", 2) is None
-    assert P.warmup_checkpoint(paper(shared_warmup=False), "KiTS23", "CoT", 2) is None
+    assert stages.warmup_checkpoint(cfg, "KiTS23", "CoT", 2) == path  # one per task x fold
+    assert stages.warmup_checkpoint(cfg, "KiTS23", "HRL", 2) is None
+    assert stages.warmup_checkpoint(paper(shared_warmup=False), "KiTS23", "CoT", 2) is None
     with pytest.raises(ConfigError, match="tasks.Nope"):
-        P.warmup_checkpoint(cfg, "Nope", "CoT", 0)
-    params = P.warmup_params(cfg, "KiTS23", 2)
-    trial = P.tune_params(cfg, "KiTS23", "StoCoT", 2)
+        stages.warmup_checkpoint(cfg, "Nope", "CoT", 0)
+    params = stages.warmup_params(cfg, "KiTS23", 2)
+    trial = stages.tune_params(cfg, "KiTS23", "StoCoT", 2)
     # the trials' training settings exactly (the warm-up must equal their first epochs)
     for key in ("dataset", "fold", "epochs", "iterations_per_epoch", "val_iterations_per_epoch",
                 "coteaching", "svls", "seed", "configuration"):
         assert params[key] == trial[key], key
     assert params["warmup_epochs"] == 20 and params["method"] == "CoT"
     # the switch changes no result: not a param (switching it reruns no study for that reason)
-    assert P.tune_params(paper(shared_warmup=False), "KiTS23", "StoCoT", 2) == trial
+    assert stages.tune_params(paper(shared_warmup=False), "KiTS23", "StoCoT", 2) == trial
     assert [trial_epochs(cfg, m) for m in ("APL2", "CoT", "CoTPlus", "StoCoT", "HRL")] == \
         [50, 30, 30, 30, 50]
     assert trial_epochs(paper(shared_warmup=False), "CoT") == 50

@@ -25,8 +25,10 @@ def collect(results_dir: Path) -> pd.DataFrame:
     for tsv in sorted(root.rglob("*.tsv")):
         df = pd.read_csv(tsv, sep="\t")
         stage = tsv.relative_to(root).parts[0].removesuffix(".tsv")
-        if stage == "tune":  # tune/<T>/<M>/fold<k>/{worker<i>,select_best}.tsv
-            stage = "select_best" if tsv.stem == "select_best" else "tune_worker"
+        if stage == "tune":  # tune/<T>/<M>/fold<k>/{worker<i>,select_best}.tsv, tune/<T>/warmup/..
+            parts = tsv.relative_to(root).parts
+            stage = ("tune_warmup" if parts[2] == "warmup" else
+                     "select_best" if tsv.stem == "select_best" else "tune_worker")
         rows.append({"stage": stage, "job": str(tsv.relative_to(root)),
                      "s": float(df["s"].iloc[0]), "max_rss_mb": float(df["max_rss"].iloc[0])})
     if not rows:

@@ -229,15 +229,15 @@ def test_area_table_equals_surface_distance() -> None:
             _area_table(sp), sdist.lookup_tables.create_table_neighbour_code_to_surface_area(sp))
 
 
-@pytest.mark.parametrize("ft_ns_per_voxel", [1e12, 0.0], ids=["kd_tree", "feature_transform"])
-def test_far_speckle_kd_tree_and_distance_transform_paths(monkeypatch, ft_ns_per_voxel) -> None:
+@pytest.mark.parametrize("plan", [-1, 0, 1, 2], ids=["kd_tree", "slices_0", "slices_1", "slices_2"])
+def test_far_speckle_kd_tree_and_distance_transform_paths(monkeypatch, plan) -> None:
     # Speckle far from a compact reference (as an under-trained network makes it): most pred
-    # surfels lie beyond the lattice search, so the fallback decides the numbers. A huge
-    # feature-transform cost forces the KD-tree, 0 the feature transform; both must equal
-    # surface-distance.
+    # surfels lie beyond the lattice search, so the fallback decides the numbers. The plan
+    # forces the KD-tree (-1) or the slice-by-slice feature transform along an axis; each
+    # must equal surface-distance.
     from nnrobustloss import metrics as m
 
-    monkeypatch.setattr(m, "FT_NS_PER_VOXEL", ft_ns_per_voxel)
+    monkeypatch.setattr(m, "_far_plan", lambda points, target_points: plan)
     monkeypatch.setattr(m, "LATTICE_OFFSETS", 20)
     rng = np.random.default_rng(5)
     ref = np.zeros((16, 40, 40), np.uint8)

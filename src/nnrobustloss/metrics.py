@@ -261,12 +261,19 @@ LATTICE_FIRST = 15
 """Offsets tried on every point before the block test (the first four chunks, 1 + 2 + 4 + 8):
 the surfels of a realistic prediction are nearly all resolved within them."""
 
-FT_NS_PER_VOXEL = 55.0
-"""Cost model of the fallback (:func:`_prefer_feature_transform`): CPU ns per voxel of scipy's
-feature transform (measured 40-80 on real KiTS23 labels)."""
+# Cost model of the far-point fallback (:func:`_far_plan`), CPU ns, fitted on the far points
+# of real KiTS23 labels (scattered, boundary and extra predictions; median error 15-20 %).
+SLICE_NS_PER_PIXEL = 20.0
+"""Per plane pixel and slice of :func:`_distances_by_slices` (2D feature transform etc.)."""
+SLICE_NS_PER_POINT = 6.0
+"""Per point and slice of :func:`_distances_by_slices`."""
+SLICE_NS_PER_SLICE = 9000.0
+"""Per slice of :func:`_distances_by_slices` (calls)."""
+KD_NS_PER_TARGET = 90.0
+"""Per target surfel: building the KD-tree."""
 
-FT_MAX_VOXELS = 1 << 26
-"""Largest box (voxels) given to the feature transform (its int32 output: 12 bytes per voxel)."""
+SLICE_MAX_PIXELS = 1 << 26
+"""Most plane pixels over all slices in :func:`_distances_by_slices` (4 bytes each are kept)."""
 
 _ROW_BLOCK = 1 << 15  # points per block of the chunked lattice search (bounds its memory)
 
@@ -325,42 +332,97 @@ def _joint_box(points: np.ndarray, target_points: np.ndarray) -> tuple[np.ndarra
     return lo, hi
 
 
-def _kd_us_per_point(n_targets: int) -> float:
-    """Cost model: CPU us per KD-tree query from a point far (tens of mm) from a target of
-    ``n_targets`` surfels (fitted on real KiTS23 labels: 0.5 us at 1e3, 3-4 us at 1e5)."""
-    return max(0.4, 0.5 * math.log(max(n_targets, 1)) - 3.0)
+def _kd_ns(n_points: int, n_targets: int) -> float:
+    """Cost model (CPU ns) of a KD-tree over ``n_targets`` surfels queried from ``n_points``
+    points far from them: the build, then 0.4 us per query at 1e3 targets, 1.9 us at 1e5."""
+    return (KD_NS_PER_TARGET * n_targets
+            + n_points * max(300.0, 320.0 * math.log(max(n_targets, 1)) - 1800.0))
 
 
-def _prefer_feature_transform(points: np.ndarray, target_points: np.ndarray) -> bool:
-    """Whether the feature transform of the joint box of ``points`` and the target surfels is
-    cheaper than KD-tree queries for them (:data:`FT_NS_PER_VOXEL`, :func:`_kd_us_per_point`)
-    and the box is at most :data:`FT_MAX_VOXELS`."""
+def _far_plan(points: np.ndarray, target_points: np.ndarray) -> int:
+    """The cheapest exact method for distances from ``points`` (N, 3) to the target surfels by
+    the cost model (:func:`_kd_ns`, :data:`SLICE_NS_PER_PIXEL` etc.): the axis (0-2) of
+    :func:`_distances_by_slices`, or -1 for the KD-tree."""
     lo, hi = _joint_box(points, target_points)
-    n_voxels = int(np.prod(hi - lo))
-    return (n_voxels <= FT_MAX_VOXELS and FT_NS_PER_VOXEL * 1e-3 * n_voxels
-            < len(points) * _kd_us_per_point(len(target_points)))
+    size = hi - lo
+    best, best_ns = -1, _kd_ns(len(points), len(target_points))
+    for axis in range(3):
+        n_slices = int(np.count_nonzero(np.bincount(target_points[:, axis] - lo[axis])))
+        pixels = n_slices * int(np.prod(size)) // int(size[axis])
+        ns = (pixels * SLICE_NS_PER_PIXEL
+              + n_slices * (len(points) * SLICE_NS_PER_POINT + SLICE_NS_PER_SLICE))
+        if pixels <= SLICE_MAX_PIXELS and ns < best_ns:
+            best, best_ns = axis, ns
+    return best
+
+
+def _distances_by_slices(points: np.ndarray, target_border: np.ndarray,
+                         target_points: np.ndarray, margin: np.ndarray, spacing: np.ndarray,
+                         axis: int) -> np.ndarray:
+    """Exact distance (mm) from lattice points (N, 3) to the nearest target surfel, slice by
+    slice along ``axis``: the squared distance to the nearest surfel of a slice is the squared
+    distance between the slices plus the squared in-plane distance, which scipy's 2D feature
+    transform of the slice gives for every point of the plane; the minimum over the slices
+    that hold target surfels is the nearest surfel. The plane is the joint box of the points
+    and the target surfels (which has every surfel that can be nearest). The chosen surfel's
+    integer offset is turned into the distance as scipy's distance transform does.
+
+    Costs (slices with surfels) x (plane + points) instead of the whole box (3D feature
+    transform) or a KD-tree query per point: much the cheapest along a thick-slice axis.
+    """
+    lo, hi = _joint_box(points, target_points)
+    b, c = (i for i in range(3) if i != axis)
+    nb, nc = int(hi[b] - lo[b]), int(hi[c] - lo[c])
+    slices = np.flatnonzero(np.bincount(target_points[:, axis] - lo[axis])) + lo[axis]
+    plane = tuple(slice(int(lo[i] + margin[i]), int(hi[i] + margin[i])) for i in (b, c))
+    box = [slice(None)] * 3
+    pa = points[:, axis]
+    pb, pc = points[:, b] - lo[b], points[:, c] - lo[c]
+    at = pb * nc + pc
+    ib = np.arange(nb, dtype=np.int32)[:, None]
+    ic = np.arange(nc, dtype=np.int32)[None, :]
+    feature = np.empty((2, nb, nc), dtype=np.int32)
+    nearest_in = np.empty((slices.size, nb * nc), dtype=np.int32)  # flat in-plane feature
+    best = np.full(len(points), np.inf)
+    best_k = np.zeros(len(points), dtype=np.intp)
+    better = np.empty(len(points), dtype=bool)
+    for k, s in enumerate(slices):
+        box[axis], box[b], box[c] = int(s + margin[axis]), plane[0], plane[1]
+        distance_transform_edt(~target_border[tuple(box)], sampling=(spacing[b], spacing[c]),
+                               return_distances=False, return_indices=True, indices=feature)
+        g = (feature[0] - ib) * spacing[b]
+        g *= g
+        h = (feature[1] - ic) * spacing[c]
+        h *= h
+        g += h
+        np.multiply(feature[0], nc, out=nearest_in[k].reshape(nb, nc))
+        nearest_in[k] += feature[1].ravel()
+        d = (pa - s) * spacing[axis]
+        d *= d
+        d += g.ravel()[at]
+        np.less(d, best, out=better)
+        np.copyto(best, d, where=better)
+        np.copyto(best_k, k, where=better)
+    flat = nearest_in[best_k, at]
+    delta = np.empty_like(points)
+    delta[:, axis] = slices[best_k] - pa
+    delta[:, b] = flat // nc - pb
+    delta[:, c] = flat % nc - pc
+    return _lattice_distance(delta, spacing)
 
 
 def _far_distances(points: np.ndarray, target_border: np.ndarray, target_points: np.ndarray,
                    margin: np.ndarray, spacing: np.ndarray) -> np.ndarray:
     """Exact distance (mm) from lattice points (N, 3) to the nearest target surfel, for points
-    the lattice search left: scipy's feature transform of the target border (which has
-    ``margin`` points added on every side) on the bounding box of the points and the target
-    surfels (every surfel that can be nearest lies in it) when that is the cheaper
-    (:func:`_prefer_feature_transform`), else a KD-tree over the target surfels. Both give the
-    nearest surfel's integer offset, whose length is computed as scipy's distance transform
-    computes it."""
-    if _prefer_feature_transform(points, target_points):
-        lo, hi = _joint_box(points, target_points)
-        box = tuple(slice(int(a), int(b)) for a, b in zip(lo + margin, hi + margin, strict=True))
-        ft = distance_transform_edt(~target_border[box], sampling=tuple(spacing),
-                                    return_distances=False, return_indices=True)
-        local = points - lo
-        size = hi - lo
-        at = (local[:, 0] * size[1] + local[:, 1]) * size[2] + local[:, 2]
-        nearest = ft.reshape(3, -1)[:, at].T
-        return _lattice_distance(nearest - local, spacing)
-    tree = cKDTree(target_points * spacing, balanced_tree=False, compact_nodes=False)
+    the lattice search left: :func:`_distances_by_slices` over the target border (which has
+    ``margin`` points added on every side) or a KD-tree over the target surfels, whichever
+    :func:`_far_plan` finds cheaper. Both give the nearest surfel's integer offset, whose
+    length is computed as scipy's distance transform computes it."""
+    axis = _far_plan(points, target_points)
+    if axis >= 0:
+        return _distances_by_slices(points, target_border, target_points, margin, spacing, axis)
+    tree = cKDTree(target_points * spacing, leafsize=64, balanced_tree=False,
+                   compact_nodes=False)
     _, nearest = tree.query(points * spacing, k=1)
     return _lattice_distance(target_points[nearest] - points, spacing)
 
@@ -402,7 +464,8 @@ def _nearest_distances(lin: np.ndarray, target_border: np.ndarray, target_lin: n
     if k < off_lin.size:
         points = _coords(lin[todo], shape, half)
         near = _near_blocks(points, target_points, half, np.asarray(shape) - 2 * half)
-        if near.all() or not _prefer_feature_transform(points[~near], target_points):
+        # the slice method costs little per extra point: then it takes the near ones too
+        if near.all() or _far_plan(points[~near], target_points) < 0:
             left = _lattice_search(lin[todo[near]], flat, off_lin[k:], off_dist[k:], dist,
                                    todo[near], first_chunk=16)
             todo = np.concatenate([todo[~near], left])

@@ -562,7 +562,7 @@ def evaluate_case(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float],
             crop_pred = crop_pred if not empty[0] else np.zeros((1, 1, 1), dtype=np.uint8)
             crop_ref = crop_ref if not empty[1] else np.zeros((1, 1, 1), dtype=np.uint8)
     # Voxel counts per label decide the empty-mask cases without building any mask.
-    values = np.unique(np.concatenate(list(label_sets.values())))
+    values = np.unique(np.concatenate([np.zeros(0, np.int64), *label_sets.values()]))
     count_pred, count_ref = _label_counts(crop_pred, values), _label_counts(crop_ref, values)
 
     area_table: np.ndarray | None = None

@@ -26,7 +26,9 @@ Both implementations compute Dice, ASD and surface Dice of the three KiTS23 regi
   comparison counts NaN == NaN as equal and any other NaN as an infinite difference.
 
 Times are CPU seconds of the process (``time.process_time``), the best of ``--repeats`` runs,
-single process. Run: ``python benchmarks/metrics.py [--repeats 2] [--kinds ...] [--cases ...]
+single process. Predictions are seeded by the kind's and the case's positions among all kinds
+and cases, so a subset run (``--kinds``, ``--cases``) times the same predictions as the full
+run. Run: ``python benchmarks/metrics.py [--repeats 2] [--kinds ...] [--cases ...]
 [--out benchmarks/results/metrics.txt]``.
 """
 
@@ -223,14 +225,19 @@ def synthetic_cases(n: int = 3) -> list[Case]:
     return cases
 
 
+def real_case_names() -> list[str]:
+    """Names of all real KiTS23 cases, sorted (a case's position seeds its predictions)."""
+    return sorted(f.parent.name for f in KITS_DIR.glob("case_*/segmentation.nii.gz"))
+
+
 def real_cases(names: list[str] | None) -> list[Case]:
     cases = []
-    for f in sorted(KITS_DIR.glob("case_*/segmentation.nii.gz")):
-        if names and f.parent.name not in names:
+    for name in real_case_names():
+        if names and name not in names:
             continue
-        img = sitk.ReadImage(str(f))
+        img = sitk.ReadImage(str(KITS_DIR / name / "segmentation.nii.gz"))
         spacing = tuple(float(s) for s in img.GetSpacing()[::-1])
-        cases.append((f.parent.name, sitk.GetArrayFromImage(img), spacing))
+        cases.append((name, sitk.GetArrayFromImage(img), spacing))
     return cases
 
 
@@ -267,8 +274,12 @@ def main() -> int:
 
     cases = real_cases(args.cases) if KITS_DIR.is_dir() else []
     source = f"real KiTS23 labels ({KITS_DIR.resolve()})" if cases else "synthetic volumes"
+    # seeds from the positions among all kinds and all cases: a run on a subset (--kinds,
+    # --cases) makes the same predictions as the full run
+    all_names = real_case_names() if cases else []
     if not cases:
         cases = synthetic_cases()
+        all_names = [c[0] for c in cases]
     lines = [
         "# metrics benchmark: nnrobustloss.metrics.evaluate_case vs official-style "
         "surface-distance evaluation",
@@ -283,10 +294,11 @@ def main() -> int:
     ]
     print("\n".join(lines), flush=True)
     totals: dict[tuple[str, str], list[float]] = {}
-    for k, kind in enumerate(args.kinds):
-        for i, (name, ref, spacing) in enumerate(cases):
+    for kind in args.kinds:
+        for name, ref, spacing in cases:
             group = "thick" if max(spacing) >= THICK_MM else "thin"
-            pred = KINDS[kind](ref, spacing, np.random.default_rng([k, i]))
+            seed = [list(KINDS).index(kind), all_names.index(name)]
+            pred = KINDS[kind](ref, spacing, np.random.default_rng(seed))
             t_ours, ours = best_time(
                 lambda p=pred, r=ref, s=spacing: evaluate_case(p, r, s, KITS23_REGIONS,
                                                                KITS23_TOLERANCES_MM),

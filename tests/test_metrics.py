@@ -229,15 +229,15 @@ def test_area_table_equals_surface_distance() -> None:
             _area_table(sp), sdist.lookup_tables.create_table_neighbour_code_to_surface_area(sp))
 
 
-@pytest.mark.parametrize("edt_voxels_per_point", [0.0, 1e12])
-def test_far_speckle_kd_tree_and_distance_transform_paths(monkeypatch, edt_voxels_per_point
-                                                          ) -> None:
+@pytest.mark.parametrize("plan", [-1, 0, 1, 2], ids=["kd_tree", "slices_0", "slices_1", "slices_2"])
+def test_far_speckle_kd_tree_and_distance_transform_paths(monkeypatch, plan) -> None:
     # Speckle far from a compact reference (as an under-trained network makes it): most pred
-    # surfels lie beyond the lattice search, so the fallback decides the numbers. 0 forces the
-    # KD-tree, 1e12 the distance transform; both must equal surface-distance.
+    # surfels lie beyond the lattice search, so the fallback decides the numbers. The plan
+    # forces the KD-tree (-1) or the slice-by-slice feature transform along an axis; each
+    # must equal surface-distance.
     from nnrobustloss import metrics as m
 
-    monkeypatch.setattr(m, "EDT_VOXELS_PER_POINT", edt_voxels_per_point)
+    monkeypatch.setattr(m, "_far_plan", lambda points, target_points: plan)
     monkeypatch.setattr(m, "LATTICE_OFFSETS", 20)
     rng = np.random.default_rng(5)
     ref = np.zeros((16, 40, 40), np.uint8)
@@ -250,6 +250,119 @@ def test_far_speckle_kd_tree_and_distance_transform_paths(monkeypatch, edt_voxel
     ours = evaluate_case(pred, ref, sp, {"t": [2]}, 1.1)["t"]
     assert_close(ours, reference_metrics(pred == 2, ref == 2, sp, 1.1), rel=1e-12)
     assert ours["asd"] > 5.0  # the speckle is far: the test exercises the far path
+
+
+@pytest.mark.parametrize("plan", [-1, 0, 1, 2], ids=["kd_tree", "slices_0", "slices_1", "slices_2"])
+def test_points_on_every_search_path_equal_surface_distance(monkeypatch, plan) -> None:
+    # 1 mm voxels: the lattice search covers 4.57 mm (400 offsets), its first 15 offsets
+    # 1.41 mm, the blocks are 4 voxels. The prediction is the reference cube with a slab
+    # 3 voxels thick on one face (resolved by the remaining offsets, in blocks next to the
+    # target), a voxel 6 mm from the cube (next to a target block, beyond the search) and
+    # one 20 mm away (no target block near: certainly far).
+    from nnrobustloss import metrics as m
+
+    calls: dict[str, list] = {"search": [], "near": [], "far": []}
+
+    def search(lin, flat, off_lin, off_dist, dist, todo, first_chunk=1):
+        left = search_orig(lin, flat, off_lin, off_dist, dist, todo, first_chunk)
+        calls["search"].append((first_chunk, lin.size, left.size))
+        return left
+
+    def near(points, target_points, half, shape):
+        out = near_orig(points, target_points, half, shape)
+        calls["near"].append(out)
+        return out
+
+    def far(points, *args):
+        calls["far"].append(len(points))
+        return far_orig(points, *args)
+
+    search_orig, near_orig, far_orig = m._lattice_search, m._near_blocks, m._far_distances
+    monkeypatch.setattr(m, "_lattice_search", search)
+    monkeypatch.setattr(m, "_near_blocks", near)
+    monkeypatch.setattr(m, "_far_distances", far)
+    monkeypatch.setattr(m, "_far_plan", lambda points, target_points: plan)
+    ref = np.zeros((24, 30, 48), np.uint8)
+    ref[8:16, 8:16, 8:16] = 1
+    pred = ref.copy()
+    pred[8:16, 8:16, 16:19] = 1  # slab: surfels up to 3 mm from the cube's face
+    pred[12, 12, 22] = 1  # 6 mm beyond the face x = 16
+    pred[12, 12, 36] = 1  # 20 mm beyond it
+    sp = (1.0, 1.0, 1.0)
+    ours = evaluate_case(pred, ref, sp, {"fg": [1]}, 1.0)["fg"]
+    assert_close(ours, reference_metrics(pred == 1, ref == 1, sp, 1.0), rel=1e-12)
+    first = [c for c in calls["search"] if c[0] == 1]
+    assert any(n > left for _, n, left in first)  # resolved by the first 15 offsets
+    assert any(c.any() for c in calls["near"]) and any(not c.all() for c in calls["near"])
+    # the direction with certainly far points (pred -> gt): near[i] for the points the first
+    # offsets left, then one far call
+    mixed = [c for c in calls["near"] if not c.all()]
+    assert len(mixed) == 1 and mixed[0].sum() > 0 and calls["far"]
+    if plan < 0:  # KD-tree: the near points go on with the remaining offsets, which leave
+        # the voxel 6 mm away (its 8 corners) to the KD-tree with the certainly far ones
+        rest = [c for c in calls["search"] if c[0] == 16]
+        assert any(n > left > 0 for _, n, left in rest)
+        assert calls["far"][-1] == np.count_nonzero(~mixed[0]) + 8
+    else:  # slices: they take every point the first offsets left
+        assert calls["far"][-1] == mixed[0].size
+
+
+def test_regions_with_the_same_labels_share_distances_not_the_tolerance() -> None:
+    # No cysts on either side: Tumor+Cyst and Tumor are the same masks, computed once, but
+    # their surface Dice is taken at their own tolerances.
+    lab = np.zeros((20, 30, 30), np.uint8)
+    lab[3:15, 5:25, 5:20] = 1
+    lab[5:11, 8:16, 8:16] = 2
+    pred = lab.copy()
+    pred[5:11, 8:16, 16:18] = 2  # tumour 2 voxels (1.6 mm) too wide
+    sp = (2.5, 0.8, 0.8)
+    tol = {"Kidney+Tumor+Cyst": 1.0, "Tumor+Cyst": 1.0, "Tumor": 1.7}
+    ours = evaluate_case(pred, lab, sp, KITS23_REGIONS, tol)
+    for name, labels in KITS23_REGIONS.items():
+        exp = reference_metrics(np.isin(pred, labels), np.isin(lab, labels), sp, tol[name])
+        assert_close(ours[name], exp, rel=1e-12)
+    assert ours["Tumor+Cyst"]["asd"] == ours["Tumor"]["asd"]
+    assert ours["Tumor+Cyst"]["surface_dice"] < ours["Tumor"]["surface_dice"]
+
+
+def test_surfel_areas_equal_surface_distance() -> None:
+    # the border code built axis by axis, in flat-index order, is surface-distance's
+    from nnrobustloss.metrics import _area_table, _offsets_within, _padded, _surfels
+
+    rng = np.random.default_rng(3)
+    mask = ndimage.gaussian_filter(rng.normal(size=(9, 13, 11)), 1.0) > 0.1
+    sp = (2.0, 0.7, 0.9)
+    half = _offsets_within(np.asarray(sp))[2]
+    border, lin, areas = _surfels(_padded(mask), _area_table(sp), half)
+    d = sdist.compute_surface_distances(mask, mask, sp)
+    # surface-distance orders its surfels by distance: compare the sorted areas
+    np.testing.assert_array_equal(np.sort(areas), np.sort(d["surfel_areas_gt"]))
+    assert border.shape == tuple(n + 1 + 2 * h for n, h in zip(mask.shape, half))
+    assert np.count_nonzero(border) == lin.size
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int16, np.int32, np.int64])
+def test_region_mask_equals_isin(dtype) -> None:
+    from nnrobustloss.metrics import _region_mask
+
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(4)
+    labels = rng.integers(max(info.min, -6), 7, size=(5, 6, 7)).astype(dtype)
+    labels.flat[:2] = (info.min, info.max)  # wrap-around ends of the unsigned trick
+    for values in ([2], [1, 2, 3], [2, 3], [0, 1], [1, 3], [-2, -1, 0], [info.max - 1, info.max]):
+        vals = np.unique(np.asarray(values, dtype=np.int64))
+        if vals.min() < info.min:
+            continue
+        np.testing.assert_array_equal(_region_mask(labels, vals), np.isin(labels, vals))
+
+
+def test_label_counts_of_the_asked_values() -> None:
+    from nnrobustloss.metrics import _label_counts
+
+    labels = np.random.default_rng(6).integers(0, 12, size=(4, 5, 6)).astype(np.uint8)
+    for values in (np.array([0, 2, 3]), np.arange(0, 14), np.array([5, 200])):
+        exp = {int(v): int(np.count_nonzero(labels == v)) for v in values}
+        assert _label_counts(labels, values) == exp
 
 
 # ------------------------------------------------------------------ equality with surface-distance

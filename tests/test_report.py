@@ -13,7 +13,6 @@ from scipy import stats
 
 from nnrobustloss.errors import InputDataError
 from nnrobustloss.report import (
-    METHOD_DISPLAY_NAMES,
     bootstrap_ci,
     build_report,
     holm,
@@ -253,10 +252,14 @@ def test_bootstrap_ci_seeded() -> None:
 
 
 def test_display_names() -> None:
-    assert METHOD_DISPLAY_NAMES["BaselineRef"] == "Baseline (ref.)"
-    assert METHOD_DISPLAY_NAMES["CoTPlus"] == "CoT+"
-    assert list(METHOD_DISPLAY_NAMES) == ["Baseline", "BaselineRef", "APL1", "APL2", "CoT",
-                                          "CoTPlus", "StoCoT", "SVLS", "HRL"]
+    from nnrobustloss.methods import METHODS
+    from nnrobustloss.report import display_name
+
+    assert display_name("BaselineRef") == "Baseline (ref.)"
+    assert display_name("CoTPlus") == "CoT+"
+    assert list(METHODS) == ["Baseline", "BaselineRef", "APL1", "APL2", "CoT",
+                             "CoTPlus", "StoCoT", "SVLS", "HRL"]
+    assert display_name("MyLoss") == "MyLoss"  # a method the registry does not know
 
 
 # --- smoke runs, HTML tables, training curves, the noise sweep ------------------------------

@@ -78,7 +78,8 @@ def stopwatch(out: dict[str, float]) -> Iterator[None]:
 def cached(folder: Path, key: dict[str, Any], compute: Callable[[Path], dict[str, Any]]
            ) -> dict[str, Any]:
     """``folder/result.json`` when it was written for the same ``key``; else empty ``folder``,
-    run ``compute(folder)`` and store its (JSON-serialisable) result with ``key``."""
+    run ``compute(folder)`` and store its (JSON-serialisable) result with ``key`` and the time
+    it finished (``"finished"``, ISO format)."""
     f = folder / "result.json"
     if f.is_file():
         data = json.loads(f.read_text())
@@ -87,7 +88,7 @@ def cached(folder: Path, key: dict[str, Any], compute: Callable[[Path], dict[str
             return dict(data["result"])
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    result = compute(folder)
+    result = {**compute(folder), "finished": datetime.datetime.now().isoformat(timespec="minutes")}
     f.write_text(json.dumps({"key": key, "result": result}, indent=1))
     return result
 
@@ -105,7 +106,7 @@ def results_root(folder: Path, shared: Path) -> Path:
 def trial_rows(study: Any, hyperband_epochs: int | None = None) -> list[dict[str, Any]]:
     """One dict per finished trial of an Optuna ``study``: ``number``, ``params``, ``state``
     (COMPLETE / PRUNED), ``epochs`` (intermediate values reported: one per epoch trained),
-    ``value`` (objective; a pruned trial's last reported EMA), ``curve`` ({epoch: EMA}) and,
+    ``value`` (objective; a pruned trial's last reported EMA), ``curve`` ([EMA per epoch]) and,
     with ``hyperband_epochs``, its Hyperband ``bracket`` (of ``make_pruner("hyperband", E)``)."""
     from optuna.trial import TrialState
 
@@ -116,8 +117,10 @@ def trial_rows(study: Any, hyperband_epochs: int | None = None) -> list[dict[str
         pruner._try_initialization(study)  # Optuna's own bracket assignment (crc32 of name_number)
     rows = []
     for t in study.get_trials(deepcopy=False, states=FINISHED_STATES):
-        curve = {int(k): float(v) for k, v in sorted(t.intermediate_values.items())}
-        value = float(t.value) if t.state == TrialState.COMPLETE else curve[max(curve)]
+        curve = [float(v) for _, v in sorted(t.intermediate_values.items())]
+        if sorted(t.intermediate_values) != list(range(len(curve))):  # one report per epoch
+            raise ValueError(f"trial {t.number}: steps {sorted(t.intermediate_values)}")
+        value = float(t.value) if t.state == TrialState.COMPLETE else curve[-1]
         row = {"number": t.number, "params": dict(t.params), "state": t.state.name,
                "epochs": len(curve), "value": value, "curve": curve}
         if pruner is not None:
@@ -139,6 +142,72 @@ def rank_agreement(rows: Sequence[dict[str, Any]], epochs: Sequence[int]) -> dic
         final = [r["value"] for r in done]
         out[e] = float(spearmanr(early, final).statistic) if len(done) >= 3 else float("nan")
     return out
+
+
+def replay(rows: Sequence[dict[str, Any]], method: str, pruner: str, epochs: int,
+           name: str) -> list[tuple[str, int]]:
+    """Feed the recorded per-epoch curves of ``rows`` (an unpruned study's trials, in order,
+    :func:`trial_rows`) through ``make_pruner(pruner, epochs)`` in an in-memory study called
+    ``name`` (Hyperband's brackets depend on it); return ``(state, epochs trained)`` per trial.
+
+    Valid while the pruned study would sample the same parameters (it does when TPE's few "good"
+    trials are never pruned) and training is deterministic (a trial's curve up to its pruning
+    epoch is the unpruned one): then it equals the real pruned study."""
+    import optuna
+
+    from nnrobustloss.methods import get_method
+    from nnrobustloss.tuning import make_pruner
+
+    spec = get_method(method)
+    study = optuna.create_study(study_name=name, direction="maximize",
+                                pruner=make_pruner(pruner, epochs))
+    out = []
+    for r in rows:
+        study.enqueue_trial(r["params"])
+        trial = study.ask()
+        spec.suggest(trial)
+        for step, value in enumerate(r["curve"]):
+            trial.report(value, step)
+            if trial.should_prune():
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                out.append(("PRUNED", step + 1))
+                break
+        else:
+            study.tell(trial, r["value"])
+            out.append(("COMPLETE", len(r["curve"])))
+    return out
+
+
+def replay_summary(rows: Sequence[dict[str, Any]], method: str, pruner: str, epochs: int,
+                   names: Sequence[str], measured: Sequence[dict[str, Any]] | None = None
+                   ) -> dict[str, Any]:
+    """:func:`replay` of ``rows`` under every study name of ``names``: how often the pruner
+    stops the unpruned study's best trial, how often the chosen (best COMPLETE) trial differs
+    from it, per name the epochs trained and the chosen trial's objective (lists), how often
+    each trial is chosen (``choices``: {number: count}) and whether the replay under the first
+    name equals ``measured`` (the pruned study's :func:`trial_rows`; None: not compared)."""
+    import optuna
+
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        best = max(rows, key=lambda r: (r["value"], -r["number"]))["number"]
+        stopped, other, spent, chosen, choices, same = 0, 0, [], [], {}, None
+        for name in names:
+            res = replay(rows, method, pruner, epochs, name)
+            if same is None and measured is not None:
+                same = ([(r["state"], r["epochs"]) for r in measured] == res
+                        and [r["params"] for r in measured] == [r["params"] for r in rows])
+            done = [(r["value"], -r["number"]) for r, (st, _) in zip(rows, res) if st == "COMPLETE"]
+            stopped += res[[r["number"] for r in rows].index(best)][0] == "PRUNED"
+            other += -max(done)[1] != best
+            spent.append(sum(e for _, e in res))
+            chosen.append(max(done)[0])
+            choices[-max(done)[1]] = choices.get(-max(done)[1], 0) + 1
+    finally:
+        optuna.logging.set_verbosity(level)
+    return {"n": len(names), "best_pruned": stopped, "choice_differs": other, "epochs": spent,
+            "chosen_value": chosen, "choices": choices, "same_as_measured": same}
 
 
 def fold_dice(metrics_csv: Path) -> dict[str, float]:
@@ -280,9 +349,13 @@ def _std(xs: Sequence[float]) -> float:
 
 
 def render(args: argparse.Namespace, cfg: dict[str, Any], runs: dict[str, dict[str, Any]],
-           noise: dict[str, Any], prep: dict[str, float], total_wall: float, cmd: str) -> str:
+           extra: dict[str, Any], cmd: str, wall: float) -> str:
     """The Markdown report: settings, the comparison table, per-trial table, early-ranking
-    table, noise table and the machine facts."""
+    table, replay, noise table and the machine facts. ``extra``: ``prep`` (stopwatch of convert
+    + plan), ``noise`` (:func:`seed_checks`), ``replays`` (:func:`replays`), ``alternates``
+    ({trial: final stage}), ``steps`` (every step's cached result: wall_s, finished); ``wall``:
+    this invocation's wall seconds."""
+    noise = extra.get("noise") or {}
     tu, tr = cfg["tuning"], cfg["training"]
     E, N = tu["epochs"], tu["n_trials"]
     regions = list(next(iter(runs.values()))["final"]["dice"])
@@ -344,6 +417,16 @@ def render(args: argparse.Namespace, cfg: dict[str, Any], runs: dict[str, dict[s
               "(not comparable with a completed trial's: fewer epochs)."]
     ref = runs.get("none")
     if ref is not None:
+        rank = {r["number"]: i + 1 for i, r in enumerate(
+            sorted(ref["trials"], key=lambda r: (-r["value"], r["number"])))}
+        for n, run in runs.items():
+            if n == "none":
+                continue
+            lost = [f"#{r['number']} (rank {rank[r['number']]}, {r['epochs']} epochs)"
+                    for r in run["trials"] if r["state"] == "PRUNED"
+                    and r["params"] == by_number["none"][r["number"]]["params"]]
+            lines.append(f"- {n} pruned (with the unpruned run's parameters; rank of its final "
+                         f"objective there, of {len(ref['trials'])}): {', '.join(lost) or 'none'}.")
         steps = sorted({s for s in (0, 1, 3, max(1, E // 4), 9, E // 2, 3 * E // 4) if s < E - 1})
         agree = rank_agreement(ref["trials"], steps)
         lines += ["", "## Does the early objective rank the trials like the final one?", "",
@@ -353,6 +436,8 @@ def render(args: argparse.Namespace, cfg: dict[str, Any], runs: dict[str, dict[s
                   "| epochs seen | " + " | ".join(str(s + 1) for s in steps) + " |",
                   "| --- |" + " ---: |" * len(steps),
                   "| Spearman rho | " + " | ".join(f"{agree[s]:.2f}" for s in steps) + " |"]
+        if extra.get("replays"):
+            lines += replay_lines(ref, extra["replays"], extra.get("alternates", {}))
         vals = [r["value"] for r in ref["trials"] if r["state"] == "COMPLETE"]
         lines += ["", f"Objective of the unpruned run's {len(vals)} trials: "
                   f"{min(vals):.4f} to {max(vals):.4f} (range {max(vals) - min(vals):.4f}, "
@@ -374,11 +459,75 @@ def render(args: argparse.Namespace, cfg: dict[str, Any], runs: dict[str, dict[s
         lines += ["", "Seed 0 is the study's (and the final training's) own value; the other seeds "
                   "change the training seed only (initial weights, patch sampling, "
                   "augmentation), not the data or the split."]
+    steps = extra.get("steps", [])
+    done = sorted(st["finished"] for st in steps if "finished" in st)
+    work = sum(st["wall_s"] for st in steps if "wall_s" in st)
+    work += sum(st[k]["wall_s"] for st in steps for k in ("tuning", "final") if k in st)
+    prep = extra.get("prep", {})
     lines += ["", "## Run", "", *machine_facts(),
               f"- Command: `{cmd}`",
-              f"- Total wall time {total_wall:.0f} s (convert + split + plan "
-              f"{prep.get('wall_s', 0):.0f} s, shared by the runs; 0 when reused)."]
+              f"- Steps finished {done[0] if done else '-'} to {done[-1] if done else '-'}; their "
+              f"wall times add up to {work + prep.get('wall_s', 0):.0f} s (convert + split + plan "
+              f"{prep.get('wall_s', 0):.0f} s included); this invocation took {wall:.0f} s "
+              "(steps finished before are reused from --workdir)."]
     return "\n".join(lines) + "\n"
+
+
+def replays(args: argparse.Namespace, runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """:func:`replay_summary` of the unpruned run for every other pruner run: the measured
+    study's name, and for Hyperband ``args.replays - 1`` more names (other bracket draws)."""
+    from nnrobustloss.tuning import study_name
+
+    ref, study = runs["none"], study_name(TASK, args.method, FOLD)
+    out = {}
+    for name, run in runs.items():
+        if name == "none":
+            continue
+        names = [study] + ([f"{study}.draw{k}" for k in range(1, args.replays)]
+                           if name == "hyperband" else [])
+        log(f"replaying {name} under {len(names)} study names")
+        out[name] = replay_summary(ref["trials"], args.method, name, args.epochs, names,
+                                   measured=run["trials"])
+    return out
+
+
+def replay_lines(ref: dict[str, Any], summaries: dict[str, Any],
+                 alternates: dict[str, dict[str, Any]]) -> list[str]:
+    """Markdown section: the replays (:func:`replays`) and the final Dice of the trials that a
+    replay chooses instead of the unpruned run's choice (``alternates``: {trial number: final
+    stage result})."""
+    best = ref["best"]
+    lines = ["", "## Replay: the unpruned run's curves through the pruners", "",
+             "Training is deterministic here, so a trial's curve up to the epoch it is pruned at "
+             "is the unpruned run's, and the replay of the measured study equals the measured "
+             "pruned run as long as the sampler proposes the same parameters. Hyperband's "
+             "decisions depend on the brackets, which a hash of the study name and trial number "
+             "draws: for Hyperband the replay repeats the study under other names (the first: "
+             "the measured one). After a replayed prune of one of TPE's few best trials a real "
+             "study would sample other parameters; the replay keeps the recorded ones (an "
+             "approximation for those draws).", "",
+             "| pruner | replay = measured run | bracket draws | unpruned best trial "
+             f"(#{best['trial']}) pruned | chosen trials (draws) | worst chosen objective "
+             "(vs the best) | epochs trained: mean (min-max) |",
+             "| --- | --- | ---: | ---: | --- | ---: | ---: |"]
+    for name, sm in summaries.items():
+        ep, worst = sm["epochs"], min(sm["chosen_value"])
+        chosen = ", ".join(f"#{k} ({n})" for k, n in sorted(sm["choices"].items(),
+                                                             key=lambda kv: -kv[1]))
+        lines.append(f"| {name} | {sm['same_as_measured']} | {sm['n']} | {sm['best_pruned']} | "
+                     f"{chosen} | {worst:.4f} ({worst - best['value']:+.4f}) | "
+                     f"{sum(ep) / len(ep):.0f} ({min(ep)}-{max(ep)}) |")
+    by_number = {r["number"]: r for r in ref["trials"]}
+    for k, res in alternates.items():
+        r = by_number[int(k)]
+        lines.append("")
+        lines.append(f"Final stage of the other choice #{k} ({_fmt_params(r['params'])}, objective "
+                     f"{r['value']:.4f}), the same seed: Dice "
+                     + ", ".join(f"{reg} {100 * v:.1f} %" for reg, v in res["dice"].items())
+                     + f" (the unpruned run's choice #{best['trial']}: "
+                     + ", ".join(f"{reg} {100 * v:.1f} %" for reg, v in ref["final"]["dice"].items())
+                     + ").")
+    return lines
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -394,11 +543,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--pruners", nargs="+", choices=PRUNERS, default=list(PRUNERS))
     ap.add_argument("--seeds", type=int, nargs="*", help="extra training seeds for the noise "
                     "checks (none: skip them)")
+    ap.add_argument("--replays", type=int, help="Hyperband bracket draws of the replay")
     ap.add_argument("--out", type=Path, help="also write the Markdown here")
     ap.add_argument("--tiny", action="store_true", help="6 cases, tiny budgets: tests the script")
     args = ap.parse_args(argv)
-    small, full = dict(trials=3, startup=2, epochs=4, iterations=2, seeds=[1]), \
-        dict(trials=20, startup=5, epochs=20, iterations=10, seeds=[1, 2])
+    small, full = dict(trials=3, startup=2, epochs=4, iterations=2, seeds=[1], replays=20), \
+        dict(trials=20, startup=5, epochs=20, iterations=10, seeds=[1, 2],
+                                                 replays=1000)
     for k, v in (small if args.tiny else full).items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -416,65 +567,87 @@ def main(argv: Sequence[str] | None = None) -> None:
         work.mkdir(parents=True, exist_ok=True)
         shared = work / "shared"
         cfg0 = make_config(args, shared, "none")
-        prep: dict[str, float] = {}
-        if not (shared / "preprocessed" / f"{TASK}.json").is_file():
+        stdout = stack.enter_context(open(work / "nnunet_stdout.log", "a"))
+        extra: dict[str, Any] = {"prep": {}}
+        if (shared / "prep.json").is_file():
+            extra["prep"] = json.loads((shared / "prep.json").read_text())
+        else:
             log(f"converting and preprocessing {TASK} into {shared}")
-            with open(work / "nnunet_stdout.log", "a") as f, contextlib.redirect_stdout(f), \
-                    stopwatch(prep):
+            shutil.rmtree(shared, ignore_errors=True)
+            with contextlib.redirect_stdout(stdout), stopwatch(extra["prep"]):
                 _prepare(cfg0, TASK, shared)
+            (shared / "prep.json").write_text(json.dumps(extra["prep"]))
         os.environ["nnUNet_n_proc_DA"] = "0"  # after planning (the planner needs workers)
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.INFO)  # "Trial n pruned / finished" on stderr
         base_key = {k: v for k, v in vars(args).items() if k not in ("workdir", "out", "pruners",
-                                                                      "seeds")}
+                                                                      "seeds", "replays")}
         runs: dict[str, dict[str, Any]] = {}
         for name in args.pruners:
             cfg = make_config(args, work / name, name)
             log(f"{name}: tuning {args.trials} trials x {args.epochs} epochs x "
                 f"{args.iterations} iterations")
-            with open(work / "nnunet_stdout.log", "a") as f, contextlib.redirect_stdout(f):
+            with contextlib.redirect_stdout(stdout):
                 runs[name] = cached(work / name, {**base_key, "pruner": name},
                                     lambda d, c=cfg: tune_and_train(c, results_root(d, shared)))
-        noise: dict[str, Any] = {}
-        if args.seeds and "none" in runs:
-            noise = seed_checks(args, work, shared, runs["none"], base_key)
-    total = time.perf_counter() - t_start
-    text = render(args, cfg0, runs, noise, prep, total, cmd)
+        extra["steps"] = list(runs.values())
+        if "none" in runs:
+            ref = runs["none"]
+            if args.seeds:
+                extra["noise"] = seed_checks(args, work, shared, ref, base_key, stdout)
+                extra["steps"] += extra["noise"]["steps"]
+            extra["replays"] = replays(args, runs)
+            extra["alternates"] = {}
+            others = {k for sm in extra["replays"].values() for k in sm["choices"]}
+            for k in sorted(others - {ref["best"]["trial"]}):
+                params = next(r["params"] for r in ref["trials"] if r["number"] == k)
+                log(f"final stage of trial {k}'s {params}, another choice of a replay")
+                with contextlib.redirect_stdout(stdout):
+                    res = cached(work / "alternates" / f"trial{k}", {**base_key, "params": params},
+                                 lambda d, p=params: final_stage(
+                                     make_config(args, results_root(d, shared), "none"), d, p,
+                                     cfg0["seed"]))
+                extra["alternates"][k] = res
+                extra["steps"].append(res)
+    text = render(args, cfg0, runs, extra, cmd, time.perf_counter() - t_start)
     print(text, end="")
     if args.out:
         args.out.write_text(text)
 
 
 def seed_checks(args: argparse.Namespace, work: Path, shared: Path, ref: dict[str, Any],
-                base_key: dict[str, Any]) -> dict[str, Any]:
+                base_key: dict[str, Any], stdout: Any) -> dict[str, Any]:
     """Noise of the objective and of the final Dice: the unpruned run's best and worst complete
     trials' parameters trained at the trial budget, and its chosen parameters through the final
-    stage, with every seed of ``args.seeds``. Returns ``{"objective": {label: {params, values}},
-    "final": {params, dice: [{region: Dice} per seed]}}`` (seed 0's values from ``ref``)."""
+    stage, with every seed of ``args.seeds`` (nnU-Net's console output to ``stdout``). Returns
+    ``{"objective": {label: {params, values}}, "final": {params, dice: [{region: Dice} per
+    seed]}, "steps": [each step's result]}`` (seed 0's values from ``ref``)."""
     done = [r for r in ref["trials"] if r["state"] == "COMPLETE"]
     picks = {"best": max(done, key=lambda r: r["value"]), "worst": min(done, key=lambda r: r["value"])}
     out: dict[str, Any] = {"objective": {}, "final": {"params": ref["best"]["params"],
-                                                      "dice": [ref["final"]["dice"]]}}
+                                                      "dice": [ref["final"]["dice"]]}, "steps": []}
+    cfg = make_config(args, shared, "none")  # the objective's trainings read shared/preprocessed
     for label, r in picks.items():
         values = [r["value"]]
         for s in args.seeds:
-            folder = work / "seeds" / f"objective_{label}_seed{s}"
-            cfg = make_config(args, shared, "none")  # reads shared/preprocessed only
             log(f"noise: objective of the {label} trial's {r['params']} with seed {s}")
-            with open(work / "nnunet_stdout.log", "a") as f, contextlib.redirect_stdout(f):
-                res = cached(folder, {**base_key, "params": r["params"], "seed": s},
-                             lambda d, c=cfg, p=r["params"], s=s: objective_with_seed(c, d, p, s))
+            with contextlib.redirect_stdout(stdout):
+                res = cached(work / "seeds" / f"objective_{label}_seed{s}",
+                             {**base_key, "params": r["params"], "seed": s},
+                             lambda d, p=r["params"], s=s: objective_with_seed(cfg, d, p, s))
             values.append(res["value"])
+            out["steps"].append(res)
         out["objective"][label] = {"params": r["params"], "values": values}
     for s in args.seeds:
-        folder = work / "seeds" / f"final_seed{s}"
         log(f"noise: final training of {ref['best']['params']} with seed {s}")
-        with open(work / "nnunet_stdout.log", "a") as f, contextlib.redirect_stdout(f):
-            res = cached(folder, {**base_key, "params": ref["best"]["params"], "seed": s},
+        with contextlib.redirect_stdout(stdout):
+            res = cached(work / "seeds" / f"final_seed{s}",
+                         {**base_key, "params": ref["best"]["params"], "seed": s},
                          lambda d, s=s: final_stage(make_config(args, results_root(d, shared), "none"),
                                                     d, ref["best"]["params"], s))
         out["final"]["dice"].append(res["dice"])
+        out["steps"].append(res)
     return out
 
 

@@ -42,7 +42,7 @@ def test_trial_rows_count_the_epochs_each_trial_trained():
     rows = pruning.trial_rows(s)
     assert [(r["number"], r["state"], r["epochs"], r["value"]) for r in rows] == [
         (0, "COMPLETE", 4, 0.4), (1, "PRUNED", 2, 0.08)]  # the failed trial is not finished
-    assert rows[1]["curve"] == {0: 0.05, 1: 0.08} and rows[0]["params"] == {"sigma": 0.5}
+    assert rows[1]["curve"] == [0.05, 0.08] and rows[0]["params"] == {"sigma": 0.5}
     assert "bracket" not in rows[0]
 
 
@@ -73,6 +73,24 @@ def test_rank_agreement_of_early_and_final_objective():
     assert rho[0] == pytest.approx(-1.0) and rho[1] == pytest.approx(1.0)
 
 
+def test_replay_median_prunes_below_the_median_after_the_warm_up():
+    # 4 epochs: MedianPruner(n_startup_trials=5, n_warmup_steps=1). Trials 0-4 complete (5
+    # start-up trials, never pruned even when bad); trial 5's 0.15 at step 1 is below the median
+    # 0.3 of trials 0-4 there -> pruned after 2 epochs; trial 6 stays at the median -> complete.
+    curves = [[0.1, 0.1, 0.1, 0.1], [0.2, 0.2, 0.2, 0.2], [0.3, 0.3, 0.3, 0.3],
+              [0.4, 0.4, 0.4, 0.4], [0.5, 0.5, 0.5, 0.5], [0.1, 0.15, 0.95, 0.99],
+              [0.3, 0.3, 0.3, 0.3]]
+    rows = [{"number": k, "params": {"sigma": 0.2 + 0.1 * k}, "state": "COMPLETE", "epochs": 4,
+             "value": c[-1], "curve": c} for k, c in enumerate(curves)]
+    got = pruning.replay(rows, "SVLS", "median", 4, "x")
+    assert got == [("COMPLETE", 4)] * 5 + [("PRUNED", 2), ("COMPLETE", 4)]
+    assert pruning.replay(rows, "SVLS", "none", 4, "x") == [("COMPLETE", 4)] * 7
+    sm = pruning.replay_summary(rows, "SVLS", "median", 4, ["x"])
+    # trial 5 (value 0.99) is the unpruned best; the median run chooses trial 4 (0.5)
+    assert (sm["best_pruned"], sm["choice_differs"], sm["choices"]) == (1, 1, {4: 1})
+    assert sm["epochs"] == [26] and sm["chosen_value"] == [0.5]
+
+
 def test_fold_dice_means_over_cases_per_region(tmp_path):
     csv = tmp_path / "fold0.csv"
     csv.write_text("task,method,fold,case,region,metric,value\n"
@@ -93,10 +111,11 @@ def test_cached_reuses_a_result_of_the_same_key_only(tmp_path):
         return {"n": len(calls)}
 
     d = tmp_path / "step"
-    assert pruning.cached(d, {"trials": 3}, compute) == {"n": 1}
-    assert pruning.cached(d, {"trials": 3}, compute) == {"n": 1} and len(calls) == 1
+    first = pruning.cached(d, {"trials": 3}, compute)
+    assert first["n"] == 1 and set(first) == {"n", "finished"}
+    assert pruning.cached(d, {"trials": 3}, compute) == first and len(calls) == 1
     (d / "stale.txt").write_text("left by the first run")
-    assert pruning.cached(d, {"trials": 4}, compute) == {"n": 2}
+    assert pruning.cached(d, {"trials": 4}, compute)["n"] == 2
     assert not (d / "stale.txt").exists()  # another key starts from an empty folder
     assert json.loads((d / "result.json").read_text())["key"] == {"trials": 4}
 
@@ -114,9 +133,10 @@ def test_pruning_script_tiny_end_to_end(tmp_path):
                          capture_output=True, text=True, env=env, timeout=1200, check=False)
     assert res.returncode == 0, res.stderr[-3000:]
     assert out.read_text() == res.stdout
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
-            for line in res.stdout.splitlines() if line.startswith(("| none", "| median",
-                                                                    "| hyperband"))}
+    lines = res.stdout.splitlines()
+    top = lines[lines.index(next(x for x in lines if x.startswith("| pruner | chosen"))) + 2:]
+    rows = {x.split("|")[1].strip(): [c.strip() for c in x.split("|")[2:-1]]
+            for x in top[:top.index("")]}
     assert list(rows) == ["none", "median", "hyperband"]
     runs = {n: json.loads((work / n / "result.json").read_text())["result"] for n in rows}
     for n, cells in rows.items():
@@ -135,6 +155,10 @@ def test_pruning_script_tiny_end_to_end(tmp_path):
     # no pruning before a trial is pruned: the runs' first trials are the same trainings
     first = [{k: runs[n]["trials"][0][k] for k in ("params", "state", "curve")} for n in runs]
     assert first[0] == first[1] == first[2]
+    # the replay of the unpruned curves reproduces each measured pruned run
+    replay = lines[lines.index("## Replay: the unpruned run's curves through the pruners"):]
+    replay_rows = [x for x in replay if x.startswith(("| median | ", "| hyperband | "))]
+    assert [x.split("|")[2].strip() for x in replay_rows] == ["True", "True"]
     # the noise check's objective measures what the study measured (seed 0 = the study's value)
     from conftest import deterministic_cpu_training
 

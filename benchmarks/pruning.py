@@ -17,14 +17,18 @@ labels. It reports per pruner the chosen parameters, the best objective, the tri
 epochs trained (Optuna's intermediate values: one per epoch trained), the final Dice and the
 wall and CPU time (this process and its children); per trial the parameters, epochs and
 objective; how well the objective after few epochs ranks the unpruned run's trials (Spearman);
-and the noise: the objective of the unpruned run's best and worst parameters and the final Dice
-of its chosen parameters with the other ``--seeds`` (training seed only; data and split fixed).
+a replay of the unpruned run's recorded curves through each pruner (it must reproduce the
+measured pruned run; for Hyperband also under ``--replays`` other bracket draws, with the final
+stage of any other trial a draw would choose); and the noise: the objective of the unpruned
+run's best and worst parameters and the final Dice of its chosen parameters with the other
+``--seeds`` (training seed only; data and split fixed).
 
 Each finished step leaves a ``result.json`` in its folder under ``--workdir``: a rerun with the
 same settings reuses it (a killed run continues where it stopped; delete the folder to redo a
 step). The Markdown goes to stdout and ``--out``; progress to stderr, nnU-Net's console output
 to ``<workdir>/nnunet_stdout.log``. ``--tiny``: a 6-case phantom and minute-sized budgets, to
-test the script (its numbers mean nothing). Results: ``benchmarks/results/pruning.md``.
+test the script (its numbers mean nothing). Results: ``benchmarks/results/pruning.md`` (its
+last section, the reading, is written by hand).
 """
 
 from __future__ import annotations

@@ -149,9 +149,10 @@ def rank_agreement(rows: Sequence[dict[str, Any]], epochs: Sequence[int]) -> dic
 
 
 def replay(rows: Sequence[dict[str, Any]], method: str, pruner: str, epochs: int,
-           name: str) -> list[tuple[str, int]]:
+           name: str, startup: int = 5) -> list[tuple[str, int]]:
     """Feed the recorded per-epoch curves of ``rows`` (an unpruned study's trials, in order,
-    :func:`trial_rows`) through ``make_pruner(pruner, epochs)`` in an in-memory study called
+    :func:`trial_rows`) through ``make_pruner(pruner, epochs, startup)`` and the tuning's own
+    stopping rule (:func:`nnrobustloss.tuning.pruned_after`) in an in-memory study called
     ``name`` (Hyperband's brackets depend on it); return ``(state, epochs trained)`` per trial.
 
     Valid while the pruned study would sample the same parameters (it does when TPE's few "good"
@@ -160,11 +161,11 @@ def replay(rows: Sequence[dict[str, Any]], method: str, pruner: str, epochs: int
     import optuna
 
     from nnrobustloss.methods import get_method
-    from nnrobustloss.tuning import make_pruner
+    from nnrobustloss.tuning import make_pruner, pruned_after
 
     spec = get_method(method)
     study = optuna.create_study(study_name=name, direction="maximize",
-                                pruner=make_pruner(pruner, epochs))
+                                pruner=make_pruner(pruner, epochs, startup))
     out = []
     for r in rows:
         study.enqueue_trial(r["params"])
@@ -172,7 +173,7 @@ def replay(rows: Sequence[dict[str, Any]], method: str, pruner: str, epochs: int
         spec.suggest(trial)
         for step, value in enumerate(r["curve"]):
             trial.report(value, step)
-            if trial.should_prune():
+            if pruned_after(trial, step, epochs):
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
                 out.append(("PRUNED", step + 1))
                 break
@@ -183,8 +184,8 @@ def replay(rows: Sequence[dict[str, Any]], method: str, pruner: str, epochs: int
 
 
 def replay_summary(rows: Sequence[dict[str, Any]], method: str, pruner: str, epochs: int,
-                   names: Sequence[str], measured: Sequence[dict[str, Any]] | None = None
-                   ) -> dict[str, Any]:
+                   names: Sequence[str], measured: Sequence[dict[str, Any]] | None = None,
+                   startup: int = 5) -> dict[str, Any]:
     """:func:`replay` of ``rows`` under every study name of ``names``: how often the pruner
     stops the unpruned study's best trial, how often the chosen (best COMPLETE) trial differs
     from it, per name the epochs trained and the chosen trial's objective (lists), how often
@@ -198,7 +199,7 @@ def replay_summary(rows: Sequence[dict[str, Any]], method: str, pruner: str, epo
         best = max(rows, key=lambda r: (r["value"], -r["number"]))["number"]
         stopped, other, spent, chosen, choices, same = 0, 0, [], [], {}, None
         for name in names:
-            res = replay(rows, method, pruner, epochs, name)
+            res = replay(rows, method, pruner, epochs, name, startup)
             if same is None and measured is not None:
                 same = ([(r["state"], r["epochs"]) for r in measured] == res
                         and [r["params"] for r in measured] == [r["params"] for r in rows])
@@ -249,22 +250,22 @@ def final_stage(cfg: dict[str, Any], root: Path, hparams: dict[str, float], seed
     prediction and evaluation of the fold's held-out cases: ``{"dice": {region: Dice}, wall_s,
     cpu_s, epochs}``."""
     from nnrobustloss import layout
-    from nnrobustloss import pipeline as P
+    from nnrobustloss import pipeline as stages
 
     m = cfg["methods"][0]
-    splits = root / "splits" / f"{TASK}.json"
-    tp = {**P.train_params(cfg, TASK, m, FOLD), "seed": seed}
+    splits = layout.splits_json(root, TASK)
+    tp = {**stages.train_params(cfg, TASK, m, FOLD), "seed": seed}
     pred = layout.predictions_dir(root, TASK, m, FOLD)
-    csv = root / "metrics" / TASK / m / f"fold{FOLD}.csv"
+    csv = layout.metrics_csv(root, TASK, m, FOLD)
     csv.parent.mkdir(parents=True, exist_ok=True)
     out: dict[str, Any] = {}
     with stopwatch(out):
-        P.run_train(tp, results_dir=root, hparams=hparams, device="cpu", threads=1)
-        P.run_predict(P.predict_params(cfg, TASK, m, FOLD), results_dir=root, splits_json=splits,
-                      out_dir=pred, device="cpu", threads=1)
-        P.run_evaluate(P.evaluate_params(cfg, TASK, m, FOLD), results_dir=root, splits_json=splits,
-                       pred_dir=pred, out_csv=csv, n_workers=1,
-                       reliability_csv=csv.with_name(f"fold{FOLD}_reliability.csv"))
+        stages.run_train(tp, results_dir=root, hparams=hparams, device="cpu", threads=1)
+        stages.run_predict(stages.predict_params(cfg, TASK, m, FOLD), results_dir=root,
+                           splits_json=splits, out_dir=pred, device="cpu", threads=1)
+        stages.run_evaluate(stages.evaluate_params(cfg, TASK, m, FOLD), results_dir=root,
+                            splits_json=splits, pred_dir=pred, out_csv=csv, n_workers=1,
+                            reliability_csv=layout.reliability_csv(root, TASK, m, FOLD))
     out["dice"] = fold_dice(csv)
     out["epochs"] = cfg["training"]["epochs"]
     return out
@@ -276,18 +277,20 @@ def tune_and_train(cfg: dict[str, Any], root: Path) -> dict[str, Any]:
     import optuna
 
     from nnrobustloss import layout
-    from nnrobustloss import pipeline as P
+    from nnrobustloss import pipeline as stages
     from nnrobustloss.tuning import open_storage, storage_url, study_name
 
     m, tu = cfg["methods"][0], cfg["tuning"]
     study = layout.study_dir(root, TASK, m, FOLD)
-    params = P.tune_params(cfg, TASK, m, FOLD)
+    params = stages.tune_params(cfg, TASK, m, FOLD)
     tuning: dict[str, Any] = {}
     with stopwatch(tuning):
-        P.run_tune_worker(params, worker=0, workers=1, results_dir=root,
-                          marker=study / "worker0.done", device="cpu", threads=1)
-        best = P.run_select_best(params, results_dir=root, trials_csv=study / "trials.csv",
-                                 best_params_json=study / "best_params.json")
+        stages.run_tune_worker(params, worker=0, workers=1, results_dir=root,
+                               marker=layout.worker_marker(root, TASK, m, FOLD, 0), device="cpu",
+                               threads=1)
+        best = stages.run_select_best(params, results_dir=root,
+                                      trials_csv=layout.trials_csv(root, TASK, m, FOLD),
+                                      best_params_json=layout.best_params_json(root, TASK, m, FOLD))
     s = optuna.load_study(study_name=study_name(TASK, m, FOLD),
                           storage=open_storage("sqlite", storage_url("sqlite", study)))
     rows = trial_rows(s, tu["epochs"] if tu["pruner"] == "hyperband" else None)
@@ -303,12 +306,12 @@ def objective_with_seed(cfg: dict[str, Any], folder: Path, hparams: dict[str, fl
     """The tuning objective (EMA of the training pseudo Dice after the trial's last epoch, as
     :func:`nnrobustloss.tuning.training_objective` reads it) of one trial-budget training of
     ``hparams`` with training seed ``seed``: ``{"value", wall_s, cpu_s}``."""
-    from nnrobustloss import pipeline as P
+    from nnrobustloss import pipeline as stages
     from nnrobustloss.trainers.progress import read_progress_csv
     from nnrobustloss.training import train
 
-    kw = P._train_call({**P.tune_params(cfg, TASK, cfg["methods"][0], FOLD), "seed": seed},
-                       cfg["results_dir"])
+    kw = stages.train_kwargs({**stages.tune_params(cfg, TASK, cfg["methods"][0], FOLD),
+                              "seed": seed}, cfg["results_dir"])
     out: dict[str, Any] = {}
     with stopwatch(out):
         train(output_dir=folder / "trial", params=hparams, device="cpu", continue_training=False,
@@ -491,7 +494,7 @@ def replays(args: argparse.Namespace, runs: dict[str, dict[str, Any]]) -> dict[s
                            if name == "hyperband" else [])
         log(f"replaying {name} under {len(names)} study names")
         out[name] = replay_summary(ref["trials"], args.method, name, args.epochs, names,
-                                   measured=run["trials"])
+                                   measured=run["trials"], startup=args.startup)
     return out
 
 

@@ -561,6 +561,32 @@ def test_make_pruner_names():
     assert isinstance(optuna.create_study().pruner, optuna.pruners.MedianPruner)
 
 
+def test_median_pruner_waits_for_the_configured_start_up_trials():
+    assert tuning.make_pruner("median", 50)._n_startup_trials == 5
+    assert tuning.make_pruner("median", 50, n_startup_trials=10)._n_startup_trials == 10
+    assert tuning.make_pruner("median", 50)._n_warmup_steps == 12
+
+
+def test_a_trial_is_never_pruned_after_its_last_epoch():
+    """A trial far below the median is pruned after any epoch but its last: then it is
+    finished, and pruning would only throw its objective away."""
+    study = optuna.create_study(direction="maximize",
+                                pruner=tuning.make_pruner("median", 4, n_startup_trials=1))
+    study.enqueue_trial({})
+    first = study.ask()
+    for epoch in range(4):
+        first.report(0.9, epoch)
+    study.tell(first, 0.9)
+    bad = study.ask()
+    decisions = []
+    for epoch in range(4):
+        bad.report(0.1, epoch)
+        decisions.append(tuning.pruned_after(bad, epoch, 4))
+    # epoch 0 is the median pruner's warm-up (epochs // 4 = 1 step); the last epoch never prunes
+    assert decisions == [False, True, True, False]
+    assert bad.should_prune()  # what the pruner alone would have said after the last epoch
+
+
 def _bad_last_trial(bad_number: int):
     """Identical good curves (0.5, 0.51, ...) except trial ``bad_number``, which reports -1."""
 

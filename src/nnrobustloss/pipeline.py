@@ -189,7 +189,7 @@ def single_threaded_augmentation_on_cpu(device: str) -> None:
         os.environ.setdefault("nnUNet_n_proc_DA", "0")
 
 
-def _train_call(kw: Mapping[str, Any], results_dir: str | os.PathLike[str],
+def train_kwargs(kw: Mapping[str, Any], results_dir: str | os.PathLike[str],
                 peer_updates: str | None = None) -> dict[str, Any]:
     """Keyword arguments of :func:`nnrobustloss.training.train` from training kwargs and the
     two-peer schedule ``coteaching.peer_updates`` (None: the default)."""
@@ -248,7 +248,7 @@ def run_warmup(params: Mapping[str, Any], results_dir: str | os.PathLike[str],
     p = dict(params)
     single_threaded_augmentation_on_cpu(device)
     limit_cpu_threads(device, threads)
-    call = _train_call(p, results_dir, peer_updates)
+    call = train_kwargs(p, results_dir, peer_updates)
     if call.pop("method") != WARMUP_METHOD:
         raise ConfigError(f"warm-up params name method {p['method']}, not {WARMUP_METHOD}.")
     latest = Path(checkpoint).with_name(layout.CHECKPOINT_LATEST)  # its killed writes, GBs each
@@ -273,7 +273,7 @@ def run_tune_worker(params: Mapping[str, Any], worker: int, workers: int,
     p = dict(params)
     single_threaded_augmentation_on_cpu(device)
     limit_cpu_threads(device, threads)
-    call = _train_call(p, results_dir, peer_updates)
+    call = train_kwargs(p, results_dir, peer_updates)
     call["device"] = device
     call["checkpoint_minutes"] = checkpoint_minutes
     if warmup is not None:
@@ -329,7 +329,7 @@ def run_train(params: Mapping[str, Any], results_dir: str | os.PathLike[str],
     out = layout.training_dir(results_dir, p["task"], p["method"], p["fold"])
     return train(output_dir=out, params=hparams, device=device, continue_training=True,
                  checkpoint_minutes=checkpoint_minutes,
-                 **_train_call(p, results_dir, peer_updates))
+                 **train_kwargs(p, results_dir, peer_updates))
 
 
 # --- predict -------------------------------------------------------------------------------

@@ -177,15 +177,28 @@ def trial_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
 
 
-def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
-    """``none`` -> NopPruner (Optuna would default to MedianPruner), ``median``, ``hyperband``."""
+def make_pruner(name: str, max_epochs: int, n_startup_trials: int = 5
+                ) -> optuna.pruners.BasePruner:
+    """``none`` -> NopPruner (Optuna would default to MedianPruner); ``median`` ->
+    MedianPruner that prunes nothing before ``n_startup_trials`` trials completed (the
+    sampler's random start-up trials, ``tuning.n_startup_trials``) nor in the first quarter of
+    a trial's ``max_epochs`` epochs; ``hyperband`` -> HyperbandPruner over 1..``max_epochs``
+    epochs. A trial's last epoch is never pruned (:func:`pruned_after`)."""
     if name == "none":
         return optuna.pruners.NopPruner()
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=max(1, max_epochs // 4))
+        return optuna.pruners.MedianPruner(n_startup_trials=n_startup_trials,
+                                           n_warmup_steps=max(1, max_epochs // 4))
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs)
     raise ConfigError(f"tuning.pruner: unknown pruner {name!r}; use one of {', '.join(PRUNERS)}.")
+
+
+def pruned_after(trial: optuna.Trial, epoch: int, epochs: int) -> bool:
+    """Whether the pruner stops ``trial`` after epoch ``epoch`` (0-based) of its ``epochs``,
+    its objective of that epoch already reported. Never after the last epoch: the trial is
+    finished then, and pruning it would only throw its objective away."""
+    return epoch < epochs - 1 and trial.should_prune()
 
 
 def worker_quota(n_trials: int, workers: int, worker: int) -> int:
@@ -292,7 +305,7 @@ def run_worker(*, task: str, method: str, fold: int, worker: int, workers: int, 
     study = optuna.create_study(
         study_name=study_name(task, method, fold), storage=st, direction="maximize",
         sampler=make_sampler(seed + worker, n_startup_trials, workers),
-        pruner=make_pruner(pruner, epochs), load_if_exists=True)
+        pruner=make_pruner(pruner, epochs, n_startup_trials), load_if_exists=True)
     recovered = recover_leftover_trials(study, worker)
     if not keep_checkpoints:  # failed trials' checkpoints, except those a retry will continue
         trials = study.get_trials(deepcopy=False)
@@ -383,7 +396,7 @@ def training_objective(config_training: Mapping[str, Any]) -> TrialRunner:
                 report_restored(below=epoch)
             value = float(metrics["train_pseudo_dice_ema"])
             report(epoch, value)
-            if trial.should_prune():
+            if pruned_after(trial, epoch, int(config_training["epochs"])):
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} (EMA {value:.4f})")
 
         train(output_dir=trial_dir, params=params, epoch_callback=on_epoch,

@@ -376,7 +376,8 @@ def render(args: argparse.Namespace, cfg: dict[str, Any], runs: dict[str, dict[s
              f"the reference labels. Seed {cfg['seed']} everywhere (the runs differ only in the "
              "pruner).",
              f"Pruners (`nnrobustloss.tuning.make_pruner`): median = MedianPruner(n_startup_trials"
-             f"=5, n_warmup_steps={max(1, E // 4)}): no pruning before 5 trials are COMPLETE, "
+             f"={tu['n_startup_trials']}, n_warmup_steps={max(1, E // 4)}): no pruning before "
+             f"{tu['n_startup_trials']} trials are COMPLETE, "
              f"then a trial whose best EMA so far is below the median of the completed trials at "
              f"the same epoch is stopped, from step {max(1, E // 4)} on (after "
              f"{max(1, E // 4) + 1} of {E} epochs). hyperband = HyperbandPruner(min_resource=1, "

@@ -3,7 +3,8 @@
 Usage::
 
     nice -n 10 python benchmarks/iteration_tricks.py [--workdir DIR] [--old-rev REV]
-        [--repeats 7] [--resenc-repeats 3] [--settings phantom resenc]
+        [--repeats 41] [--resenc-repeats 3] [--resenc-net-patches 32x64x64 32x128x128]
+        [--settings phantom resenc behaviour] > benchmarks/results/iteration_tricks.md
 
 Compares the speed tricks of ``losses.py`` / ``selection.py`` at ``--old-rev`` (default
 b253e29, the last commit with every trick) against the plain autograd formulas, through the real
@@ -36,6 +37,12 @@ and no-grad forward measured at ``--resenc-net-patch`` and scaled linearly by vo
 full patch, plus the clipping + SGD step (independent of the patch). Iteration = network part
 (x2 forward + backward, + one no-grad forward, x2 SGD steps for the sequential two-peer
 schedule) + loss and selection part.
+
+Setting ``behaviour`` (old vs new package, float rounding): each method's losses, logit
+gradients (every level, both peers) and keep-masks on the ResEnc-L batch of (a), and one short
+Phantom training per method and package with the default config's budget (fold 0, 20 epochs x
+10 iterations, CPU, 1 thread, ``nnUNet_n_proc_DA=0``, default hyper-parameters) through the
+pipeline's ``run_train``: the last row of each ``progress.csv``.
 
 Clock: ``time.thread_time`` (CPU time of the calling thread; torch runs single-threaded with
 ``torch.set_num_threads(1)``), so other processes on a shared machine inflate it little. Every
@@ -76,8 +83,8 @@ PARAMS: dict[str, dict[str, float]] = {
     "CoTPlus": {"forget_rate": 0.1}, "StoCoT": {"a": 2.0, "b": 2.0},
     "HRL": {"a": 2.0, "b": 2.0, "w": 0.7, "sigma": 1.0}}
 TWO_PEER = ("CoT", "CoTPlus", "StoCoT", "HRL")
-TRAINED = ("APL2", "SVLS", "CoT", "HRL")
-"""Methods of the short old-vs-new Phantom trainings (fused hard / soft terms, selection)."""
+TRAINED = METHODS
+"""Methods of the short old-vs-new Phantom trainings (Baseline: nnU-Net's loss, a control)."""
 
 # --------------------------------------------------------------------------------------------
 # the tricks of --old-rev and their plain replacements
@@ -730,7 +737,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "iteration_tricks")
     ap.add_argument("--old-rev", default=OLD_REV)
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=41)
     ap.add_argument("--resenc-repeats", type=int, default=3)
     ap.add_argument("--resenc-net-patches", nargs="+", default=["32x64x64", "32x128x128"],
                     help="reduced patches of the network measurement (the largest is scaled)")

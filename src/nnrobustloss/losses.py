@@ -46,10 +46,11 @@ nnU-Net. Masked losses (co-teaching): per-voxel terms are averaged over kept vox
 ``loss_mask``; an all-ones mask takes exactly the unmasked code path, an empty one gives a finite
 loss with zero gradients (for finite logits).
 
-Speed: every term is its plain formula under autograd. The former fused gradients, separable
-SVLS convolution and other tricks each changed a whole training iteration by less than 5 %, on
-the Phantom's CPU plan and for the KiTS23 ResEnc-L plan (``benchmarks/iteration_tricks.py``,
-``benchmarks/results/iteration_tricks.md``), and were removed.
+Speed: every term is its plain formula under autograd. The former speed tricks (fused
+gradients, a separable SVLS filter, ...) each changed a whole training iteration by 3.1 % at
+most on the Phantom's CPU plan and by 0.2 % at most for the KiTS23 ResEnc-L plan
+(``benchmarks/iteration_tricks.py``, ``benchmarks/results/iteration_tricks.md``), and were
+removed.
 """
 
 from __future__ import annotations

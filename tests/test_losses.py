@@ -156,8 +156,9 @@ def _naive_terms(z, y, q, w, delta=1e-4):
 
 @pytest.mark.parametrize("name", ["nce", "rce", "gce", "ngce", "soft_ce", "soft_rce", "soft_ngce"])
 @pytest.mark.parametrize("w", [0.3, 1.0])
-def test_fused_gradients_equal_autograd_of_the_formulas(name, w):
-    # in float64: value and gradient of each fused term minus its plain autograd formula are 0
+def test_gradients_equal_autograd_of_an_independent_formulation(name, w):
+    # in float64: value and gradient of each term minus its formulation with one-hot sums and
+    # p ** w (_naive_terms) are 0; gradcheck compares the gradient with finite differences
     g = torch.Generator().manual_seed(4)
     z = (2 * torch.randn((2, 4, 3, 2, 2), generator=g, dtype=torch.float64)).requires_grad_(True)
     y = torch.randint(0, 4, (2, 1, 3, 2, 2), generator=g)
@@ -168,32 +169,55 @@ def test_fused_gradients_equal_autograd_of_the_formulas(name, w):
     weights = torch.rand(diff.shape, generator=g, dtype=torch.float64)
     (grad,) = torch.autograd.grad((diff * weights).sum(), z)
     assert grad.abs().max().item() < 1e-12
-    fused = {"nce": lambda t: nce(t, y), "rce": lambda t: rce(t, y),
-             "gce": lambda t: gce(t, y, w), "ngce": lambda t: ngce(t, y, w),
-             "soft_ce": lambda t: soft_ce(t, q), "soft_rce": lambda t: soft_rce(t, q),
-             "soft_ngce": lambda t: soft_ngce(t, q, w)}[name]
-    assert torch.autograd.gradcheck(lambda t: fused(t).mul(weights).sum(), (z.detach().clone()
+    term = {"nce": lambda t: nce(t, y), "rce": lambda t: rce(t, y),
+            "gce": lambda t: gce(t, y, w), "ngce": lambda t: ngce(t, y, w),
+            "soft_ce": lambda t: soft_ce(t, q), "soft_rce": lambda t: soft_rce(t, q),
+            "soft_ngce": lambda t: soft_ngce(t, q, w)}[name]
+    assert torch.autograd.gradcheck(lambda t: term(t).mul(weights).sum(), (z.detach().clone()
                                                                           .requires_grad_(),))
 
 
-def test_combined_terms_equal_the_sum_of_single_terms_with_gradients():
-    g = torch.Generator().manual_seed(14)
-    z = (2 * torch.randn((2, 3, 4, 3, 2), generator=g, dtype=torch.float64)).requires_grad_(True)
-    y = torch.randint(0, 3, (2, 1, 4, 3, 2), generator=g)
-    q = svls_targets(y, 3, 0.8).double()
-    weights = torch.rand((2, 4, 3, 2), generator=g, dtype=torch.float64)
-    cases = [
-        (APL1Loss().per_voxel_terms(z, y), rce(z, y) + nce(z, y)),
-        (APL2Loss(0.4).per_voxel_terms(z, y), rce(z, y) + ngce(z, y, 0.4)),
-        (HRLLoss(0.4, 0.8).per_voxel_terms(z, y), soft_rce(z, q) + soft_ngce(z, q, 0.4)),
-        (SVLSLoss(0.8).per_voxel_terms(z, y), soft_ce(z, q)),
-        (CEDiceLoss().per_voxel_terms(z, y), F.cross_entropy(z, y[:, 0], reduction="none")),
-    ]
-    for combined, separate in cases:
-        assert torch.allclose(combined, separate, rtol=1e-12, atol=1e-12)
-        (g1,) = torch.autograd.grad((combined * weights).sum(), z)
-        (g2,) = torch.autograd.grad((separate * weights).sum(), z)
-        assert torch.allclose(g1, g2, rtol=1e-10, atol=1e-12)
+def _hand_gradients(p: list[float], y: int, q: list[float], w: float) -> dict[str, list[float]]:
+    """dT/dz_i of every term at one voxel, from the derivatives by hand: with
+    dp_k/dz_i = p_k (delta_ik - p_i), d log p_k / dz_i = delta_ik - p_i."""
+    k, a = len(p), -math.log(1e-4)
+    d = [float(i == y) for i in range(k)]
+    s = sum(math.log(pj) for pj in p)  # sum_j log p_j
+    pw = [pj**w for pj in p]
+    u = sum(pw)
+    n_h, d_h = 1 - pw[y], k - u  # NGCE = n_h / d_h
+    n_s = 1 - sum(qj * pwj for qj, pwj in zip(q, pw, strict=True))  # soft NGCE = n_s / d_h
+    c = [-math.log(max(qj, 1e-4)) for qj in q]
+    r = sum(pj * cj for pj, cj in zip(p, c, strict=True))  # soft RCE
+    qpw = 1 - n_s
+    return {
+        "ce": [p[i] - d[i] for i in range(k)],
+        "rce": [-a * p[y] * (d[i] - p[i]) for i in range(k)],
+        "nce": [(d[i] - p[i]) / s - math.log(p[y]) * (1 - k * p[i]) / s**2 for i in range(k)],
+        "gce": [-pw[y] * (d[i] - p[i]) for i in range(k)],
+        "ngce": [-w * pw[y] * (d[i] - p[i]) / d_h + n_h * w * (pw[i] - p[i] * u) / d_h**2
+                 for i in range(k)],
+        "soft_ce": [p[i] * sum(q) - q[i] for i in range(k)],
+        "soft_rce": [p[i] * (c[i] - r) for i in range(k)],
+        "soft_ngce": [-w * (q[i] * pw[i] - p[i] * qpw) / d_h + n_s * w * (pw[i] - p[i] * u) / d_h**2
+                      for i in range(k)],
+    }
+
+
+@pytest.mark.parametrize("w", [0.3, 1.0])
+def test_gradients_equal_hand_derived_gradients(w):
+    z = torch.tensor((P1, P2), dtype=torch.float64).T.log()[None, :, :, None].requires_grad_(True)
+    qs = ([0.6, 0.4, 0.0], [0.0, 0.25, 0.75])
+    q = torch.tensor(qs, dtype=torch.float64).T[None, :, :, None]
+    terms = {"ce": per_voxel_ce(z, Y), "rce": rce(z, Y), "nce": nce(z, Y), "gce": gce(z, Y, w),
+             "ngce": ngce(z, Y, w), "soft_ce": soft_ce(z, q), "soft_rce": soft_rce(z, q),
+             "soft_ngce": soft_ngce(z, q, w)}
+    for v, (p, label) in enumerate(((P1, 0), (P2, 2))):
+        expected = _hand_gradients(list(p), label, qs[v], w)
+        for name, term in terms.items():
+            (grad,) = torch.autograd.grad(term[0, v, 0], z, retain_graph=True)
+            assert grad[0, :, v, 0].tolist() == pytest.approx(expected[name], rel=1e-9, abs=1e-12)
+            assert grad[0, :, 1 - v].abs().max().item() == 0.0  # nothing leaks to the other voxel
 
 
 def test_gradients_are_finite_for_saturated_logits():
@@ -201,7 +225,13 @@ def test_gradients_are_finite_for_saturated_logits():
     z = torch.tensor([[200.0, -200.0, 0.0], [0.0, 0.0, 0.0]]).T[None, :, :, None]
     z.requires_grad_(True)
     y = torch.tensor([1, 2]).view(1, 1, 2, 1)
+    assert torch.softmax(z, 1)[0, 1, 0, 0].item() == 0.0  # p_y is exactly 0 at the first voxel
     q = F.one_hot(y[:, 0], 3).movedim(-1, 1).float()
+    (g_ngce,) = torch.autograd.grad(ngce(z, y, 0.3).sum(), z)
+    # there d NGCE / dz_i = -w p_y^w (delta_iy - p_i) / D + N w (p_i^w - p_i U) / D^2 with
+    # p_y^w = 0, N = 1, p = (1, 0, 0), p^w = (1, 0, e^-60), U = 1 + e^-60, D = 2: finite, |.| < 1e-26
+    assert torch.isfinite(g_ngce).all() and g_ngce[..., 0, :].abs().max().item() < 1e-26
+    assert g_ngce[0, 2, 0, 0].item() == pytest.approx(0.3 * math.exp(-60) / 4, rel=1e-5)
     for term in (nce(z, y), rce(z, y), gce(z, y, 0.3), ngce(z, y, 0.3), soft_ngce(z, q, 0.3),
                  soft_rce(z, q), soft_ce(z, q)):
         (grad,) = torch.autograd.grad(term.sum(), z)
@@ -413,21 +443,6 @@ def test_all_ones_mask_equals_unmasked_and_gradients_finite(name):
     assert torch.isfinite(ga).all() and ga.abs().sum() > 0
 
 
-@pytest.mark.parametrize("name", list(_modules()))
-def test_precomputed_per_voxel_terms_give_the_same_loss_and_gradients(name):
-    loss = _modules()[name]
-    z, y = _batch((2, 3, 6, 5, 4))
-    m = torch.rand((2, 1, 6, 5, 4), generator=torch.Generator().manual_seed(2)) < 0.5
-    a = loss(z, y, m)
-    (ga,) = torch.autograd.grad(a, z)
-    b = loss(z, y, m, loss.per_voxel_terms(z, y))
-    (gb,) = torch.autograd.grad(b, z)
-    assert b.item() == pytest.approx(a.item(), rel=1e-6)
-    assert torch.allclose(ga, gb, rtol=1e-5, atol=1e-9)
-    with pytest.raises(ValueError, match="per_voxel"):
-        loss(z, y, m, loss.per_voxel_terms(z, y)[:1])
-
-
 def test_robust_modules_are_their_formulas_plus_nnunet_dice():
     z, y = _batch((2, 3, 6, 5, 4))
     dice = MemoryEfficientSoftDiceLoss(softmax_helper_dim1, **_kwargs(False))
@@ -470,12 +485,6 @@ def test_deep_supervision_wrapper_with_mask_lists():
         expected = sum(w * loss(o, t, m) for w, o, t, m in zip(weights, outs, tgts, masks,
                                                                 strict=True))
         assert val.item() == pytest.approx(expected.item(), rel=1e-6)
-    # a fourth list: the per-voxel CE each level already computed (reused, not recomputed)
-    loss = CEDiceLoss()
-    per_voxel = [per_voxel_ce(o, t) for o, t in zip(outs, tgts, strict=True)]
-    val = DeepSupervisionWrapper(loss, weights)(list(outs), list(tgts), masks, per_voxel)
-    expected = DeepSupervisionWrapper(loss, weights)(list(outs), list(tgts), masks)
-    assert val.item() == pytest.approx(expected.item(), rel=1e-6)
     # all-ones masks under the wrapper: exactly nnU-Net's wrapped Baseline loss
     ref = DeepSupervisionWrapper(_nnunet_dc_ce(True), weights)(list(outs), list(tgts))
     ones = [torch.ones((2, 1, *s[2:]), dtype=torch.bool) for s in shapes]

@@ -31,20 +31,19 @@ References and what is deliberately not copied:
   inverse-CDF sampling (:func:`sample_beta`), so a seeded generator reproduces them exactly.
 
 Use in a trainer, per deep-supervision level l (logits ``out_a[l]``, ``out_b[l]``, label map
-``t[l]``, loss modules from :mod:`nnrobustloss.losses`)::
+``t[l]``, loss modules from :mod:`nnrobustloss.losses`; see
+:mod:`nnrobustloss.trainers.coteaching`)::
 
-    ce_a, ce_b = per_voxel_ce(out_a[l], t[l]), per_voxel_ce(out_b[l], t[l])   # with graph
     r = R * ramp(epoch, delay, gradual)
-    keep_from_a = small_loss_mask(ce_a.detach(), r)          # CoT: A's small-loss voxels
-    # CoT+:   cot_plus_mask(ce_a.detach(), predicted_labels(out_a[l]),
-    #                       predicted_labels(out_b[l]), r, epoch, delay)
-    # StoCoT: stocot_mask(torch.exp(-ce_a.detach()), ramp(...), a, b, generator)
-    # HRL:    stocot_mask(label_probability(out_a[l], t[l]), ramp(...), a, b, generator)
-    loss_b = loss(out_b[l], t[l], keep_from_a, ce_b)         # B learns from A's selection
-    loss_a = loss(out_a[l], t[l], keep_from_b, ce_a)
+    with torch.no_grad():
+        keep_from_a = small_loss_mask(per_voxel_ce(out_a[l], t[l]), r)   # CoT: A's small loss
+        # CoT+:   cot_plus_mask(per_voxel_ce(out_a[l], t[l]), out_a[l].argmax(1),
+        #                       out_b[l].argmax(1), r, epoch, delay)
+        # StoCoT: stocot_mask(label_probability(out_a[l], t[l]), ramp(...), a, b, generator)
+    loss_b = loss(out_b[l], t[l], keep_from_a)                # B learns from A's selection
 
-(``DeepSupervisionWrapper(loss, weights)(outs, targets, masks, per_voxels)`` does the sum over
-levels when the four arguments are lists.)
+(``DeepSupervisionWrapper(loss, weights)(outs, targets, masks)`` does the sum over levels when
+the three arguments are lists.)
 """
 
 from __future__ import annotations
@@ -65,7 +64,6 @@ __all__ = [
     "TILE",
     "cot_plus_mask",
     "label_probability",
-    "predicted_labels",
     "ramp",
     "scaled_schedule",
     "sample_beta",
@@ -136,55 +134,12 @@ def _check_rate(forget_rate: float) -> float:
     return r
 
 
-def _kth_smallest(flat: Tensor, k: int) -> tuple[Tensor, int | None]:
-    """The k-th smallest entry v (1-based) of 1-D ``flat``, exactly (a 0-d tensor), and
-    count(flat <= v) when it comes for free (else None).
-
-    For large inputs, a strided sample of every 61st entry brackets the answer between two
-    sample order statistics [lo, hi]; if count(< lo) < k <= count(<= hi), the answer is the
-    (k - count(< lo))-th smallest of the few candidates in [lo, hi], otherwise (the bracket
-    missed, e.g. on adversarial orderings) a full ``kthvalue`` is taken. The result never
-    depends on the bracket, only the time does (a few passes instead of a full selection).
-    """
-    n = flat.numel()
-    if n < 65_536:
-        return flat.kthvalue(k).values, None
-    sample = flat[::61].clone()  # a prime stride: no alignment with the patch axes
-    m = sample.numel()
-    rank = k * m / n
-    margin = 3.0 * math.sqrt(m) + 2.0  # >= 6 standard deviations of a random sample's rank
-    lo_i, hi_i = math.floor(rank - margin), math.ceil(rank + margin)
-    # two selections on the small sample (cheaper than sorting it)
-    lo = sample.kthvalue(lo_i + 1).values if lo_i >= 0 else flat.new_tensor(-math.inf)
-    hi = sample.kthvalue(hi_i + 1).values if hi_i < m else flat.new_tensor(math.inf)
-    n_below = int(torch.count_nonzero(flat < lo))
-    candidates = flat[(flat >= lo) & (flat <= hi)]
-    if n_below < k <= n_below + candidates.numel():
-        v = candidates.kthvalue(k - n_below).values
-        return v, n_below + int(torch.count_nonzero(candidates <= v))
-    return flat.kthvalue(k).values, None
-
-
 def _keep_smallest(flat: Tensor, n_keep: int) -> Tensor:
-    """Bool mask of the ``n_keep`` smallest entries of 1-D ``flat``, ties broken by index.
-
-    The same set as ``torch.sort(flat, stable=True).indices[:n_keep]`` without sorting: find
-    the ``n_keep``-th smallest value v, keep everything below v and, in index order, as many
-    entries equal to v as are still needed.
-    """
-    n = flat.numel()
-    if n_keep <= 0:
-        return torch.zeros(n, dtype=torch.bool, device=flat.device)
-    if n_keep >= n:
-        return torch.ones(n, dtype=torch.bool, device=flat.device)
-    v, n_le = _kth_smallest(flat, n_keep)
-    keep = flat <= v
-    if n_le is None:
-        n_le = int(torch.count_nonzero(keep))
-    if n_le > n_keep:  # ties at v straddle the cut: keep the first ones by index
-        equal = flat == v
-        n_less = n_le - int(torch.count_nonzero(equal))
-        keep = (flat < v) | (equal & (equal.cumsum(0) <= n_keep - n_less))
+    """Bool mask of the ``n_keep`` smallest entries of 1-D ``flat``, ties broken by index
+    (the first ``n_keep`` indices of a stable sort; a sort-free k-th value selection saved at
+    most 1.3 % of a co-teaching iteration, ``benchmarks/results/iteration_tricks.md``)."""
+    keep = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+    keep[torch.sort(flat, stable=True).indices[:max(n_keep, 0)]] = True
     return keep
 
 
@@ -204,23 +159,6 @@ def small_loss_mask(per_voxel_loss: Tensor, forget_rate: float) -> Tensor:
     return keep.view(loss.shape).unsqueeze(1)
 
 
-def predicted_labels(logits: Tensor) -> Tensor:
-    """Argmax over classes of ``[B, K, *spatial]`` logits/probabilities -> int64 ``[B, *sp]``.
-
-    Same result as ``logits.argmax(1)`` (the first maximum wins) for finite inputs, computed as
-    a running comparison over the K class slices: on the CPU ``argmax`` over the strided class
-    dimension of a 3D patch is about 2x slower.
-    """
-    best = logits[:, 0]
-    labels = torch.zeros(best.shape, dtype=torch.float32, device=logits.device)
-    for k in range(1, logits.shape[1]):
-        zk = logits[:, k]
-        better = (zk > best).to(torch.float32)
-        labels.mul_(1.0 - better).add_(better, alpha=k)  # arithmetic select: no masked_fill
-        best = torch.maximum(best, zk)
-    return labels.long()
-
-
 def _as_labels(pred: Tensor, shape: torch.Size) -> Tensor:
     """Argmax predictions ``[B, *sp]`` from labels ``[B, *sp]``/``[B, 1, *sp]`` or logits."""
     if pred.shape == shape:
@@ -228,7 +166,7 @@ def _as_labels(pred: Tensor, shape: torch.Size) -> Tensor:
     if pred.ndim == len(shape) + 1 and pred.shape[0] == shape[0] and pred.shape[2:] == shape[1:]:
         if pred.shape[1] == 1 and not pred.is_floating_point():
             return pred[:, 0]
-        return predicted_labels(pred)  # logits or probabilities [B, K, *sp]
+        return pred.argmax(1)  # logits or probabilities [B, K, *sp]
     raise ValueError(f"prediction shape {tuple(pred.shape)} does not match loss shape "
                      f"{tuple(shape)}")
 

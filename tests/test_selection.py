@@ -10,10 +10,10 @@ import torch
 from scipy import special, stats
 
 from nnrobustloss.errors import ConfigError
+from nnrobustloss.schedule import ramp
 from nnrobustloss.selection import (
     cot_plus_mask,
     label_probability,
-    ramp,
     sample_beta,
     small_loss_mask,
     stocot_mask,
@@ -250,13 +250,13 @@ def test_tiled_thresholds_repeat_a_16_grid_per_sample():
     (51, (20, 20)),
 ])
 def test_scaled_schedule_reproduces_the_paper_and_keeps_its_proportions(epochs, expected):
-    from nnrobustloss.selection import scaled_schedule
+    from nnrobustloss.schedule import scaled_schedule
 
     assert scaled_schedule(20, 20, epochs) == expected
 
 
 def test_scaled_schedule_never_lengthens_and_checks_its_arguments():
-    from nnrobustloss.selection import ramp, scaled_schedule
+    from nnrobustloss.schedule import ramp, scaled_schedule
 
     assert scaled_schedule(3, 1, 100) == (3, 1)          # shorter than the cap: unchanged
     assert scaled_schedule(20, 20, 30, max_fraction=0.2) == (6, 6)
@@ -285,7 +285,7 @@ def test_build_settings_records_the_scaled_schedule():
 def test_schema_default_of_max_fraction_is_the_selection_constant():
     """The config schema and scaled_schedule share one default (0.4, the paper's 20 of 50)."""
     from nnrobustloss.config import config_schema
-    from nnrobustloss.selection import MAX_SCHEDULE_FRACTION
+    from nnrobustloss.schedule import MAX_SCHEDULE_FRACTION
 
     props = config_schema()["properties"]["coteaching"]["properties"]
     assert props["max_fraction"]["default"] == MAX_SCHEDULE_FRACTION == 0.4

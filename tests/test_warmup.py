@@ -36,14 +36,13 @@ def test_warmup_epochs_is_the_trials_scaled_delay(epochs, coteaching, expected):
 
 
 def test_warmup_epochs_equals_the_trainers_scaled_delay():
-    """warmup_epochs computes scaled_schedule's delay without importing torch: keep them equal."""
-    from nnrobustloss import selection, warmup
+    """warmup_epochs is scaled_schedule's delay (or 0 when it covers the whole trial)."""
+    from nnrobustloss import schedule
 
-    assert warmup.MAX_SCHEDULE_FRACTION == selection.MAX_SCHEDULE_FRACTION
     for epochs in range(1, 61):
         for delay in (0, 1, 2, 5, 20, 70):
             for fraction in (0.1, 0.25, 0.4, 0.5, 1.0):
-                d, _ = selection.scaled_schedule(delay, 20, epochs, fraction)
+                d, _ = schedule.scaled_schedule(delay, 20, epochs, fraction)
                 co = {"delay": delay, "gradual": 20, "max_fraction": fraction}
                 assert warmup_epochs(epochs, co) == (d if d < epochs else 0), (epochs, co)
 

@@ -34,7 +34,7 @@ Use in a trainer, per deep-supervision level l (logits ``out_a[l]``, ``out_b[l]`
 ``t[l]``, loss modules from :mod:`nnrobustloss.losses`; see
 :mod:`nnrobustloss.trainers.coteaching`)::
 
-    r = R * ramp(epoch, delay, gradual)
+    r = R * ramp(epoch, delay, gradual)             # nnrobustloss.schedule.ramp
     with torch.no_grad():
         keep_from_a = small_loss_mask(per_voxel_ce(out_a[l], t[l]), r)   # CoT: A's small loss
         # CoT+:   cot_plus_mask(per_voxel_ce(out_a[l], t[l]), out_a[l].argmax(1),
@@ -64,8 +64,6 @@ __all__ = [
     "TILE",
     "cot_plus_mask",
     "label_probability",
-    "ramp",
-    "scaled_schedule",
     "sample_beta",
     "small_loss_mask",
     "stocot_mask",
@@ -77,53 +75,6 @@ BETA_TABLE = 65_536
 """Intervals of the tabulated Beta quantile function used by :func:`sample_beta`."""
 TILE = 16
 """Side of the StoCoT threshold grid in ``mode="tiled"`` (de Vos et al.'s segmentation code)."""
-
-
-def ramp(epoch: int, delay: int, gradual: int) -> float:
-    """Selection schedule in [0, 1]: 0 before ``delay``, then linear to 1 over ``gradual`` epochs.
-
-    ``ramp(e) = 0`` for ``e < delay``, ``min(1, (e - delay) / gradual)`` for ``e >= delay``
-    (``gradual = 0``: a step to 1 at ``e = delay``). Epochs count from 0 as nnU-Net's
-    ``current_epoch``. This is the schedule of the StoCoT authors' code (``rate_schedule[delay:
-    delay + gradual] = linspace(0, 1, gradual, endpoint=False)``): with delay 20 and gradual 20
-    the ramp is 0 up to epoch 20, 0.5 at epoch 30 and 1 from epoch 40 on, so a 50-epoch tuning
-    trial (epochs 0..49) reaches the full rate at epoch 40.
-    """
-    if delay < 0 or gradual < 0:
-        raise InvalidHyperParameter(f"coteaching.delay={delay!r} and coteaching.gradual="
-                                    f"{gradual!r} must be >= 0 epochs; fix the config")
-    if epoch < delay:
-        return 0.0
-    if gradual == 0:
-        return 1.0
-    return min(1.0, (epoch - delay) / gradual)
-
-
-MAX_SCHEDULE_FRACTION = 0.4
-"""Default cap of ``delay`` and of ``gradual``, as a share of a run's epochs: the paper's 20 + 20
-epochs of a 50-epoch tuning trial."""
-
-
-def scaled_schedule(delay: int, gradual: int, epochs: int,
-                    max_fraction: float = MAX_SCHEDULE_FRACTION) -> tuple[int, int]:
-    """The co-teaching schedule (delay, gradual) of a run of ``epochs`` epochs.
-
-    Each of ``delay`` and ``gradual`` (epochs, the paper's absolute values) is capped at
-    ``floor(max_fraction * epochs)``, so a run keeps the paper's proportions when it is shorter
-    than the paper's and the paper's absolute schedule when it is long enough. With the paper's
-    20 + 20 and ``max_fraction`` 0.4: a 50-epoch tuning trial gets 20 + 20 (full rate at epoch
-    40), a 200-epoch final training 20 + 20, a 10-epoch trial 4 + 4 and a 30-epoch training
-    12 + 12. ``max_fraction`` is in (0, 1]. Returns integer epochs (delay, gradual) for
-    :func:`ramp`.
-    """
-    if not 0.0 < float(max_fraction) <= 1.0:
-        raise InvalidHyperParameter(f"coteaching.max_fraction={max_fraction!r} must be in (0, 1]; "
-                                    "fix the config")
-    if delay < 0 or gradual < 0 or epochs < 1:
-        raise InvalidHyperParameter(f"coteaching.delay={delay!r}, coteaching.gradual={gradual!r} "
-                                    f"must be >= 0 and epochs={epochs!r} >= 1; fix the config")
-    cap = int(np.floor(float(max_fraction) * epochs + 1e-9))
-    return min(int(delay), cap), min(int(gradual), cap)
 
 
 def _check_rate(forget_rate: float) -> float:
@@ -291,16 +242,14 @@ def stocot_mask(prob_of_label: Tensor, ramp_value: float, alpha: float, beta: fl
     ``prob_of_label >= ramp_value * theta``, theta from :func:`stocot_thresholds` with
     ``generator`` (which must live on ``prob_of_label``'s device). With ``ramp_value == 0`` all
     voxels are kept and no thresholds are drawn (the generator is not advanced), as in the
-    authors' code. Returns bool ``[B, 1, *spatial]``.
+    authors' code. ``alpha``, ``beta`` and ``mode`` are checked where thresholds are drawn
+    (:func:`stocot_thresholds`). Returns bool ``[B, 1, *spatial]``.
     """
     rv = float(ramp_value)
     if not (0.0 <= rv <= 1.0):
         raise ValueError(f"ramp_value={ramp_value!r} must lie in [0, 1]")
-    _check_beta_params(alpha, beta)
     p = prob_of_label.detach()
     if rv == 0.0:
-        if mode not in STOCOT_MODES:
-            stocot_thresholds(p.shape, alpha, beta, generator, mode)  # raises
         return torch.ones((p.shape[0], 1, *p.shape[1:]), dtype=torch.bool, device=p.device)
     theta = stocot_thresholds(p.shape, alpha, beta, generator, mode)
     return (p >= rv * theta.to(p.device)).unsqueeze(1)

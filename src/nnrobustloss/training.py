@@ -55,7 +55,7 @@ from nnrobustloss.fileio import read_json
 from nnrobustloss.layout import CHECKPOINT_FINAL, CHECKPOINT_LATEST
 from nnrobustloss.methods import get_method
 from nnrobustloss.planning import nnunet_paths
-from nnrobustloss.selection import MAX_SCHEDULE_FRACTION, scaled_schedule
+from nnrobustloss.schedule import MAX_SCHEDULE_FRACTION, scaled_schedule
 from nnrobustloss.trainers.base import EpochCallback
 from nnrobustloss.trainers.resume import CHECKPOINT_KEY
 from nnrobustloss.trainers.settings import TrainerSettings
@@ -93,7 +93,7 @@ def build_settings(method: str, params: Mapping[str, Any] | None = None,
     """:class:`TrainerSettings` (validated); None means nnU-Net's (or the paper's) default.
 
     ``coteaching`` keys: delay, gradual (the paper's schedule in epochs), max_fraction (cap of
-    each as a share of ``epochs``, see :func:`nnrobustloss.selection.scaled_schedule`; the
+    each as a share of ``epochs``, see :func:`nnrobustloss.schedule.scaled_schedule`; the
     settings hold the scaled schedule of this run), stocot_thresholds, peer_updates
     ("sequential" or "joint", see :class:`TrainerSettings`); ``svls`` keys: kernel,
     hard_dice. Unknown keys raise ConfigError.

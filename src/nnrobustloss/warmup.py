@@ -1,7 +1,7 @@
 """The shared warm-up of the co-teaching family's tuning trials (DESIGN.md section 3).
 
 Before ``coteaching.delay`` epochs (the delay of a tuning trial, scaled by
-:func:`nnrobustloss.selection.scaled_schedule`) CoT, CoT+ and StoCoT train both peers with plain
+:func:`nnrobustloss.schedule.scaled_schedule`) CoT, CoT+ and StoCoT train both peers with plain
 CE + Dice on every voxel: ramp(e) = 0 gives CoT and CoT+ the forget rate 0 (all voxels kept) and
 StoCoT the threshold 0 (all kept, and no threshold is drawn, so its generator is not advanced).
 Both peers start from the same seeded initialisation in all three trainers and read the same
@@ -24,7 +24,6 @@ shared. HRL's loss depends on w and sigma from epoch 0: never shared.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,12 +32,11 @@ from typing import TYPE_CHECKING, Any
 from nnrobustloss.errors import ConfigError, NNRobustLossError
 from nnrobustloss.layout import CHECKPOINT_LATEST, WARMUP_CHECKPOINT
 from nnrobustloss.methods import get_method
+from nnrobustloss.schedule import MAX_SCHEDULE_FRACTION, PAPER_DELAY, PAPER_GRADUAL, scaled_schedule
 
 if TYPE_CHECKING:
     import torch
 
-#: selection.MAX_SCHEDULE_FRACTION (selection imports torch; a test keeps the two equal)
-MAX_SCHEDULE_FRACTION = 0.4
 
 WARMUP_METHOD = "CoT"
 """The trainer that trains the shared warm-up (with its default forget rate, unused at ramp 0)."""
@@ -52,11 +50,12 @@ def warmup_epochs(epochs: int, coteaching: Mapping[str, Any]) -> int:
     """Epochs of the shared warm-up of a tuning trial of ``epochs`` epochs: the trial's scaled
     co-teaching delay, or 0 (nothing to share) when the delay is 0 or covers the whole trial.
 
-    The delay is :func:`nnrobustloss.selection.scaled_schedule`'s, computed here without
-    importing torch (the Snakefile and the cost plan call this; a test keeps the two equal).
+    The delay is :func:`nnrobustloss.schedule.scaled_schedule`'s (torch-free: the Snakefile and
+    the cost plan call this).
     """
-    fraction = float(coteaching.get("max_fraction", MAX_SCHEDULE_FRACTION))
-    delay = min(int(coteaching.get("delay", 20)), math.floor(fraction * int(epochs) + 1e-9))
+    delay, _ = scaled_schedule(int(coteaching.get("delay", PAPER_DELAY)),
+                               int(coteaching.get("gradual", PAPER_GRADUAL)), int(epochs),
+                               coteaching.get("max_fraction", MAX_SCHEDULE_FRACTION))
     return delay if 0 < delay < epochs else 0
 
 

@@ -42,10 +42,10 @@ from torch import GradScaler, Tensor, nn
 
 from nnrobustloss.errors import ConfigError
 from nnrobustloss.losses import CEDiceLoss, HRLLoss, per_voxel_ce
+from nnrobustloss.schedule import ramp
 from nnrobustloss.selection import (
     cot_plus_mask,
     label_probability,
-    ramp,
     small_loss_mask,
     stocot_mask,
 )

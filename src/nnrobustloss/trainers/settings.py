@@ -16,6 +16,7 @@ import numpy as np
 from nnrobustloss.errors import ConfigError
 from nnrobustloss.losses import SVLS_KERNELS
 from nnrobustloss.methods import resolve_params
+from nnrobustloss.schedule import PAPER_DELAY, PAPER_GRADUAL
 from nnrobustloss.selection import STOCOT_MODES
 
 PEER_UPDATE_MODES = ("sequential", "joint")
@@ -63,8 +64,8 @@ class TrainerSettings:
     num_epochs: int = 1000
     num_iterations_per_epoch: int = 250
     num_val_iterations_per_epoch: int = 50
-    coteaching_delay: int = 20
-    coteaching_gradual: int = 20
+    coteaching_delay: int = PAPER_DELAY
+    coteaching_gradual: int = PAPER_GRADUAL
     stocot_thresholds: str = "random"
     coteaching_peer_updates: str = "sequential"
     svls_kernel: str = "islam"

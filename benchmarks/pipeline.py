@@ -39,10 +39,11 @@ def collect(results_dir: Path) -> pd.DataFrame:
 def epoch_seconds(results_dir: Path) -> dict[str, float]:
     """Seconds spent inside nnU-Net epochs (training iterations plus the epoch's validation
     iterations; ``epoch_seconds`` of every progress.csv), per stage: ``train`` (final trainings)
-    and ``tune_worker`` (every tuning trial)."""
-    sums = {"train": 0.0, "tune_worker": 0.0}
+    , ``tune_worker`` (every tuning trial) and ``tune_warmup`` (the shared warm-ups)."""
+    sums = {"train": 0.0, "tune_worker": 0.0, "tune_warmup": 0.0}
     for stage, pattern in (("train", "training/*/*/fold*/progress.csv"),
-                           ("tune_worker", "tuning/*/*/fold*/trials/*/progress.csv")):
+                           ("tune_worker", "tuning/*/*/fold*/trials/*/progress.csv"),
+                           ("tune_warmup", "tuning/*/warmup/fold*/seed*/progress.csv")):
         for csv in results_dir.glob(pattern):
             sums[stage] += float(pd.read_csv(csv)["epoch_seconds"].sum())
     return sums
@@ -54,8 +55,8 @@ def main() -> None:
     parser.add_argument("--wall", type=float, help="measured wall time of the whole run (s)")
     args = parser.parse_args()
     jobs = collect(args.results_dir)
-    order = ["convert", "noise", "splits", "plan", "tune_worker", "select_best", "train", "predict",
-             "evaluate", "report"]
+    order = ["convert", "noise", "splits", "plan", "tune_warmup", "tune_worker", "select_best",
+             "train", "predict", "evaluate", "report"]
     summary = (jobs.groupby("stage")
                .agg(jobs=("s", "size"), total_s=("s", "sum"), mean_s=("s", "mean"),
                     max_s=("s", "max"), peak_rss_mb=("max_rss_mb", "max"))

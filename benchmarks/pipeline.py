@@ -38,8 +38,8 @@ def collect(results_dir: Path) -> pd.DataFrame:
 
 def epoch_seconds(results_dir: Path) -> dict[str, float]:
     """Seconds spent inside nnU-Net epochs (training iterations plus the epoch's validation
-    iterations; ``epoch_seconds`` of every progress.csv), per stage: ``train`` (final trainings)
-    , ``tune_worker`` (every tuning trial) and ``tune_warmup`` (the shared warm-ups)."""
+    iterations; ``epoch_seconds`` of every progress.csv), per stage: ``train`` (final
+    trainings), ``tune_worker`` (every tuning trial) and ``tune_warmup`` (the shared warm-ups)."""
     sums = {"train": 0.0, "tune_worker": 0.0, "tune_warmup": 0.0}
     for stage, pattern in (("train", "training/*/*/fold*/progress.csv"),
                            ("tune_worker", "tuning/*/*/fold*/trials/*/progress.csv"),

@@ -64,7 +64,7 @@ def main() -> None:
     name, method, fold = sys.argv[1], sys.argv[2], int(sys.argv[3])
     opts = dict(a.split("=", 1) for a in sys.argv[4:])
     cfg = validate_config(yaml.safe_load(Path("config/config.yaml").read_text()))
-    kw = pipeline._train_call(pipeline.train_params(cfg, "Phantom", method, fold), "results")
+    kw = pipeline.train_kwargs(pipeline.train_params(cfg, "Phantom", method, fold), "results")
     kw["seed"] = int(opts.get("seed", kw["seed"]))
     kw["epochs"] = int(opts.get("epochs", kw["epochs"]))
     _patch_learning_rate(float(opts["lr"]) if "lr" in opts else None, int(opts.get("warmup", 0)))

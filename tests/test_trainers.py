@@ -430,7 +430,7 @@ def test_peer_updates_is_not_a_result_setting(tmp_path):
     """Changing coteaching.peer_updates neither reruns a finished job (not in the rule params)
     nor blocks continuing an unfinished run; a real setting still does."""
     from nnrobustloss.config import load_config
-    from nnrobustloss.pipeline import _train_call, train_params
+    from nnrobustloss.pipeline import train_kwargs, train_params
     from nnrobustloss.training import _check_resume_settings
 
     repo = Path(__file__).resolve().parents[1]
@@ -438,8 +438,8 @@ def test_peer_updates_is_not_a_result_setting(tmp_path):
         "coteaching": {"peer_updates": "joint"}})
     kw = train_params(cfg, "Phantom", "CoT", 0)
     assert "peer_updates" not in kw["coteaching"]
-    assert _train_call(kw, tmp_path, "joint")["coteaching"]["peer_updates"] == "joint"
-    assert "peer_updates" not in _train_call(kw, tmp_path)["coteaching"]
+    assert train_kwargs(kw, tmp_path, "joint")["coteaching"]["peer_updates"] == "joint"
+    assert "peer_updates" not in train_kwargs(kw, tmp_path)["coteaching"]
     with pytest.raises(ConfigError, match="peer_updates"):
         load_config(repo / "config" / "config.yaml",
                     overrides={"coteaching": {"peer_updates": "both"}})

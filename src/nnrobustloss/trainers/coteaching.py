@@ -215,7 +215,7 @@ class CoTeachingTrainer(RobustTrainer):
         return out_a0, loss_a.detach(), loss_b.detach(), masks_a, masks_b
 
     def on_train_epoch_end(self, train_outputs: list[dict]) -> None:
-        """Mixin bookkeeping plus per-peer losses, kept fractions and ramp(e)."""
+        """The base class's bookkeeping plus per-peer losses, kept fractions and ramp(e)."""
         super().on_train_epoch_end(train_outputs)
         self.progress.extras.update({
             "train_loss_peer_a": mean_or_nan(float(o["loss"]) for o in train_outputs),

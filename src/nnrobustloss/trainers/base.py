@@ -296,11 +296,6 @@ class RobustTrainer(nnUNetTrainer):
         """``progress.csv`` in the output folder."""
         return Path(self.output_folder) / "progress.csv"
 
-    @property
-    def train_pseudo_dice_ema(self) -> float:
-        """EMA of the training pseudo Dice after the last finished epoch (NaN before any)."""
-        return self.progress.ema
-
     def on_epoch_end(self) -> None:
         """Record the progress row, write progress.csv, let nnU-Net checkpoint, then call back."""
         epoch = self.current_epoch

@@ -155,11 +155,6 @@ class ProgressRecorder:
         for label, d in zip(foreground_labels, per_class, strict=False):
             self.extras[f"train_dice_class{label}"] = d
 
-    @property
-    def ema(self) -> float:
-        """EMA of the training pseudo Dice after the last recorded epoch (NaN before any)."""
-        return float(self.history[-1]["train_pseudo_dice_ema"]) if self.history else float("nan")
-
     def record(self, epoch: int, logged: Mapping[str, float],
                csv_path: str | os.PathLike[str]) -> dict[str, Any]:
         """Append epoch ``epoch``'s row and write ``csv_path``; return the row.

@@ -61,6 +61,7 @@ from nnrobustloss.metric_registry import (
     METRICS_CSV_COLUMNS,
     SEGMENTATION_METRICS,
     VOXEL_SETS,
+    calibration_name,
 )
 
 METRIC_NAMES: tuple[str, ...] = SEGMENTATION_METRICS
@@ -942,14 +943,14 @@ class CalibrationStats:
         for r, region in enumerate(self.regions):
             values: dict[str, float] = {}
             for s, vs in enumerate(VOXEL_SETS):
-                suffix = "" if vs == "band" else f"_{vs}"
                 hist = (self.counts[r, s], self.confidence_sum[r, s], self.correct_sum[r, s])
                 n = int(self.counts[r, s].sum())
-                values["ece" + suffix] = ece_from_histogram(*hist)
-                values["mce" + suffix] = mce_from_histogram(*hist)
-                values["brier" + suffix] = (float(self.squared_error_sum[r, s]) / n if n
-                                            else float("nan"))
-                values["nll" + suffix] = float(self.nll_sum[r, s]) / n if n else float("nan")
+                values[calibration_name("ece", vs)] = ece_from_histogram(*hist)
+                values[calibration_name("mce", vs)] = mce_from_histogram(*hist)
+                values[calibration_name("brier", vs)] = (
+                    float(self.squared_error_sum[r, s]) / n if n else float("nan"))
+                values[calibration_name("nll", vs)] = (float(self.nll_sum[r, s]) / n if n
+                                                       else float("nan"))
             out[region] = values
         return out
 

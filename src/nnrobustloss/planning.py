@@ -138,7 +138,8 @@ def plan_and_preprocess(task: str, dataset_id: int, reference_dataset_id: int,
     raw_root = raw_dirs[0].parent
     splits = read_splits(splits_file) if splits_file is not None else None
 
-    finals = tuple(layout.preprocessed_dataset_dir(results_dir, name) for name in names)
+    finals = (layout.preprocessed_dir(results_dir, task, dataset_id),
+              layout.preprocessed_dir(results_dir, task, reference_dataset_id, reference=True))
     final_root = finals[0].parent
     final_root.mkdir(parents=True, exist_ok=True)
     tmp_root = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-{task}-", dir=final_root))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = REPO / "config" / "config.yaml"
@@ -251,43 +252,55 @@ def test_rerun_one_method_and_fold(e2e_run: tuple[Path, str]) -> None:
 
 @pytest.mark.slow
 def test_killed_training_continues_from_its_checkpoint(tmp_path: Path) -> None:
+    epochs_total = 8
     longer = tmp_path / "longer.yaml"
-    longer.write_text("training: {epochs: 4, iterations_per_epoch: 2, val_iterations_per_epoch: 1}\n")
+    longer.write_text(f"training: {{epochs: {epochs_total}, iterations_per_epoch: 2, "
+                      "val_iterations_per_epoch: 1}\n")
     target = "results/training/Phantom/Baseline/fold0/checkpoint_final.pth"
     snakemake(tmp_path, "--cores", "2", "results/preprocessed/Phantom.json")
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
            str(tmp_path), "--configfile", str(DEFAULT), str(OVERLAY), str(longer), "--cores", "1",
            target]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    log = tmp_path / "killed_run.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     progress = tmp_path / "results" / "training" / "Phantom" / "Baseline" / "fold0" / "progress.csv"
+    ckpt = progress.with_name("checkpoint_latest.pth")
     deadline = time.time() + 600
     try:
+        # checkpoint_latest.pth exists from the end of epoch 0 until training ends, so waiting
+        # for it and epoch 1's row leaves several epochs in which to kill (no race on mtimes).
         while time.time() < deadline:
-            ckpt = progress.with_name("checkpoint_latest.pth")
-            if (progress.is_file() and len(progress.read_text().strip().splitlines()) >= 3
-                    and ckpt.is_file() and ckpt.stat().st_mtime >= progress.stat().st_mtime):
-                break  # epoch 1's progress row and then its checkpoint are written
+            if (ckpt.is_file() and progress.is_file()
+                    and len(progress.read_text().strip().splitlines()) >= 3):
+                break
             if proc.poll() is not None:
-                pytest.fail("training finished before it could be killed")
+                pytest.fail("training ended before it could be killed:\n"
+                            + log.read_text()[-3000:])
             time.sleep(0.2)
         else:
-            pytest.fail("training did not reach epoch 2 in time")
+            pytest.fail("training did not reach epoch 2 in time:\n" + log.read_text()[-3000:])
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # like a SLURM job hitting its time limit
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # like a SLURM job hitting its time limit
         proc.wait()
     assert not (tmp_path / target).exists()
+    assert ckpt.is_file(), "the kill came after training had ended"
+    # the checkpoint is written atomically: whatever epoch the kill hit, it is a whole one
+    resume_epoch = torch.load(ckpt, map_location="cpu", weights_only=False)["current_epoch"]
+    assert 1 <= resume_epoch < epochs_total
     # Snakemake itself was killed too: release its lock, as a user would, then rerun.
     snakemake(tmp_path, "--unlock", configfiles=(DEFAULT, OVERLAY, longer))
     snakemake(tmp_path, "--cores", "1", "--rerun-incomplete", target,
               configfiles=(DEFAULT, OVERLAY, longer))
     rows = pd.read_csv(progress)
-    assert list(rows["epoch"]) == [0, 1, 2, 3]
-    # nnU-Net writes one training_log_<start time>.txt per start: the first run trained epochs 0
-    # and 1 (and was killed in epoch 2); the rerun started from the checkpoint at epoch 2.
+    assert list(rows["epoch"]) == list(range(epochs_total))
+    # nnU-Net writes one training_log_<start time>.txt per start: the first run trained the
+    # epochs before the checkpoint (and was killed later); the rerun started at the checkpoint.
     logs = sorted(progress.parent.glob("training_log_*.txt"))
     assert len(logs) == 2
     epochs = [[int(e) for e in re.findall(r": Epoch (\d+)\s*$", f.read_text(), flags=re.M)]
               for f in logs]
-    assert epochs[0][:2] == [0, 1]
-    assert epochs[1] == [2, 3]
+    assert epochs[0][:resume_epoch] == list(range(resume_epoch))
+    assert epochs[1] == list(range(resume_epoch, epochs_total))

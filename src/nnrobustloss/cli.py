@@ -120,14 +120,13 @@ def run(args: argparse.Namespace) -> None:
         source = args.params if args.params is not None else (str(best) if best.is_file() else None)
         out = stages.run_train(settings, results_dir=r,
                                hparams=parse_params(source) if source else None,
-                               device=cfg["device"], checkpoint_minutes=cfg["checkpoint_minutes"],
-                               peer_updates=cfg["coteaching"].get("peer_updates"))
+                               **stages.run_options(cfg, "train"))
         print(f"trained: {out / layout.CHECKPOINT_FINAL}")
     elif s == "predict":
         settings = stages.predict_params(cfg, task, args.method, args.fold)
         stages.run_predict(settings, results_dir=r, splits_json=splits,
                            out_dir=layout.predictions_dir(r, task, settings["method"], args.fold),
-                           device=cfg["device"])
+                           **stages.run_options(cfg, "predict"))
     elif s == "evaluate":
         settings = stages.evaluate_params(cfg, task, args.method, args.fold)
         method, fold = settings["method"], args.fold
@@ -148,13 +147,10 @@ def _tune(cfg: dict[str, Any], r: str, task: str, args: argparse.Namespace) -> N
     warmup = stages.warmup_checkpoint(cfg, task, method, fold)
     if warmup is not None and not warmup.is_file():  # CoT, CoT+, StoCoT: train it once
         stages.run_warmup(stages.warmup_params(cfg, task, fold), results_dir=r,
-                          checkpoint=warmup, device=cfg["device"],
-                          peer_updates=cfg["coteaching"].get("peer_updates"))
+                          checkpoint=warmup, **stages.run_options(cfg, "warmup"))
     stages.run_tune_worker(settings, worker=args.worker, workers=workers, results_dir=r,
                            marker=layout.worker_marker(r, task, method, fold, args.worker),
-                           url_env=url_env, device=cfg["device"],
-                           checkpoint_minutes=cfg["checkpoint_minutes"],
-                           peer_updates=cfg["coteaching"].get("peer_updates"), warmup=warmup)
+                           url_env=url_env, warmup=warmup, **stages.run_options(cfg, "tune"))
     try:
         best = stages.run_select_best(settings, results_dir=r,
                                       trials_csv=layout.trials_csv(r, task, method, fold),

@@ -166,6 +166,29 @@ def _training_kwargs(config: Mapping[str, Any], task: str, method: str, fold: in
     }
 
 
+# Which run options (settings that change no result, so not in any ``<stage>_params``) each
+# stage's run function takes: the warm-up checkpoints only at its end (its last epoch is the
+# warm-up), prediction has no epochs.
+RUN_OPTIONS: dict[str, tuple[str, ...]] = {
+    "tune": ("device", "checkpoint_minutes", "peer_updates"),
+    "warmup": ("device", "peer_updates"),
+    "train": ("device", "checkpoint_minutes", "peer_updates"),
+    "predict": ("device",),
+}
+
+
+def run_options(config: Mapping[str, Any], stage: str) -> dict[str, Any]:
+    """Keyword arguments of ``run_<stage>`` that come from the config but change no result
+    (``device``, ``checkpoint_minutes``, ``coteaching.peer_updates``; see :data:`RUN_OPTIONS`).
+    The one place that reads them for the Snakemake scripts and the command line; changing them
+    reruns nothing."""
+    if stage not in RUN_OPTIONS:
+        raise ValueError(f"no run options for stage {stage!r}; stages: {sorted(RUN_OPTIONS)}")
+    values = {"device": config["device"], "checkpoint_minutes": config["checkpoint_minutes"],
+              "peer_updates": config["coteaching"].get("peer_updates")}
+    return {key: values[key] for key in RUN_OPTIONS[stage]}
+
+
 def limit_cpu_threads(device: str, threads: int | None) -> None:
     """On the CPU, let PyTorch use ``threads`` threads (the job's share of the cores, e.g.
     Snakemake's ``threads``), so that parallel jobs do not oversubscribe the machine.

@@ -1,13 +1,11 @@
 """Snakemake adapter: final training of a (task, method, fold) with its best parameters."""
 
 from nnrobustloss.logs import logged
-from nnrobustloss.pipeline import run_train
+from nnrobustloss.pipeline import run_options, run_train
 
 # Guarded: nnU-Net starts worker processes with 'spawn', which re-imports this file.
 if __name__ == "__main__":
     with logged(snakemake.log[0]):
         run_train(snakemake.params.settings, results_dir=snakemake.config["results_dir"],
-                  best_params_json=snakemake.input.get("best"),
-                  device=snakemake.config["device"], threads=snakemake.threads,
-                  checkpoint_minutes=snakemake.config["checkpoint_minutes"],
-                  peer_updates=snakemake.config["coteaching"].get("peer_updates"))
+                  best_params_json=snakemake.input.get("best"), threads=snakemake.threads,
+                  **run_options(snakemake.config, "train"))

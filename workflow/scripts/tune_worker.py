@@ -2,7 +2,7 @@
 
 from nnrobustloss.cost import tuning_workers
 from nnrobustloss.logs import logged
-from nnrobustloss.pipeline import run_tune_worker
+from nnrobustloss.pipeline import run_options, run_tune_worker
 
 # Guarded: nnU-Net starts worker processes with 'spawn', which re-imports this file.
 if __name__ == "__main__":
@@ -11,7 +11,5 @@ if __name__ == "__main__":
                         workers=tuning_workers(snakemake.config, snakemake.wildcards.method),
                         results_dir=snakemake.config["results_dir"], marker=snakemake.output.marker,
                         url_env=snakemake.config["tuning"]["postgresql_url_env"],
-                        device=snakemake.config["device"], threads=snakemake.threads,
-                        checkpoint_minutes=snakemake.config["checkpoint_minutes"],
-                        peer_updates=snakemake.config["coteaching"].get("peer_updates"),
-                        warmup=snakemake.input.get("warmup"))
+                        threads=snakemake.threads, warmup=snakemake.input.get("warmup"),
+                        **run_options(snakemake.config, "tune"))

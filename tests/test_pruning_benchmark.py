@@ -151,7 +151,10 @@ def test_pruning_script_tiny_end_to_end(tmp_path):
             progress = (work / n / "tuning" / "Phantom" / "SVLS" / "fold0" / "trials"
                         / f"trial{t['number']}" / "progress.csv")
             assert len(progress.read_text().strip().splitlines()) - 1 == t["epochs"]
-    assert rows["none"][2] == "3 / 0" and rows["median"][2] == "3 / 0"  # median: 5 start-up
+    assert rows["none"][2] == "3 / 0"
+    # median: nothing is pruned before --startup (2 in --tiny) trials are complete; whether the
+    # third is pruned depends on its curve (the replay below checks that decision)
+    assert [t["state"] for t in runs["median"]["trials"][:2]] == ["COMPLETE", "COMPLETE"]
     # no pruning before a trial is pruned: the runs' first trials are the same trainings
     first = [{k: runs[n]["trials"][0][k] for k in ("params", "state", "curve")} for n in runs]
     assert first[0] == first[1] == first[2]

@@ -15,12 +15,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = REPO / "config" / "config.yaml"
 OVERLAY = REPO / "config" / "smoke.yaml"
 ALL_METHODS = ["Baseline", "BaselineRef", "APL1", "APL2", "CoT", "CoTPlus", "StoCoT", "SVLS", "HRL"]
 TUNED = ["APL2", "CoT", "CoTPlus", "StoCoT", "SVLS", "HRL"]
+SMOKE_FOLDS = yaml.safe_load(OVERLAY.read_text())["folds"]  # the folds the smoke runs build
 
 
 def snakemake(workdir: Path, *args: str, configfiles: tuple[Path, ...] = (DEFAULT, OVERLAY),
@@ -95,7 +97,8 @@ def test_tuning_disabled_trains_with_defaults(tmp_path: Path) -> None:
         off.write_text("tuning: {enabled: false}\n")
         proc = snakemake(tmp_path, "-n", configfiles=(DEFAULT, OVERLAY, off))
     counts = job_counts(proc.stdout)
-    assert counts["train"] == 18 and "tune_worker" not in counts and "select_best" not in counts
+    assert counts["train"] == len(ALL_METHODS) * len(SMOKE_FOLDS)
+    assert "tune_worker" not in counts and "select_best" not in counts
 
 
 def dry_run_jobs(output: str, rule: str) -> list[dict[str, str]]:
@@ -155,7 +158,7 @@ def test_lint_is_clean(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def e2e_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """The whole DAG on the tiny phantom config (every method, folds 0 and 1 of 3)."""
+    """The whole DAG on the tiny phantom config (every method, the SMOKE_FOLDS of 3)."""
     workdir = tmp_path_factory.mktemp("e2e")
     proc = snakemake(workdir, "--cores", "2")
     return workdir, proc.stdout
@@ -166,8 +169,9 @@ def test_end_to_end_builds_every_output(e2e_run: tuple[Path, str]) -> None:
     workdir, out = e2e_run
     results = workdir / "results"
     counts = job_counts(out)
-    assert counts["train"] == counts["predict"] == counts["evaluate"] == 9 * 2
-    assert counts["tune_worker"] == counts["select_best"] == 6 * 2
+    assert counts["train"] == counts["predict"] == counts["evaluate"] == len(ALL_METHODS) * len(
+        SMOKE_FOLDS)
+    assert counts["tune_worker"] == counts["select_best"] == len(TUNED) * len(SMOKE_FOLDS)
     for name in ("table1", "table2", "noise_levels"):
         for ext in ("csv", "md", "tex", "html"):
             assert (results / "tables" / f"{name}.{ext}").stat().st_size > 0
@@ -184,7 +188,7 @@ def test_end_to_end_builds_every_output(e2e_run: tuple[Path, str]) -> None:
     # Metrics: every held-out case of every fold, both classes, three metrics.
     splits = json.loads((results / "splits" / "Phantom.json").read_text())
     for method in ALL_METHODS:
-        for fold in (0, 1):
+        for fold in SMOKE_FOLDS:
             df = pd.read_csv(results / "metrics" / "Phantom" / method / f"fold{fold}.csv")
             assert set(df["case"]) == set(splits[fold]["val"])
             assert set(df["region"]) == {"organ", "lesion"}

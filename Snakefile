@@ -36,6 +36,10 @@ RESULTS = config["results_dir"]
 TASKS = list(config["tasks"])
 METHODS = list(config["methods"])
 FOLDS = list(config["folds"])
+# Replicates of every final training (training.replicates, distinct seeds; tuning is shared).
+REPLICATES = list(range(config["training"]["replicates"]))
+# The replicate wildcard's value is a folder suffix: "" for replicate 0, "_rep<r>" otherwise.
+REP = layout.REPLICATE_WILDCARD
 # Methods with Optuna studies (none when tuning.enabled is false: registry defaults instead).
 TUNED = tuned_methods(config)
 ENV = "envs/nnrobustloss.yaml"
@@ -50,6 +54,7 @@ wildcard_constraints:
     method="|".join(METHODS),
     fold=r"\d+",
     worker=r"\d+",
+    replicate=layout.REPLICATE_SUFFIX_PATTERN,
 
 
 # snakemake --report report.html: the study description and one captioned entry per table/figure.

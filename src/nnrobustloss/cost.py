@@ -195,11 +195,13 @@ def cost_plan(config: Mapping[str, Any]) -> pd.DataFrame:
 
     Columns: ``task, method, tune_jobs, tune_epochs, train_jobs, train_epochs, predict_jobs``,
     the estimated GPU-hours ``tune_gpu_h, train_gpu_h, predict_gpu_h, gpu_h`` (work without the
-    safety factor) and ``reserved_gpu_h``: the runtimes the first attempts ask for. With the
-    shared warm-up, each task has a row of method :data:`WARMUP_ROW` whose ``tune_*`` columns
+    safety factor) and ``reserved_gpu_h``: the runtimes the first attempts ask for. Final
+    trainings and predictions count every replicate (``training.replicates`` per fold; tuning is
+    shared by the replicates). With the shared warm-up, each task has a row of method :data:`WARMUP_ROW` whose ``tune_*`` columns
     are its ``tune_warmup`` jobs (one per fold).
     """
     n_folds = len(config["folds"])
+    n_final = n_folds * int(config["training"].get("replicates", 1))  # train/predict jobs
     tuned = tuned_methods(config)
     tu = config["tuning"]
     rows = []
@@ -215,13 +217,13 @@ def cost_plan(config: Mapping[str, Any]) -> pd.DataFrame:
                 reserved += row["tune_jobs"] * runtime_minutes(config, "tune_worker", method) / 60
             else:
                 row.update(tune_jobs=0, tune_epochs=0, tune_gpu_h=0.0)
-            row["train_jobs"] = n_folds
-            row["train_epochs"] = n_folds * config["training"]["epochs"]
-            row["train_gpu_h"] = n_folds * work_seconds(config, "train", method) / 3600
-            row["predict_jobs"] = n_folds
-            row["predict_gpu_h"] = n_folds * work_seconds(config, "predict", method) / 3600
+            row["train_jobs"] = n_final
+            row["train_epochs"] = n_final * config["training"]["epochs"]
+            row["train_gpu_h"] = n_final * work_seconds(config, "train", method) / 3600
+            row["predict_jobs"] = n_final
+            row["predict_gpu_h"] = n_final * work_seconds(config, "predict", method) / 3600
             for rule in ("train", "predict"):
-                reserved += n_folds * runtime_minutes(config, rule, method) / 60
+                reserved += n_final * runtime_minutes(config, rule, method) / 60
             row["gpu_h"] = row["tune_gpu_h"] + row["train_gpu_h"] + row["predict_gpu_h"]
             row["reserved_gpu_h"] = reserved
             rows.append(row)

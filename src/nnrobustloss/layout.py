@@ -10,12 +10,15 @@ is ``<R>/metrics/{task}/{method}/fold{fold}.csv``.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from nnrobustloss.datasets.raw import dataset_name
 
 __all__ = ["CHECKPOINT_FINAL", "CHECKPOINT_LATEST", "WARMUP_CHECKPOINT", "best_params_json",
-           "dataset_name", "figures_dir", "metrics_csv", "noise_csv", "partial_dir",
+           "REPLICATE_SUFFIX_PATTERN", "REPLICATE_WILDCARD", "dataset_name", "figures_dir",
+           "fold_name", "job_benchmark", "job_log", "metrics_csv", "noise_csv", "parse_fold_name",
+           "partial_dir", "replicate_of", "replicate_suffix",
            "predictions_dir", "preprocessed_dataset_dir", "preprocessed_dir",
            "preprocessed_manifest", "progress_csv", "raw_dir", "raw_manifest",
            "reference_labels_dir", "reliability_csv", "splits_json", "study_dir", "tables_dir",
@@ -24,6 +27,45 @@ __all__ = ["CHECKPOINT_FINAL", "CHECKPOINT_LATEST", "WARMUP_CHECKPOINT", "best_p
 
 PathLike = str | os.PathLike[str]
 Fold = int | str  # an int, or the wildcard placeholder "{fold}"
+Replicate = int | str  # an int >= 0, or the wildcard placeholder "{replicate}" (the suffix)
+
+REPLICATE_WILDCARD = "{replicate}"
+"""Placeholder of a rule pattern's replicate: its value is the folder suffix of
+:func:`replicate_suffix` ("" for replicate 0, "_rep<r>" otherwise)."""
+REPLICATE_SUFFIX_PATTERN = r"(_rep[1-9]\d*)?"
+"""Regular expression of :func:`replicate_suffix` values (the rules' wildcard constraint)."""
+
+def replicate_suffix(replicate: Replicate) -> str:
+    """The suffix of a replicate's folders and files: "" for replicate 0 (a study with one
+    replicate keeps nnU-Net-like ``fold<k>`` names), ``_rep<r>`` for replicate r >= 1; a
+    wildcard placeholder (a ``str`` starting with "{") is returned as it is."""
+    if isinstance(replicate, str) and replicate.startswith("{"):
+        return replicate
+    r = int(replicate)
+    if r < 0:
+        raise ValueError(f"replicate must be >= 0, got {replicate!r}")
+    return "" if r == 0 else f"_rep{r}"
+
+
+def replicate_of(suffix: str) -> int:
+    """The replicate number of a :func:`replicate_suffix` value ("" -> 0, "_rep2" -> 2)."""
+    match = re.fullmatch(REPLICATE_SUFFIX_PATTERN, suffix)
+    if match is None:
+        raise ValueError(f"{suffix!r} is not a replicate suffix ('' or '_rep<r>', r >= 1)")
+    return int(suffix[4:]) if suffix else 0
+
+
+def fold_name(fold: Fold, replicate: Replicate = 0) -> str:
+    """``fold<k>`` (replicate 0) or ``fold<k>_rep<r>``: the name of a training's folder."""
+    return f"fold{fold}{replicate_suffix(replicate)}"
+
+
+def parse_fold_name(name: str) -> tuple[int, int] | None:
+    """(fold, replicate) of a :func:`fold_name` (a trailing ``.csv`` or ``_reliability.csv``
+    is not part of it); None when ``name`` is not one."""
+    match = re.fullmatch(r"fold(\d+)" + REPLICATE_SUFFIX_PATTERN, name)
+    return (int(match.group(1)), replicate_of(match.group(2) or "")) if match else None
+
 
 CHECKPOINT_FINAL = "checkpoint_final.pth"
 """A finished training's checkpoint (nnU-Net's name)."""
@@ -115,26 +157,31 @@ def warmup_checkpoint(results_dir: PathLike, task: str, fold: Fold, seed: int | 
 
 # --- train ---------------------------------------------------------------------------------
 
-def training_dir(results_dir: PathLike, task: str, method: str, fold: Fold) -> Path:
-    """``training/<Task>/<Method>/fold<k>``: the nnU-Net output folder of a final training."""
-    return Path(results_dir) / "training" / task / method / f"fold{fold}"
+def training_dir(results_dir: PathLike, task: str, method: str, fold: Fold,
+                 replicate: Replicate = 0) -> Path:
+    """``training/<Task>/<Method>/fold<k>[_rep<r>]``: the nnU-Net output folder of a final
+    training (:func:`fold_name`)."""
+    return Path(results_dir) / "training" / task / method / fold_name(fold, replicate)
 
 
-def training_checkpoint(results_dir: PathLike, task: str, method: str, fold: Fold) -> Path:
-    """``training/<Task>/<Method>/fold<k>/checkpoint_final.pth``: the trained model."""
-    return training_dir(results_dir, task, method, fold) / CHECKPOINT_FINAL
+def training_checkpoint(results_dir: PathLike, task: str, method: str, fold: Fold,
+                        replicate: Replicate = 0) -> Path:
+    """``training/<Task>/<Method>/fold<k>[_rep<r>]/checkpoint_final.pth``: the trained model."""
+    return training_dir(results_dir, task, method, fold, replicate) / CHECKPOINT_FINAL
 
 
-def progress_csv(results_dir: PathLike, task: str, method: str, fold: Fold) -> Path:
-    """``training/<Task>/<Method>/fold<k>/progress.csv``: the final training's epochs."""
-    return training_dir(results_dir, task, method, fold) / "progress.csv"
+def progress_csv(results_dir: PathLike, task: str, method: str, fold: Fold,
+                 replicate: Replicate = 0) -> Path:
+    """``training/<Task>/<Method>/fold<k>[_rep<r>]/progress.csv``: the final training's epochs."""
+    return training_dir(results_dir, task, method, fold, replicate) / "progress.csv"
 
 
 # --- predict, evaluate, report -------------------------------------------------------------
 
-def predictions_dir(results_dir: PathLike, task: str, method: str, fold: Fold) -> Path:
-    """``predictions/<Task>/<Method>/fold<k>``."""
-    return Path(results_dir) / "predictions" / task / method / f"fold{fold}"
+def predictions_dir(results_dir: PathLike, task: str, method: str, fold: Fold,
+                    replicate: Replicate = 0) -> Path:
+    """``predictions/<Task>/<Method>/fold<k>[_rep<r>]``."""
+    return Path(results_dir) / "predictions" / task / method / fold_name(fold, replicate)
 
 
 def partial_dir(output_dir: PathLike) -> Path:
@@ -145,14 +192,33 @@ def partial_dir(output_dir: PathLike) -> Path:
     return out.with_name(out.name + ".partial")
 
 
-def metrics_csv(results_dir: PathLike, task: str, method: str, fold: Fold) -> Path:
-    """``metrics/<Task>/<Method>/fold<k>.csv``: the fold's tidy metrics."""
-    return Path(results_dir) / "metrics" / task / method / f"fold{fold}.csv"
+def metrics_csv(results_dir: PathLike, task: str, method: str, fold: Fold,
+                replicate: Replicate = 0) -> Path:
+    """``metrics/<Task>/<Method>/fold<k>[_rep<r>].csv``: the fold's tidy metrics."""
+    return Path(results_dir) / "metrics" / task / method / f"{fold_name(fold, replicate)}.csv"
 
 
-def reliability_csv(results_dir: PathLike, task: str, method: str, fold: Fold) -> Path:
-    """``metrics/<Task>/<Method>/fold<k>_reliability.csv``: the fold's reliability-diagram bins."""
-    return Path(results_dir) / "metrics" / task / method / f"fold{fold}_reliability.csv"
+def reliability_csv(results_dir: PathLike, task: str, method: str, fold: Fold,
+                    replicate: Replicate = 0) -> Path:
+    """``metrics/<Task>/<Method>/fold<k>[_rep<r>]_reliability.csv``: the fold's
+    reliability-diagram bins."""
+    return (Path(results_dir) / "metrics" / task / method
+            / f"{fold_name(fold, replicate)}_reliability.csv")
+
+
+def job_log(results_dir: PathLike, stage: str, task: str, method: str, fold: Fold,
+            replicate: Replicate = 0) -> Path:
+    """``logs/<stage>/<Task>/<Method>/fold<k>[_rep<r>].log``: the log of a per-training job
+    (train, predict, evaluate)."""
+    return Path(results_dir) / "logs" / stage / task / method / f"{fold_name(fold, replicate)}.log"
+
+
+def job_benchmark(results_dir: PathLike, stage: str, task: str, method: str, fold: Fold,
+                  replicate: Replicate = 0) -> Path:
+    """``benchmarks/<stage>/<Task>/<Method>/fold<k>[_rep<r>].tsv``: Snakemake's ``benchmark:``
+    file of a per-training job."""
+    return (Path(results_dir) / "benchmarks" / stage / task / method
+            / f"{fold_name(fold, replicate)}.tsv")
 
 
 def tables_dir(results_dir: PathLike) -> Path:

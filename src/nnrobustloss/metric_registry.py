@@ -73,11 +73,26 @@ then the calibration names of :data:`CALIBRATION_METRIC_NAMES`)."""
 # --- columns of the stage CSVs (the writer and the report's reader both use these) ------------
 
 METRICS_CSV_COLUMNS: tuple[str, ...] = ("task", "method", "fold", "case", "region", "metric",
-                                        "value")
-"""Columns of the tidy metrics CSV ``metrics/<Task>/<Method>/fold<k>.csv``."""
+                                        "value", "replicate", "worst_case")
+"""Columns of the tidy metrics CSV ``metrics/<Task>/<Method>/fold<k>[_rep<r>].csv``:
+``replicate`` is the final training's replicate (0 for the first), ``worst_case`` is 1 where
+the value is the worst case of :data:`ONE_EMPTY_RULE` (exactly one of prediction and reference
+empty), else 0."""
 
-NOISE_CSV_COLUMNS: tuple[str, ...] = ("task", "case", "region", "metric", "value")
-"""Columns of the noise report ``noise/<Task>.csv`` (metrics of :data:`SEGMENTATION_METRICS`)."""
+METRICS_CSV_DEFAULTS: dict[str, int] = {"replicate": 0, "worst_case": 0}
+"""Columns a reader may find missing (a hand-made table) and the value it assumes for them."""
+
+ONE_EMPTY_RULE = "dice0_sdice0_asd_image_diagonal"
+"""The rule for a region that is empty in exactly one of prediction and reference: Dice 0,
+surface Dice 0 and ASD = the diagonal of the image's field of view in mm (the largest distance
+two points of the image can have, so no surface distance can exceed it). Both empty: Dice 1,
+surface Dice 1, ASD 0 (the KiTS23 rule). No value is NaN, so none is left out of a mean
+(docs/metrics.md, "Empty masks"). Named in the evaluate stage's settings, so that a change of
+the rule reruns the evaluation."""
+
+NOISE_CSV_COLUMNS: tuple[str, ...] = ("task", "case", "region", "metric", "value", "worst_case")
+"""Columns of the noise report ``noise/<Task>.csv`` (metrics of :data:`SEGMENTATION_METRICS`;
+``worst_case`` as in :data:`METRICS_CSV_COLUMNS`)."""
 
 TRIALS_KEY_COLUMNS: tuple[str, ...] = ("task", "method", "fold")
 """The study's key, the first columns of every ``trials.csv``."""

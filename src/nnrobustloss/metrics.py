@@ -26,8 +26,10 @@ Measured (benchmarks/results/metrics.txt, 12 real KiTS23 cases, CPU time): 6.5-2
 than the official-style evaluation in total per kind of prediction and slice group (lowest:
 boundary errors on thick slices 6.5x; scattered wrong voxels 7.6x thick, 7.9x thin).
 
-Empty masks follow the KiTS23 evaluation: both empty gives Dice 1 and surface Dice 1 (ASD 0),
-exactly one empty gives Dice 0 and surface Dice 0 with ASD NaN.
+Empty masks (:data:`nnrobustloss.metric_registry.ONE_EMPTY_RULE`): both empty gives Dice 1 and
+surface Dice 1 (ASD 0), as the KiTS23 evaluation; exactly one empty gives Dice 0, surface Dice 0
+and, as ASD, the worst case: the diagonal of the image's field of view in mm
+(:func:`worst_case_asd`), never NaN, so that a lost structure is never left out of an ASD mean.
 
 Calibration (:func:`ece`, :func:`mce`, :func:`brier`, :func:`nll`, per case
 :func:`calibration_statistics`): one-vs-rest per region against the reference labels, i.e.
@@ -539,6 +541,14 @@ def _padded(mask: np.ndarray) -> np.ndarray:
     return out
 
 
+def worst_case_asd(shape: Sequence[int], spacing: Sequence[float]) -> float:
+    """The ASD (mm) of a region empty in exactly one of prediction and reference: the diagonal
+    of the image's field of view, sqrt(sum_i (shape_i x spacing_i)^2), an upper bound of every
+    surface distance inside the image (a 20 x 40 x 40 image of 2 x 1 x 1 mm: 69.3 mm)."""
+    return float(np.sqrt(sum((float(n) * float(s)) ** 2 for n, s in zip(shape, spacing,
+                                                                          strict=True))))
+
+
 def evaluate_case(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float],
                   regions: Mapping[str, Sequence[int]],
                   tolerance_mm: float | Mapping[str, float]) -> dict[str, dict[str, float]]:
@@ -551,9 +561,19 @@ def evaluate_case(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float],
     Returns ``{region: {"dice", "asd", "surface_dice"}}`` as floats, regions in the given order:
     Dice and surface Dice in [0, 1], ASD in mm = (sum of gt->pred surfel distances x gt surfel
     areas + sum of pred->gt distances x pred areas) / (total gt + pred surfel area). Both masks
-    empty: 1, 0, 1; exactly one empty: Dice 0, ASD NaN, surface Dice 0. Equal to the
-    surface-distance package (``compute_surface_distances``) up to floating-point rounding.
+    empty: 1, 0, 1; exactly one empty: Dice 0, surface Dice 0 and ASD :func:`worst_case_asd`
+    (never NaN). Equal to the surface-distance package (``compute_surface_distances``) up to
+    floating-point rounding where both masks are non-empty.
     """
+    return evaluate_case_flagged(pred, ref, spacing, regions, tolerance_mm)[0]
+
+
+def evaluate_case_flagged(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float],
+                          regions: Mapping[str, Sequence[int]],
+                          tolerance_mm: float | Mapping[str, float]
+                          ) -> tuple[dict[str, dict[str, float]], set[str]]:
+    """:func:`evaluate_case` and the set of regions whose values are the worst case (exactly one
+    of prediction and reference empty)."""
     sp = _check_inputs(pred, ref, spacing)
     spacing_arr = np.asarray(sp, dtype=np.float64)
     label_sets = {name: np.unique(np.asarray(list(vals), dtype=np.int64))
@@ -584,6 +604,7 @@ def evaluate_case(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float],
     # a case without cysts) share Dice and surface distances; only the tolerance differs.
     done: dict[tuple[tuple[int, ...], tuple[int, ...]], tuple[float, tuple[np.ndarray, ...]]] = {}
     results: dict[str, dict[str, float]] = {}
+    worst: set[str] = set()
     for name, vals in label_sets.items():
         tol = tolerance_for(name, tolerance_mm)
         in_pred = tuple(int(v) for v in vals if count_pred[int(v)])
@@ -592,7 +613,9 @@ def evaluate_case(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float],
             results[name] = {"dice": 1.0, "asd": 0.0, "surface_dice": 1.0}
             continue
         if not in_pred or not in_ref:
-            results[name] = {"dice": 0.0, "asd": float("nan"), "surface_dice": 0.0}
+            results[name] = {"dice": 0.0, "asd": worst_case_asd(pred.shape, sp),
+                             "surface_dice": 0.0}
+            worst.add(name)
             continue
         if (in_pred, in_ref) not in done:
             m_pred = _region_mask(crop_pred, np.asarray(in_pred))
@@ -610,7 +633,7 @@ def evaluate_case(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float],
         dice, distances = done[(in_pred, in_ref)]
         asd, sdice = _asd_and_surface_dice(*distances, tol)
         results[name] = {"dice": float(dice), "asd": asd, "surface_dice": sdice}
-    return results
+    return results, worst
 
 
 def _label_counts(labels: np.ndarray, values: np.ndarray) -> dict[int, int]:
@@ -642,7 +665,7 @@ def _check_geometry(pred_path: Path, ref_path: Path, pred_img: sitk.Image,
 
 
 def _evaluate_files(job: tuple[str, str, str, dict[str, list[int]], float | dict[str, float]]
-                    ) -> tuple[str, dict[str, dict[str, float]]]:
+                    ) -> tuple[str, tuple[dict[str, dict[str, float]], set[str]]]:
     """Worker: read a prediction/reference pair, check geometry, evaluate (picklable)."""
     case, pred_file, ref_file, regions, tolerance_mm = job
     pred_path, ref_path = Path(pred_file), Path(ref_file)
@@ -661,7 +684,7 @@ def _evaluate_files(job: tuple[str, str, str, dict[str, list[int]], float | dict
         else:
             ref = arr
     spacing = tuple(float(s) for s in ref_img.GetSpacing()[::-1])
-    return case, evaluate_case(pred, ref, spacing, regions, tolerance_mm)
+    return case, evaluate_case_flagged(pred, ref, spacing, regions, tolerance_mm)
 
 
 def evaluate_folder(pred_dir: str | os.PathLike[str], reference_dir: str | os.PathLike[str],
@@ -669,16 +692,18 @@ def evaluate_folder(pred_dir: str | os.PathLike[str], reference_dir: str | os.Pa
                     regions: Mapping[str, Sequence[int]],
                     tolerance_mm: float | Mapping[str, float],
                     out_csv: str | os.PathLike[str], n_workers: int = 1,
-                    extra_rows: pd.DataFrame | None = None) -> pd.DataFrame:
+                    extra_rows: pd.DataFrame | None = None, replicate: int = 0) -> pd.DataFrame:
     """Evaluate the predictions of one fold against the reference labels; write the tidy CSV.
 
     Reads ``<pred_dir>/<case>.nii.gz`` and ``<reference_dir>/<case>.nii.gz`` for every case id,
     checks that both share size, spacing, origin and direction (within 1e-4), evaluates them
     with :func:`evaluate_case` (in ``n_workers`` processes when > 1, with a progress bar) and
-    writes ``out_csv`` atomically with columns task, method, fold, case, region, metric, value
-    (metric in dice, asd, surface_dice; rows ordered by case, region, metric; NaN as "NaN").
-    ``extra_rows`` (same columns, e.g. :func:`calibration_folder`'s metrics) are appended after
-    these rows. A missing file or a geometry mismatch raises InputDataError naming the file(s).
+    writes ``out_csv`` atomically with the columns :data:`CSV_COLUMNS` (metric in dice, asd,
+    surface_dice; rows ordered by case, region, metric; ``replicate`` the given one;
+    ``worst_case`` 1 on the rows of a region empty in exactly one mask; NaN as "NaN").
+    ``extra_rows`` (the first seven columns, e.g. :func:`calibration_folder`'s metrics) are
+    appended after these rows (``worst_case`` 0). A missing file or a geometry mismatch raises
+    InputDataError naming the file(s).
     Returns the written table.
     """
     from tqdm import tqdm
@@ -717,13 +742,15 @@ def evaluate_folder(pred_dir: str | os.PathLike[str], reference_dir: str | os.Pa
             case, res = _evaluate_files(job)
             results[case] = res
 
-    rows = [(task, method, int(fold), case, region, metric, values[metric])
+    rows = [(task, method, int(fold), case, region, metric, values[metric], int(replicate),
+             int(region in results[case][1]))
             for case in cases
-            for region, values in results[case].items()
+            for region, values in results[case][0].items()
             for metric in METRIC_NAMES]
     df = pd.DataFrame(rows, columns=list(CSV_COLUMNS))
     if extra_rows is not None and len(extra_rows):
-        df = pd.concat([df, extra_rows[list(CSV_COLUMNS)]], ignore_index=True)
+        extra = extra_rows[list(CSV_COLUMNS[:7])].assign(replicate=int(replicate), worst_case=0)
+        df = pd.concat([df, extra], ignore_index=True)
     df["value"] = df["value"].astype(np.float64)
     with atomic_path(out_csv) as tmp:
         df.to_csv(tmp, index=False, na_rep="NaN")
@@ -1033,8 +1060,9 @@ def calibration_folder(pred_dir: str | os.PathLike[str], case_ids: Iterable[str]
                        band_mm: float) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Calibration rows of a fold from the cases' ``<pred_dir>/<case>_calibration.npz``.
 
-    Returns (metrics, reliability): ``metrics`` in the tidy columns :data:`CSV_COLUMNS` (per case
-    and region the metrics of :func:`calibration_metric_names`, NaN where the band is empty);
+    Returns (metrics, reliability): ``metrics`` in the first seven tidy columns of
+    :data:`CSV_COLUMNS` (per case and region the metrics of :func:`calibration_metric_names`, NaN
+    where the band is empty);
     ``reliability`` in :data:`RELIABILITY_COLUMNS`, per region, voxel set and bin the counts and
     sums over the fold's cases (the bins of a reliability diagram). Statistics computed for other
     regions, bins or band than asked raise InputDataError naming the file.
@@ -1059,7 +1087,7 @@ def calibration_folder(pred_dir: str | os.PathLike[str], case_ids: Iterable[str]
         else:
             for name in ("counts", "confidence_sum", "correct_sum"):
                 setattr(total, name, getattr(total, name) + getattr(stats, name))
-    metrics = pd.DataFrame(rows, columns=list(CSV_COLUMNS))
+    metrics = pd.DataFrame(rows, columns=list(CSV_COLUMNS[:7]))
     metrics["value"] = metrics["value"].astype(np.float64)
     rel = []
     if total is not None:

@@ -19,7 +19,7 @@ import SimpleITK as sitk
 
 from nnrobustloss.fileio import read_image
 from nnrobustloss.metric_registry import NOISE_CSV_COLUMNS
-from nnrobustloss.metrics import evaluate_case
+from nnrobustloss.metrics import evaluate_case_flagged
 
 
 def measure_noise_levels(noisy_dir: str | os.PathLike[str], reference_dir: str | os.PathLike[str],
@@ -29,19 +29,21 @@ def measure_noise_levels(noisy_dir: str | os.PathLike[str], reference_dir: str |
     ``reference_dir/<case>.nii.gz``, per region, with :func:`nnrobustloss.metrics.evaluate_case`
     (Dice, ASD in mm with the image spacing, surface Dice at the tolerance).
 
-    Returns a tidy frame with columns ``task, case, region, metric, value`` (cases sorted, regions
-    in the given order). A missing reference file raises InputDataError naming it.
+    Returns a tidy frame with columns ``task, case, region, metric, value, worst_case`` (cases
+    sorted, regions in the given order; ``worst_case`` 1 where exactly one mask is empty). A
+    missing reference file raises InputDataError naming it.
     """
     rows = []
     files = sorted(Path(noisy_dir).glob("*.nii.gz"))
     for i, f in enumerate(files, 1):
         case = f.name[: -len(".nii.gz")]
         noisy_img, ref_img = read_image(f), read_image(Path(reference_dir) / f.name)
-        res = evaluate_case(sitk.GetArrayFromImage(noisy_img), sitk.GetArrayFromImage(ref_img),
-                            ref_img.GetSpacing()[::-1], regions, tolerance_mm)
+        res, worst = evaluate_case_flagged(sitk.GetArrayFromImage(noisy_img),
+                                           sitk.GetArrayFromImage(ref_img),
+                                           ref_img.GetSpacing()[::-1], regions, tolerance_mm)
         for region, metrics in res.items():
             for metric, value in metrics.items():
                 rows.append({"task": task, "case": case, "region": region, "metric": metric,
-                             "value": value})
+                             "value": value, "worst_case": int(region in worst)})
         print(f"[noise {task}] {i}/{len(files)} {case}", file=sys.stderr, flush=True)
     return pd.DataFrame(rows, columns=list(NOISE_CSV_COLUMNS))

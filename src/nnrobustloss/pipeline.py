@@ -28,6 +28,7 @@ from nnrobustloss.config import evaluation_regions
 from nnrobustloss.errors import ConfigError, InputDataError
 from nnrobustloss.fileio import atomic_path, read_json, remove_temporaries, stage_lock, write_json
 from nnrobustloss.methods import get_method
+from nnrobustloss.metric_registry import ONE_EMPTY_RULE
 
 
 def _task(config: Mapping[str, Any], task: str) -> Mapping[str, Any]:
@@ -74,16 +75,22 @@ def noise_params(config: Mapping[str, Any], task: str) -> dict[str, Any]:
     """Settings of the noise report: the task's ids, regions and surface tolerance."""
     t = _task(config, task)
     return {"task": task, "dataset_id": t["dataset_id"], "regions": evaluation_regions(t),
-            "tolerance_mm": t["tolerance_mm"]}
+            "tolerance_mm": t["tolerance_mm"], "one_empty_rule": ONE_EMPTY_RULE}
 
 
 def run_noise_report(task: str, dataset_id: int, regions: Mapping[str, Sequence[int]],
                      tolerance_mm: float | Mapping[str, float],
-                     results_dir: str | os.PathLike[str], out_csv: str | os.PathLike[str]) -> pd.DataFrame:
+                     results_dir: str | os.PathLike[str], out_csv: str | os.PathLike[str],
+                     one_empty_rule: str = ONE_EMPTY_RULE) -> pd.DataFrame:
     """Write the task's label-noise report ``noise/<Task>.csv`` (tidy: ``task, case, region,
-    metric, value``; see :func:`nnrobustloss.noise_report.measure_noise_levels`) and print the means."""
+    metric, value, worst_case``; see :func:`nnrobustloss.noise_report.measure_noise_levels`) and
+    print the means. ``one_empty_rule``: :data:`nnrobustloss.metric_registry.ONE_EMPTY_RULE`
+    (in the settings so that a new rule reruns the report; another value is an error)."""
     from nnrobustloss.noise_report import measure_noise_levels
 
+    if one_empty_rule != ONE_EMPTY_RULE:
+        raise ConfigError(f"one_empty_rule {one_empty_rule!r}: this version of nnrobustloss "
+                          f"evaluates with {ONE_EMPTY_RULE!r}; rebuild the job's settings.")
     noisy_dir = layout.raw_dir(results_dir, task, dataset_id) / "labelsTr"
     # A missing or empty folder would give an empty report that reads as "no noise".
     if not noisy_dir.is_dir() or not any(noisy_dir.glob("*.nii.gz")):
@@ -149,20 +156,36 @@ def run_plan(task: str, dataset_id: int, reference_dataset_id: int, planner: str
 
 # --- training (shared by tuning and final training) ----------------------------------------
 
+def replicate_seed(seed: int, replicate: int) -> int:
+    """The training seed of final-training replicate ``replicate`` (>= 0) of a study seeded with
+    ``seed``: ``seed`` itself for replicate 0 (a one-replicate study trains as before), else a
+    hash of both in [0, 2**31) (SHA-256: distinct, stable across machines and Python runs, and
+    never the seed of another study's replicate 0 by construction of a simple offset)."""
+    import hashlib
+
+    if replicate < 0:
+        raise ValueError(f"replicate must be >= 0, got {replicate}")
+    if replicate == 0:
+        return int(seed)
+    digest = hashlib.sha256(f"nnrobustloss:{int(seed)}:replicate:{int(replicate)}".encode())
+    return int.from_bytes(digest.digest()[:4], "big") % 2**31
+
+
 def _training_kwargs(config: Mapping[str, Any], task: str, method: str, fold: int,
-                     budget: Mapping[str, Any]) -> dict[str, Any]:
+                     budget: Mapping[str, Any], replicate: int = 0) -> dict[str, Any]:
     t = _task(config, task)
     spec = get_method(method)
     ds = t["reference_dataset_id"] if spec.uses_reference else t["dataset_id"]
     return {
-        "task": task, "method": spec.id, "fold": int(fold),
+        "task": task, "method": spec.id, "fold": int(fold), "replicate": int(replicate),
         "dataset": layout.dataset_name(ds, task, reference=spec.uses_reference),
         "epochs": budget["epochs"], "iterations_per_epoch": budget["iterations_per_epoch"],
         "val_iterations_per_epoch": budget["val_iterations_per_epoch"],
         # peer_updates schedules the same updates (memory vs one forward): not a result setting
         "coteaching": {k: v for k, v in config["coteaching"].items() if k != "peer_updates"},
         "svls": dict(config["svls"]),
-        "seed": config["seed"], "configuration": config["planning"]["configuration"],
+        "seed": replicate_seed(config["seed"], replicate),
+        "configuration": config["planning"]["configuration"],
     }
 
 
@@ -170,22 +193,25 @@ def _training_kwargs(config: Mapping[str, Any], task: str, method: str, fold: in
 # stage's run function takes: the warm-up checkpoints only at its end (its last epoch is the
 # warm-up), prediction has no epochs.
 RUN_OPTIONS: dict[str, tuple[str, ...]] = {
-    "tune": ("device", "checkpoint_minutes", "peer_updates"),
-    "warmup": ("device", "peer_updates"),
-    "train": ("device", "checkpoint_minutes", "peer_updates"),
+    "tune": ("device", "checkpoint_minutes", "peer_updates", "augmentation_workers"),
+    "warmup": ("device", "peer_updates", "augmentation_workers"),
+    "train": ("device", "checkpoint_minutes", "peer_updates", "augmentation_workers"),
     "predict": ("device",),
 }
 
 
 def run_options(config: Mapping[str, Any], stage: str) -> dict[str, Any]:
     """Keyword arguments of ``run_<stage>`` that come from the config but change no result
-    (``device``, ``checkpoint_minutes``, ``coteaching.peer_updates``; see :data:`RUN_OPTIONS`).
-    The one place that reads them for the Snakemake scripts and the command line; changing them
-    reruns nothing."""
+    (``device``, ``checkpoint_minutes``, ``coteaching.peer_updates``,
+    ``training.augmentation_workers``; see :data:`RUN_OPTIONS`). The one place that reads them
+    for the Snakemake scripts and the command line; changing them reruns nothing (the number of
+    seeded augmentation workers does not change the batches, see
+    :mod:`nnrobustloss.trainers.augmentation`)."""
     if stage not in RUN_OPTIONS:
         raise ValueError(f"no run options for stage {stage!r}; stages: {sorted(RUN_OPTIONS)}")
     values = {"device": config["device"], "checkpoint_minutes": config["checkpoint_minutes"],
-              "peer_updates": config["coteaching"].get("peer_updates")}
+              "peer_updates": config["coteaching"].get("peer_updates"),
+              "augmentation_workers": config["training"].get("augmentation_workers", "auto")}
     return {key: values[key] for key in RUN_OPTIONS[stage]}
 
 
@@ -199,17 +225,6 @@ def limit_cpu_threads(device: str, threads: int | None) -> None:
         import torch
 
         torch.set_num_threads(int(threads))
-
-
-def single_threaded_augmentation_on_cpu(device: str) -> None:
-    """On the CPU, run nnU-Net's data augmentation in-process (``nnUNet_n_proc_DA=0``) unless the
-    user set the variable: trainings are then exactly reproducible (nnU-Net seeds augmentation
-    worker processes from the OS), which also makes TPE's trial sequence reproducible, and no
-    worker processes compete with training for the few CPU cores."""
-    from nnrobustloss.training import resolve_device
-
-    if resolve_device(device).type == "cpu":
-        os.environ.setdefault("nnUNet_n_proc_DA", "0")
 
 
 def train_kwargs(kw: Mapping[str, Any], results_dir: str | os.PathLike[str],
@@ -261,22 +276,24 @@ def warmup_checkpoint(config: Mapping[str, Any], task: str, method: str,
 
 def run_warmup(params: Mapping[str, Any], results_dir: str | os.PathLike[str],
                checkpoint: str | os.PathLike[str], device: str = "auto",
-               threads: int | None = None, peer_updates: str | None = None) -> Path:
+               threads: int | None = None, peer_updates: str | None = None,
+               augmentation_workers: int | str = "auto") -> Path:
     """Train the shared warm-up of a task x fold into the folder of ``checkpoint`` (a
     :func:`warmup_checkpoint` path); a killed run continues from its latest checkpoint; one run
     per task x fold at a time (a lock). ``peer_updates``: ``coteaching.peer_updates`` (not a
-    result setting: the trials may use another)."""
+    result setting: the trials may use another); ``augmentation_workers``:
+    ``training.augmentation_workers``."""
     from nnrobustloss.warmup import WARMUP_METHOD, train_warmup
 
     p = dict(params)
-    single_threaded_augmentation_on_cpu(device)
     limit_cpu_threads(device, threads)
     call = train_kwargs(p, results_dir, peer_updates)
     if call.pop("method") != WARMUP_METHOD:
         raise ConfigError(f"warm-up params name method {p['method']}, not {WARMUP_METHOD}.")
     latest = Path(checkpoint).with_name(layout.CHECKPOINT_LATEST)  # its killed writes, GBs each
     with _one_run(results_dir, f"warmup.fold{p['fold']}", p["task"], checkpoint, latest):
-        return train_warmup(Path(checkpoint).parent, device=device, **call)
+        return train_warmup(Path(checkpoint).parent, device=device,
+                            augmentation_workers=augmentation_workers, **call)
 
 
 def run_tune_worker(params: Mapping[str, Any], worker: int, workers: int,
@@ -284,21 +301,23 @@ def run_tune_worker(params: Mapping[str, Any], worker: int, workers: int,
                     url_env: str = "NNROBUSTLOSS_OPTUNA_URL", device: str = "auto",
                     threads: int | None = None, checkpoint_minutes: float = 0.0,
                     peer_updates: str | None = None,
-                    warmup: str | os.PathLike[str] | None = None) -> None:
+                    warmup: str | os.PathLike[str] | None = None,
+                    augmentation_workers: int | str = "auto") -> None:
     """Run one worker's quota of a study; write the worker's marker JSON when done.
     ``checkpoint_minutes``: see :func:`nnrobustloss.training.train`; ``peer_updates``:
-    ``coteaching.peer_updates``. Neither is a result setting, so neither is in ``params``.
+    ``coteaching.peer_updates``; ``augmentation_workers``: ``training.augmentation_workers``.
+    None is a result setting, so none is in ``params``.
 
     ``warmup``: the shared warm-up checkpoint (:func:`warmup_checkpoint`) every trial starts
     from; None trains every trial from scratch (the same results, more epochs)."""
     from nnrobustloss.tuning import run_worker, training_objective
 
     p = dict(params)
-    single_threaded_augmentation_on_cpu(device)
     limit_cpu_threads(device, threads)
     call = train_kwargs(p, results_dir, peer_updates)
     call["device"] = device
     call["checkpoint_minutes"] = checkpoint_minutes
+    call["augmentation_workers"] = augmentation_workers
     if warmup is not None:
         call["start_from"] = Path(warmup)
     summary = run_worker(
@@ -326,32 +345,44 @@ def run_select_best(params: Mapping[str, Any], results_dir: str | os.PathLike[st
 
 # --- train ---------------------------------------------------------------------------------
 
-def train_params(config: Mapping[str, Any], task: str, method: str, fold: int) -> dict[str, Any]:
-    """Settings of a final training (its hyper-parameters come from ``best_params.json``)."""
-    return _training_kwargs(config, task, method, fold, config["training"])
+def train_params(config: Mapping[str, Any], task: str, method: str, fold: int,
+                 replicate: int = 0) -> dict[str, Any]:
+    """Settings of a final training, replicate ``replicate`` (seed :func:`replicate_seed`);
+    its hyper-parameters come from ``best_params.json`` of the (shared) study."""
+    _check_replicate(config, replicate)
+    return _training_kwargs(config, task, method, fold, config["training"], replicate)
+
+
+def _check_replicate(config: Mapping[str, Any], replicate: int) -> None:
+    n = config["training"].get("replicates", 1)
+    if not 0 <= int(replicate) < n:
+        raise ConfigError(f"replicate {replicate}: training.replicates is {n}, so replicates "
+                          f"are 0..{n - 1}. Raise training.replicates or pick one of them.")
 
 
 def run_train(params: Mapping[str, Any], results_dir: str | os.PathLike[str],
               best_params_json: str | os.PathLike[str] | None = None,
               hparams: Mapping[str, Any] | None = None, device: str = "auto",
               threads: int | None = None, checkpoint_minutes: float = 0.0,
-              peer_updates: str | None = None) -> Path:
-    """Train the final model of a (task, method, fold), resuming from its latest checkpoint
-    (written as ``checkpoint_minutes`` says, see :func:`nnrobustloss.training.train`).
+              peer_updates: str | None = None,
+              augmentation_workers: int | str = "auto") -> Path:
+    """Train the final model of a (task, method, fold, replicate), resuming from its latest
+    checkpoint (written as ``checkpoint_minutes`` says, see :func:`nnrobustloss.training.train`).
 
     Hyper-parameters: ``hparams`` if given, else the ``params`` of ``best_params_json``, else the
-    method's defaults (methods without any). ``peer_updates``: ``coteaching.peer_updates``.
+    method's defaults (methods without any). ``peer_updates``: ``coteaching.peer_updates``;
+    ``augmentation_workers``: ``training.augmentation_workers``.
     """
     from nnrobustloss.training import train
 
     p = dict(params)
-    single_threaded_augmentation_on_cpu(device)
     limit_cpu_threads(device, threads)
     if hparams is None and best_params_json is not None:
         hparams = read_json(best_params_json)["params"]
-    out = layout.training_dir(results_dir, p["task"], p["method"], p["fold"])
+    out = layout.training_dir(results_dir, p["task"], p["method"], p["fold"],
+                              p.get("replicate", 0))
     return train(output_dir=out, params=hparams, device=device, continue_training=True,
-                 checkpoint_minutes=checkpoint_minutes,
+                 checkpoint_minutes=checkpoint_minutes, augmentation_workers=augmentation_workers,
                  **train_kwargs(p, results_dir, peer_updates))
 
 
@@ -368,11 +399,14 @@ def calibration_params(config: Mapping[str, Any], task: str) -> dict[str, Any] |
             "band_mm": ev["calibration_band_mm"]}
 
 
-def predict_params(config: Mapping[str, Any], task: str, method: str, fold: int) -> dict[str, Any]:
-    """Settings of inference: test-time mirroring, tile step, peer averaging, probabilities,
-    and calibration (:func:`calibration_params`)."""
+def predict_params(config: Mapping[str, Any], task: str, method: str, fold: int,
+                   replicate: int = 0) -> dict[str, Any]:
+    """Settings of inference of a final training (replicate ``replicate``): test-time mirroring,
+    tile step, peer averaging, probabilities, and calibration (:func:`calibration_params`)."""
     t = _task(config, task)
+    _check_replicate(config, replicate)
     return {"task": task, "method": get_method(method).id, "fold": int(fold),
+            "replicate": int(replicate),
             "dataset_id": t["dataset_id"], **config["prediction"],
             "calibration": calibration_params(config, task)}
 
@@ -393,7 +427,8 @@ def run_predict(params: Mapping[str, Any], results_dir: str | os.PathLike[str],
     spec = get_method(p["method"])
     cases = fold_cases(splits_json, p["fold"], "val")
     average = bool(p["average_peers"]) and spec.peers == 2
-    predict_cases(layout.training_dir(results_dir, p["task"], p["method"], p["fold"]),
+    predict_cases(layout.training_dir(results_dir, p["task"], p["method"], p["fold"],
+                                      p.get("replicate", 0)),
                   layout.raw_dir(results_dir, p["task"], p["dataset_id"]) / "imagesTr",
                   cases, out_dir, mirroring=p["mirroring"], tile_step_size=p["tile_step_size"],
                   average_peers=average, save_probabilities=p["save_probabilities"],
@@ -402,10 +437,14 @@ def run_predict(params: Mapping[str, Any], results_dir: str | os.PathLike[str],
 
 # --- evaluate ------------------------------------------------------------------------------
 
-def evaluate_params(config: Mapping[str, Any], task: str, method: str, fold: int) -> dict[str, Any]:
-    """Settings of evaluation: the task's regions and surface-Dice tolerances, calibration."""
+def evaluate_params(config: Mapping[str, Any], task: str, method: str, fold: int,
+                    replicate: int = 0) -> dict[str, Any]:
+    """Settings of evaluation: the task's regions and surface-Dice tolerances, the rule for
+    exactly one empty mask (:data:`nnrobustloss.metric_registry.ONE_EMPTY_RULE`), calibration."""
     t = _task(config, task)
+    _check_replicate(config, replicate)
     return {"task": task, "method": get_method(method).id, "fold": int(fold),
+            "replicate": int(replicate), "one_empty_rule": ONE_EMPTY_RULE,
             "regions": evaluation_regions(t), "tolerance_mm": t["tolerance_mm"],
             "calibration": calibration_params(config, task)}
 
@@ -436,7 +475,7 @@ def run_evaluate(params: Mapping[str, Any], results_dir: str | os.PathLike[str],
             reliability.to_csv(tmp, index=False, na_rep="NaN")
     evaluate_folder(pred_dir, layout.reference_labels_dir(results_dir, p["task"]), cases,
                     p["task"], p["method"], p["fold"], p["regions"], p["tolerance_mm"], out_csv,
-                    n_workers=n_workers, extra_rows=extra)
+                    n_workers=n_workers, extra_rows=extra, replicate=p.get("replicate", 0))
 
 
 # --- report --------------------------------------------------------------------------------

@@ -9,11 +9,12 @@ A finished run (``checkpoint_final.pth`` present) returns at once; to retrain, d
 folder. The pipeline's ``train`` stage (:func:`nnrobustloss.pipeline.run_train`, also behind
 ``nnrobustloss train``) maps the config onto :func:`train`.
 
-Reproducibility: with ``nnUNet_n_proc_DA=0`` (single-threaded augmentation) on the CPU a run is
-a deterministic function of its settings, and a run killed after epoch k and continued is
-identical to one that never stopped (the checkpoint holds the RNG states). nnU-Net's
-multi-process augmenter seeds its workers from the OS, and CUDA kernels may be
-non-deterministic, so these cases reproduce statistically only.
+Reproducibility: on the CPU a run is a deterministic function of its settings and of whether it
+augments in-process (0 workers) or in seeded workers (any N >= 1 gives the same batches,
+:mod:`nnrobustloss.trainers.augmentation`), and a run killed after epoch k and continued is
+identical to one that never stopped (the checkpoint holds the RNG states; seeded workers
+resume at the batch index where the run stood). CUDA kernels may be non-deterministic, so on a
+GPU the same batches give statistically, not bitwise, equal trainings.
 
 Adding a new loss
 -----------------
@@ -208,7 +209,8 @@ def train(preprocessed_dataset_dir: str | os.PathLike[str], method: str, fold: i
           plans_identifier: str = "nnUNetPlans", configuration: str = "3d_fullres",
           epoch_callback: EpochCallback | None = None,
           continue_training: bool = True, checkpoint_minutes: float = 0.0,
-          start_from: str | os.PathLike[str] | None = None) -> Path:
+          start_from: str | os.PathLike[str] | None = None,
+          augmentation_workers: int | str = "auto") -> Path:
     """Train ``method`` on ``fold`` of ``preprocessed_dataset_dir``; return ``output_dir``.
 
     ``preprocessed_dataset_dir``: nnU-Net preprocessed dataset folder (``<plans_identifier>.json``,
@@ -223,6 +225,9 @@ def train(preprocessed_dataset_dir: str | os.PathLike[str], method: str, fold: i
     from ``checkpoint_latest.pth`` when ``continue_training`` (else starts over).
     ``checkpoint_latest.pth`` is written after every epoch, or with ``checkpoint_minutes`` > 0 at
     most once per that many minutes (less I/O, more epochs lost to a kill; results unchanged).
+    ``augmentation_workers``: seeded augmentation worker processes (0: in this process; "auto":
+    nnU-Net's count on CUDA, ``nnUNet_n_proc_DA`` or 0 on the CPU; see
+    :mod:`nnrobustloss.trainers.augmentation`: any N >= 1 gives the same batches).
 
     ``start_from``: a shared warm-up checkpoint (:mod:`nnrobustloss.warmup`) to start from when
     there is nothing to resume: the run continues it exactly as a resumed run would, so that it
@@ -261,7 +266,8 @@ def train(preprocessed_dataset_dir: str | os.PathLike[str], method: str, fold: i
         trainer = trainer_cls(plans=plans, configuration=configuration, fold=fold,
                               dataset_json=dataset_json, device=resolve_device(device))
         trainer.set_output_paths(out, pre)
-    trainer.configure(settings, epoch_callback, checkpoint_minutes=float(checkpoint_minutes))
+    trainer.configure(settings, epoch_callback, checkpoint_minutes=float(checkpoint_minutes),
+                      augmentation_workers=augmentation_workers)
     if resume:
         trainer.load_checkpoint(str(latest))
     elif start is not None:

@@ -90,7 +90,8 @@ def train_warmup(output_dir: str | os.PathLike[str], *, preprocessed_dataset_dir
                  val_iterations_per_epoch: int, coteaching: Mapping[str, Any],
                  svls: Mapping[str, Any] | None = None, seed: int = 0,
                  device: str | torch.device = "auto", configuration: str = "3d_fullres",
-                 plans_identifier: str = "nnUNetPlans") -> Path:
+                 plans_identifier: str = "nnUNetPlans",
+                 augmentation_workers: int | str = "auto") -> Path:
     """Train the shared warm-up of tuning trials of ``epochs`` epochs into ``output_dir``; return
     ``<output_dir>/checkpoint_warmup.pth``.
 
@@ -124,7 +125,8 @@ def train_warmup(output_dir: str | os.PathLike[str], *, preprocessed_dataset_dir
                   iterations_per_epoch=iterations_per_epoch,
                   val_iterations_per_epoch=val_iterations_per_epoch, coteaching=coteaching,
                   svls=svls, seed=seed, device=device, plans_identifier=plans_identifier,
-                  configuration=configuration, epoch_callback=stop, continue_training=True)
+                  configuration=configuration, epoch_callback=stop, continue_training=True,
+                  augmentation_workers=augmentation_workers)
         except _WarmupDone:
             pass
     done = _epochs_done(latest) if latest.is_file() else 0

@@ -41,9 +41,10 @@ def report_outputs():
 
 
 def per_training(path_of):
-    """``path_of(RESULTS, task, method, fold)`` (a nnrobustloss.layout function) of every task x
-    method x fold of the config."""
-    return [str(path_of(RESULTS, t, m, f)) for t in TASKS for m in METHODS for f in FOLDS]
+    """``path_of(RESULTS, task, method, fold, replicate)`` (a nnrobustloss.layout function) of
+    every task x method x fold x replicate of the config."""
+    return [str(path_of(RESULTS, t, m, f, r))
+            for t in TASKS for m in METHODS for f in FOLDS for r in REPLICATES]
 
 
 def per_study(path_of):

@@ -4,18 +4,20 @@
 
 rule evaluate:
     input:
-        predictions=str(layout.predictions_dir(RESULTS, "{task}", "{method}", "{fold}")),
+        predictions=str(layout.predictions_dir(RESULTS, "{task}", "{method}", "{fold}", REP)),
         splits=str(layout.splits_json(RESULTS, "{task}")),
     output:
-        csv=str(layout.metrics_csv(RESULTS, "{task}", "{method}", "{fold}")),
-        reliability=str(layout.reliability_csv(RESULTS, "{task}", "{method}", "{fold}")),
+        csv=str(layout.metrics_csv(RESULTS, "{task}", "{method}", "{fold}", REP)),
+        reliability=str(layout.reliability_csv(RESULTS, "{task}", "{method}", "{fold}", REP)),
     params:
-        settings=lambda w: stages.evaluate_params(config, w.task, w.method, int(w.fold)),
+        settings=lambda w: stages.evaluate_params(
+            config, w.task, w.method, int(w.fold), layout.replicate_of(w.replicate)
+        ),
     threads: config["evaluation"]["n_workers"]
     log:
-        f"{RESULTS}/logs/evaluate/{{task}}/{{method}}/fold{{fold}}.log",
+        str(layout.job_log(RESULTS, "evaluate", "{task}", "{method}", "{fold}", REP)),
     benchmark:
-        f"{RESULTS}/benchmarks/evaluate/{{task}}/{{method}}/fold{{fold}}.tsv",
+        str(layout.job_benchmark(RESULTS, "evaluate", "{task}", "{method}", "{fold}", REP)),
     conda:
         f"../../{ENV}"
     script:

@@ -7,19 +7,21 @@
 
 rule predict:
     input:
-        checkpoint=str(layout.training_checkpoint(RESULTS, "{task}", "{method}", "{fold}")),
+        checkpoint=str(layout.training_checkpoint(RESULTS, "{task}", "{method}", "{fold}", REP)),
         splits=str(layout.splits_json(RESULTS, "{task}")),
         reference=str(layout.reference_labels_dir(RESULTS, "{task}")),
     output:
-        predictions=directory(str(layout.predictions_dir(RESULTS, "{task}", "{method}", "{fold}"))),
+        predictions=directory(str(layout.predictions_dir(RESULTS, "{task}", "{method}", "{fold}", REP))),
     params:
-        settings=lambda w: stages.predict_params(config, w.task, w.method, int(w.fold)),
+        settings=lambda w: stages.predict_params(
+            config, w.task, w.method, int(w.fold), layout.replicate_of(w.replicate)
+        ),
     resources:
         runtime=lambda w, attempt: runtime_minutes(config, "predict", w.method, attempt),
     log:
-        f"{RESULTS}/logs/predict/{{task}}/{{method}}/fold{{fold}}.log",
+        str(layout.job_log(RESULTS, "predict", "{task}", "{method}", "{fold}", REP)),
     benchmark:
-        f"{RESULTS}/benchmarks/predict/{{task}}/{{method}}/fold{{fold}}.tsv",
+        str(layout.job_benchmark(RESULTS, "predict", "{task}", "{method}", "{fold}", REP)),
     conda:
         f"../../{ENV}"
     script:

@@ -6,16 +6,18 @@ rule train:
     input:
         unpack(train_inputs),
     output:
-        checkpoint=str(layout.training_checkpoint(RESULTS, "{task}", "{method}", "{fold}")),
-        progress=str(layout.progress_csv(RESULTS, "{task}", "{method}", "{fold}")),
+        checkpoint=str(layout.training_checkpoint(RESULTS, "{task}", "{method}", "{fold}", REP)),
+        progress=str(layout.progress_csv(RESULTS, "{task}", "{method}", "{fold}", REP)),
     params:
-        settings=lambda w: stages.train_params(config, w.task, w.method, int(w.fold)),
+        settings=lambda w: stages.train_params(
+            config, w.task, w.method, int(w.fold), layout.replicate_of(w.replicate)
+        ),
     resources:
         runtime=lambda w, attempt: runtime_minutes(config, "train", w.method, attempt),
     log:
-        f"{RESULTS}/logs/train/{{task}}/{{method}}/fold{{fold}}.log",
+        str(layout.job_log(RESULTS, "train", "{task}", "{method}", "{fold}", REP)),
     benchmark:
-        f"{RESULTS}/benchmarks/train/{{task}}/{{method}}/fold{{fold}}.tsv",
+        str(layout.job_benchmark(RESULTS, "train", "{task}", "{method}", "{fold}", REP)),
     conda:
         f"../../{ENV}"
     script:

@@ -8,6 +8,13 @@ class of each voxel's sub-voxels). A share of the cases is labelled by a simulat
 less-experienced annotator: systematic over- or under-segmentation, boundary jitter and missed
 small lesion parts, so that their lesion Dice against the reference is about 0.55 to 0.7.
 
+``lesion_shape`` (a ``phantom`` source's key) asks whether the Bounded losses' collapse on the
+lesion is about its thinness: ``diffuse`` (the default) is the thin, irregular lesion above;
+``compact`` replaces it, in the same scene, by a blob of the same number of (high-resolution)
+voxels: the organ-interior voxels nearest (in mm) to the diffuse lesion's voxel closest to its
+centroid. Every random draw is the same for both shapes, so the organ, the seeds of the image
+noise and the novice's draws stay the same; only the lesion (and hence its intensities) moves.
+
 Everything is drawn from ``numpy.random.Generator`` streams spawned from one seed, so the same
 seed gives bit-identical cases on every machine.
 """
@@ -24,8 +31,11 @@ from scipy import ndimage
 
 from nnrobustloss.datasets.base import CaseData, SourceCase
 
+LESION_SHAPES: tuple[str, ...] = ("diffuse", "compact")
+"""Values of a phantom source's ``lesion_shape`` (the first is the default)."""
+
 PHANTOM_DEFAULTS: dict[str, Any] = {"n_cases": 14, "n_noisy_cases": 4, "shape": (20, 40, 40),
-                                    "spacing": (2.0, 1.0, 1.0)}
+                                    "spacing": (2.0, 1.0, 1.0), "lesion_shape": LESION_SHAPES[0]}
 """The phantom source's settings when a config leaves them out (a ``phantom`` source's keys)."""
 
 ORGAN, LESION = 1, 2
@@ -48,9 +58,28 @@ def _smooth_noise(rng: np.random.Generator, shape: Sequence[int], sigma: float) 
     return (field - field.mean()) / (field.std() + 1e-12)
 
 
+def _compact(lesion: np.ndarray, inside: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """A compact blob of ``lesion.sum()`` voxels of ``inside``: the voxels nearest (Euclidean,
+    ``spacing`` in mm) to the lesion voxel closest to the lesion's centroid (ties broken by
+    voxel order, so the result is deterministic). Empty for an empty lesion."""
+    n = int(lesion.sum())
+    if n == 0:
+        return np.zeros_like(lesion)
+    voxels = np.argwhere(lesion)
+    centroid = voxels.mean(axis=0)
+    centre = voxels[np.argmin((((voxels - centroid) * spacing) ** 2).sum(axis=1))]
+    candidates = np.argwhere(inside)
+    d2 = (((candidates - centre) * spacing) ** 2).sum(axis=1)
+    chosen = candidates[np.argsort(d2, kind="stable")[:n]]
+    blob = np.zeros_like(lesion)
+    blob[tuple(chosen.T)] = True
+    return blob
+
+
 def _scene(rng: np.random.Generator, shape_hr: tuple[int, int, int],
-           spacing_hr: np.ndarray) -> np.ndarray:
-    """High-resolution label scene: background 0, organ 1, lesion 2 (lesion inside the organ)."""
+           spacing_hr: np.ndarray, lesion_shape: str = LESION_SHAPES[0]) -> np.ndarray:
+    """High-resolution label scene: background 0, organ 1, lesion 2 (lesion inside the organ);
+    ``lesion_shape`` as in the module docstring."""
     zz, yy, xx = np.meshgrid(*[(np.arange(n) + 0.5) * s for n, s in zip(shape_hr, spacing_hr)],
                              indexing="ij")
     extent = np.array(shape_hr) * spacing_hr
@@ -70,6 +99,8 @@ def _scene(rng: np.random.Generator, shape_hr: tuple[int, int, int],
                     + ((xx - c[2]) / radii[2]) ** 2)
         field = field + 2.5 * np.exp(-(d / 0.45) ** 2)
     lesion = (field > 1.2) & inner
+    if lesion_shape == "compact":
+        lesion = _compact(lesion, inner, spacing_hr)
     scene = organ.astype(np.uint8)
     scene[lesion] = LESION
     return scene
@@ -139,23 +170,27 @@ def _novice_annotation(rng: np.random.Generator, reference: np.ndarray) -> np.nd
 def generate_phantom_case(seed: int | np.random.SeedSequence,
                           shape: Sequence[int] = PHANTOM_DEFAULTS["shape"],
                           spacing: Sequence[float] = PHANTOM_DEFAULTS["spacing"],
-                          novice: bool = False
-                          ) -> PhantomCase:
+                          novice: bool = False,
+                          lesion_shape: str = PHANTOM_DEFAULTS["lesion_shape"]) -> PhantomCase:
     """Generate one phantom case deterministically.
 
     ``shape`` is the output size in voxels (z, y, x), each at least 8; ``spacing`` in mm (z, y, x).
     The scene is rendered at twice the resolution for partial volume. ``novice`` selects the
     simulated less-experienced annotator for the noisy labels; otherwise noisy == reference.
+    ``lesion_shape``: one of :data:`LESION_SHAPES` (see the module docstring).
     """
     if len(shape) != 3 or min(shape) < 8:
         raise ValueError(f"phantom shape must be 3 sizes of at least 8 voxels, got {list(shape)}")
     if len(spacing) != 3 or min(spacing) <= 0:
         raise ValueError(f"phantom spacing must be 3 positive numbers in mm, got {list(spacing)}")
+    if lesion_shape not in LESION_SHAPES:
+        raise ValueError(f"phantom lesion_shape must be one of {', '.join(LESION_SHAPES)}, got "
+                         f"{lesion_shape!r}")
     ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
     scene_rng, image_rng, label_rng = (np.random.default_rng(s) for s in ss.spawn(3))
     shape_hr = tuple(2 * int(n) for n in shape)
     spacing_hr = np.asarray(spacing, dtype=float) / 2
-    scene_hr = _scene(scene_rng, shape_hr, spacing_hr)  # type: ignore[arg-type]
+    scene_hr = _scene(scene_rng, shape_hr, spacing_hr, lesion_shape)  # type: ignore[arg-type]
     reference = _downsample_labels(scene_hr)
     image = _render(image_rng, scene_hr)
     noisy = _novice_annotation(label_rng, reference) if novice else reference.copy()
@@ -182,13 +217,15 @@ def phantom_source(n_cases: int = PHANTOM_DEFAULTS["n_cases"],
                    n_noisy_cases: int = PHANTOM_DEFAULTS["n_noisy_cases"],
                    shape: Sequence[int] = PHANTOM_DEFAULTS["shape"],
                    spacing: Sequence[float] = PHANTOM_DEFAULTS["spacing"],
+                   lesion_shape: str = PHANTOM_DEFAULTS["lesion_shape"],
                    seed: int = 0) -> list[SourceCase]:
     """The phantom task as source cases ``phantom_000``, ``phantom_001``, ...
 
     Case ``i`` is generated from ``SeedSequence([seed, i])``, so adding cases never changes the
     existing cases' images, reference labels or novice labels. Which cases carry the novice
     labels (:func:`novice_case_indices`) is drawn from ``(n_cases, n_noisy_cases, seed)`` and may
-    differ when ``n_cases`` changes. Cases are generated lazily when loaded.
+    differ when ``n_cases`` changes. Cases are generated lazily when loaded. ``lesion_shape``:
+    see the module docstring.
     """
     if n_cases < 1:
         raise ValueError(f"phantom n_cases must be at least 1, got {n_cases}")
@@ -197,7 +234,7 @@ def phantom_source(n_cases: int = PHANTOM_DEFAULTS["n_cases"],
     def loader(i: int):
         def load() -> CaseData:
             case = generate_phantom_case(np.random.SeedSequence([seed, i]), shape, spacing,
-                                         novice=i in novices)
+                                         novice=i in novices, lesion_shape=lesion_shape)
             return CaseData(image=_to_image(case.image, case.spacing),
                             reference=_to_image(case.reference, case.spacing),
                             noisy=_to_image(case.noisy, case.spacing))

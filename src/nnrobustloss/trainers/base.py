@@ -24,6 +24,10 @@ the same) and usually override only ``_build_loss``. It adds:
   history and the RNG states, restored after the data loaders' warm-up so that a continued run
   equals one that never stopped. nnU-Net's ``checkpoint_best.pth`` is not written: nothing here
   uses it and it would double the checkpoint I/O (``benchmarks/checkpoint.py``).
+- **reproducible augmentation workers** (:mod:`nnrobustloss.trainers.augmentation`): with
+  ``augmentation_workers`` >= 1 (:meth:`configure`) nnU-Net's loaders run in seeded workers
+  with a fixed batch order instead of nnU-Net's non-deterministic augmenter; 0 augments in
+  this process (nnU-Net's single-threaded augmenter).
 - torch.compile is off; nnU-Net's CPU path (no autocast, no grad scaler) is used on the CPU;
   ``perform_actual_validation`` is skipped (the pipeline predicts separately); nnU-Net's
   progress.png is redrawn every :data:`PROGRESS_PLOT_EVERY` epochs.
@@ -118,6 +122,7 @@ class RobustTrainer(nnUNetTrainer):
         self.progress = ProgressRecorder()
         self.resume_state = ResumeState()
         self.epoch_callback: EpochCallback | None = None
+        self.augmentation_workers = 0
         self.settings = TrainerSettings(method=methods[0])
         self._apply_settings()
         # nnU-Net redraws its 30 x 54 inch progress.png after every epoch (seconds on a CPU,
@@ -133,12 +138,17 @@ class RobustTrainer(nnUNetTrainer):
     # ------------------------------------------------------------------ settings and paths
     def configure(self, settings: TrainerSettings,
                   epoch_callback: EpochCallback | None = None,
-                  checkpoint_minutes: float = 0.0) -> None:
+                  checkpoint_minutes: float = 0.0,
+                  augmentation_workers: int | str = 0) -> None:
         """Apply ``settings`` and seed every RNG; must precede ``initialize()``.
 
         The settings' method must be one that the registry trains with this class.
         ``checkpoint_minutes``: write ``checkpoint_latest.pth`` after every epoch (0) or at most
-        once per that many minutes (never a result setting)."""
+        once per that many minutes (never a result setting). ``augmentation_workers``: seeded
+        augmentation worker processes (0: in this process; "auto": see
+        :func:`nnrobustloss.trainers.augmentation.resolve_workers`)."""
+        from nnrobustloss.trainers.augmentation import resolve_workers
+
         if self.was_initialized:
             raise RuntimeError("configure() must be called before initialize()")
         trainer = get_method(settings.method).trainer_name
@@ -150,6 +160,7 @@ class RobustTrainer(nnUNetTrainer):
         self.settings = settings
         self.epoch_callback = epoch_callback
         self.checkpoints = CheckpointSchedule(checkpoint_minutes)
+        self.augmentation_workers = resolve_workers(augmentation_workers, self.device.type)
         self._apply_settings()
         seed_everything(self.settings.seed)
 
@@ -199,6 +210,37 @@ class RobustTrainer(nnUNetTrainer):
     def _do_i_compile(self) -> bool:
         """torch.compile is always off (reproducibility; nnU-Net's CPU path has it off too)."""
         return False
+
+    def get_dataloaders(self) -> tuple[Any, Any]:
+        """nnU-Net's loaders and transforms; augmented in this process (0 workers) or by
+        :attr:`augmentation_workers` seeded workers whose batches are numbered from where this
+        run stands (``current_epoch`` x iterations: a continued run reads the batches of the
+        run that never stopped; see :mod:`nnrobustloss.trainers.augmentation`)."""
+        from nnrobustloss.trainers.augmentation import seeded_augmenter
+
+        # nnU-Net builds single-threaded augmenters (and draws their warm-up batch) when
+        # nnUNet_n_proc_DA is 0: its loaders and transforms, nothing copied from its code.
+        previous = os.environ.get("nnUNet_n_proc_DA")
+        os.environ["nnUNet_n_proc_DA"] = "0"
+        try:
+            single_train, single_val = super().get_dataloaders()
+        finally:
+            if previous is None:
+                os.environ.pop("nnUNet_n_proc_DA", None)
+            else:
+                os.environ["nnUNet_n_proc_DA"] = previous
+        n = self.augmentation_workers
+        if n == 0:
+            return single_train, single_val
+        pin = self.device.type == "cuda"
+        train = seeded_augmenter(single_train.data_loader, self.settings.seed, "train", n,
+                                 self.current_epoch * self.num_iterations_per_epoch, pin)
+        val = seeded_augmenter(single_val.data_loader, self.settings.seed, "val",
+                               max(1, n // 2),
+                               self.current_epoch * self.num_val_iterations_per_epoch, pin)
+        _ = next(train)  # nnU-Net's warm-up batch, as its own loaders do
+        _ = next(val)
+        return train, val
 
     def _soft_dice_kwargs(self) -> dict[str, Any]:
         """nnU-Net's Dice settings exactly as ``nnUNetTrainer._build_loss`` passes them."""

@@ -159,7 +159,27 @@ def test_empty_mask_rules() -> None:
     assert one(empty, empty) == {"dice": 1.0, "asd": 0.0, "surface_dice": 1.0}
     for pred, ref in ((empty, full), (full, empty)):
         r = one(pred, ref)
-        assert r["dice"] == 0.0 and r["surface_dice"] == 0.0 and math.isnan(r["asd"])
+        assert r["dice"] == 0.0 and r["surface_dice"] == 0.0
+        # the worst case: the field of view's diagonal, by hand: 4 x 5 x 6 voxels of 3 x 1 x 1 mm
+        assert r["asd"] == pytest.approx(math.sqrt(12**2 + 5**2 + 6**2))
+
+
+def test_worst_case_asd_uses_the_spacing_and_flags_the_region() -> None:
+    """A 20 x 40 x 40 phantom of 2 x 1 x 1 mm: sqrt(40^2 + 40^2 + 40^2) = 69.28 mm; the flag names
+    exactly the region with one empty mask, and no value is NaN."""
+    from nnrobustloss.metrics import evaluate_case_flagged, worst_case_asd
+
+    assert worst_case_asd((20, 40, 40), (2.0, 1.0, 1.0)) == pytest.approx(40 * math.sqrt(3))
+    ref = np.zeros((20, 40, 40), np.uint8)
+    ref[5:15, 10:30, 10:30] = 1
+    ref[8:12, 15:20, 15:20] = 2
+    pred = np.where(ref == 2, 1, ref).astype(np.uint8)  # the lesion is lost into the organ
+    res, worst = evaluate_case_flagged(pred, ref, (2.0, 1.0, 1.0),
+                                       {"organ": [1], "lesion": [2]}, 1.0)
+    assert worst == {"lesion"}
+    assert res["lesion"] == {"dice": 0.0, "asd": pytest.approx(69.282032), "surface_dice": 0.0}
+    assert 0 < res["organ"]["asd"] < 69 and res["organ"]["dice"] > 0.9
+    assert not any(math.isnan(v) for r in res.values() for v in r.values())
 
 
 def test_region_absent_in_both_while_other_regions_present() -> None:

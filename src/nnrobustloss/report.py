@@ -7,11 +7,16 @@ number, value, state). Outputs: ``table1``, ``table2`` and ``noise_levels`` as C
 LaTeX (booktabs), and ``figure1`` as PNG and PDF, all written atomically.
 
 Aggregation: per case the mean over classes (or regions), then the mean over the cases of a
-fold, then over folds. ASD is NaN when exactly one mask is empty; such values are left out of
-every ASD mean and counted. Beyond the paper, each method is compared with the Baseline by a
-paired Wilcoxon signed-rank test over cases (per-case value: mean over regions, averaged over
-folds), Holm-corrected across the methods of a task and metric, and the CSV carries seeded
-bootstrap 95% confidence intervals of the mean over cases.
+fold, then over folds: one value per training replicate; the tables show the mean over
+replicates (with the SD over replicates when there are several). No value is left out: where
+exactly one mask is empty, ASD is the worst case of
+:data:`nnrobustloss.metric_registry.ONE_EMPTY_RULE` and the captions count such values. A method
+that lost a class in a fold (:mod:`nnrobustloss.lost`) is marked with † in Tables 1 and 2, with
+the folds and classes in the caption and its lost count k/N (folds x replicates) in Table 1;
+``tables/folds.*`` holds the per-fold means. Beyond the paper, each method is compared with the
+Baseline by a paired Wilcoxon signed-rank test over cases (per-case value: mean over regions,
+averaged over replicates), Holm-corrected across the methods of a task and metric, and the CSV
+carries seeded bootstrap 95% confidence intervals of the mean over cases.
 """
 
 from __future__ import annotations
@@ -31,10 +36,12 @@ from scipy import stats
 
 from nnrobustloss.errors import ConfigError, InputDataError
 from nnrobustloss.fileio import atomic_path, write_text
+from nnrobustloss.lost import fold_means, lost_classes, lost_counts, lost_note
 from nnrobustloss.methods import METHODS
 from nnrobustloss.metric_registry import (
     METRICS,
     METRICS_CSV_COLUMNS,
+    METRICS_CSV_DEFAULTS,
     NOISE_CSV_COLUMNS,
     SEGMENTATION_METRICS,
     TRIALS_CSV_COLUMNS,
@@ -69,8 +76,11 @@ def display_name(method: str) -> str:
 
 
 def _read_csvs(paths: Sequence[str | os.PathLike[str]], columns: Sequence[str],
-               numeric: Sequence[str], what: str) -> pd.DataFrame:
-    """Concatenate CSVs, checking required columns and numeric values; name the bad file."""
+               numeric: Sequence[str], what: str,
+               optional: Mapping[str, object] | None = None) -> pd.DataFrame:
+    """Concatenate CSVs, checking required ``columns`` and numeric values; name the bad file.
+    ``optional``: further columns kept when present, else filled with the given value."""
+    optional = dict(optional or {})
     frames = []
     for p in paths:
         path = Path(p)
@@ -86,7 +96,10 @@ def _read_csvs(paths: Sequence[str | os.PathLike[str]], columns: Sequence[str],
         if missing:
             raise InputDataError(f"{path}: missing column '{missing[0]}' (a {what} CSV needs "
                                  f"{', '.join(columns)}). Rerun the stage that writes it.")
-        df = df[list(columns)].copy()
+        for col, default in optional.items():
+            if col not in df.columns:
+                df[col] = default
+        df = df[[*columns, *optional]].copy()
         for col in numeric:
             values = pd.to_numeric(df[col], errors="coerce")
             bad = values.isna() & df[col].notna() & (df[col].astype(str).str.lower() != "nan")
@@ -101,29 +114,44 @@ def _read_csvs(paths: Sequence[str | os.PathLike[str]], columns: Sequence[str],
         frames.append(df)
     if not frames:
         return pd.DataFrame({c: pd.Series(dtype=np.float64 if c in numeric else object)
-                             for c in (*columns, "_file")})
+                             for c in (*columns, *optional, "_file")})
     return pd.concat(frames, ignore_index=True)
 
 
 def read_metrics(paths: Sequence[str | os.PathLike[str]]) -> pd.DataFrame:
-    """Read tidy metric CSVs; a repeated (task, method, fold, case, region, metric) is an error."""
-    df = _read_csvs(paths, METRICS_CSV_COLUMNS, ("fold", "value"), "metrics")
-    key = [c for c in METRICS_CSV_COLUMNS if c != "value"]
+    """Read tidy metric CSVs (``replicate`` and ``worst_case`` default to 0 where a file lacks
+    them); a repeated (task, method, fold, replicate, case, region, metric) is an error, and so
+    is a NaN Dice, ASD or surface Dice (written before the worst-case rule: rerun evaluate)."""
+    required = [c for c in METRICS_CSV_COLUMNS if c not in METRICS_CSV_DEFAULTS]
+    df = _read_csvs(paths, required, ("fold", "value", *METRICS_CSV_DEFAULTS), "metrics",
+                    optional=METRICS_CSV_DEFAULTS)
+    stale = df["metric"].isin(SEGMENTATION_METRICS) & df["value"].isna()
+    if stale.any():
+        first = df[stale].iloc[0]
+        raise InputDataError(
+            f"{first['_file']}: {first.metric} is NaN for case {first.case}, region "
+            f"{first.region}: the file was written before empty masks got a worst-case value. "
+            "Rerun its evaluate job (snakemake --forcerun evaluate).")
+    key = [c for c in METRICS_CSV_COLUMNS if c not in ("value", "worst_case")]
     dup = df.duplicated(key, keep=False)
     if dup.any():
         first = df[dup].iloc[0]
         files = sorted(set(df[dup & (df[key] == first[key]).all(axis=1)]["_file"]))
         raise InputDataError(
             f"{', '.join(files)}: duplicate row for task {first.task}, method {first.method}, "
-            f"fold {int(first.fold)}, case {first.case}, region {first.region}, metric "
-            f"{first.metric}. Each case may appear once per fold; remove the stale file.")
-    df["fold"] = df["fold"].astype(int)
+            f"fold {int(first.fold)}, replicate {int(first.replicate)}, case {first.case}, region "
+            f"{first.region}, metric {first.metric}. Each case may appear once per fold and "
+            "replicate; remove the stale file.")
+    for col in ("fold", *METRICS_CSV_DEFAULTS):
+        df[col] = df[col].astype(int)
     return df
 
 
 def read_noise(paths: Sequence[str | os.PathLike[str]]) -> pd.DataFrame:
-    """Read tidy noise CSVs (task, case, region, metric, value)."""
-    return _read_csvs(paths, NOISE_CSV_COLUMNS, ("value",), "noise")
+    """Read tidy noise CSVs (task, case, region, metric, value; ``worst_case`` 0 where absent)."""
+    required = [c for c in NOISE_CSV_COLUMNS if c != "worst_case"]
+    return _read_csvs(paths, required, ("value", "worst_case"), "noise",
+                      optional={"worst_case": 0})
 
 
 def read_trials(paths: Sequence[str | os.PathLike[str]]) -> pd.DataFrame:
@@ -176,10 +204,11 @@ def bootstrap_ci(values: np.ndarray, seed_key: str, n_resamples: int = N_BOOTSTR
 
 
 def _case_means(df: pd.DataFrame) -> pd.DataFrame:
-    """Per (task, method, fold, case, metric): mean over regions of the non-NaN values."""
+    """Per (task, method, fold, replicate, case, metric): mean over regions of the non-NaN
+    values (only calibration metrics can be NaN: an empty band)."""
     ok = df.dropna(subset=["value"])
-    return (ok.groupby(["task", "method", "fold", "case", "metric"], sort=False)["value"]
-            .mean().reset_index())
+    return (ok.groupby(["task", "method", "fold", "replicate", "case", "metric"],
+                       sort=False)["value"].mean().reset_index())
 
 
 def summarise(metrics: pd.DataFrame, tasks: Mapping[str, Mapping[str, object]],
@@ -187,9 +216,12 @@ def summarise(metrics: pd.DataFrame, tasks: Mapping[str, Mapping[str, object]],
     """Table 1 numbers, one row per (task, method, metric) in the given orders.
 
     Columns: task, method, method_name, metric, unit, mean (display units: % or mm; mean over
-    regions, then cases, then folds), ci_low, ci_high (bootstrap 95% CI of the mean over cases),
-    n_folds, n_cases, n_nan (values left out: ASD with exactly one empty mask), p_value
-    (Wilcoxon vs Baseline), p_holm, significant (p_holm < 0.05).
+    regions, then cases, then folds per replicate, then over replicates), sd (SD over
+    replicates; NaN with one), ci_low, ci_high (bootstrap 95% CI of the mean over cases of the
+    per-case means over replicates), n_folds, n_replicates, n_cases, n_values (region-case
+    values), n_worst (of them the worst case of one empty mask), n_nan (values left out: NaN,
+    only calibration metrics of an empty band), p_value (Wilcoxon vs Baseline over the per-case
+    means), p_holm, significant (p_holm < 0.05).
     """
     case_level = _case_means(metrics)
     rows = []
@@ -199,15 +231,18 @@ def summarise(metrics: pd.DataFrame, tasks: Mapping[str, Mapping[str, object]],
             scale = METRICS[metric].scale
             sel = case_level[(case_level.task == task) & (case_level.metric == metric)]
             raw = metrics[(metrics.task == task) & (metrics.metric == metric)]
-            # per-case values averaged over folds, for the test and the bootstrap
+            # per-case values averaged over replicates (a case is held out in one fold), for the
+            # paired test and the bootstrap
             per_case = {m: g.groupby("case")["value"].mean()
                         for m, g in sel.groupby("method", sort=False)}
             base = per_case.get(BASELINE)
             block = []
             for method in methods:
                 g = sel[sel.method == method]
-                fold_means = g.groupby("fold")["value"].mean()
-                mean = float(fold_means.mean()) * scale if len(fold_means) else float("nan")
+                per_rep = (g.groupby(["replicate", "fold"])["value"].mean()
+                           .groupby(level="replicate").mean())
+                mean = float(per_rep.mean()) * scale if len(per_rep) else float("nan")
+                sd = float(per_rep.std(ddof=1)) * scale if len(per_rep) > 1 else float("nan")
                 cases = per_case.get(method)
                 ci = (bootstrap_ci(cases.to_numpy() * scale, f"{task}|{method}|{metric}")
                       if cases is not None else (float("nan"), float("nan")))
@@ -215,22 +250,24 @@ def summarise(metrics: pd.DataFrame, tasks: Mapping[str, Mapping[str, object]],
                 if method != BASELINE and base is not None and cases is not None:
                     common = cases.index.intersection(base.index)
                     p = wilcoxon_p(cases[common].to_numpy(), base[common].to_numpy())
-                n_nan = int(raw[raw.method == method]["value"].isna().sum())
+                values = raw[raw.method == method]
                 block.append({
                     "task": task, "method": method, "method_name": display_name(method),
                     "metric": metric, "unit": METRICS[metric].unit,
-                    "mean": mean, "ci_low": ci[0], "ci_high": ci[1],
-                    "n_folds": int(len(fold_means)),
+                    "mean": mean, "sd": sd, "ci_low": ci[0], "ci_high": ci[1],
+                    "n_folds": int(g["fold"].nunique()), "n_replicates": int(len(per_rep)),
                     "n_cases": int(len(cases)) if cases is not None else 0,
-                    "n_nan": n_nan, "p_value": p,
+                    "n_values": int(len(values)), "n_worst": int(values["worst_case"].sum()),
+                    "n_nan": int(values["value"].isna().sum()), "p_value": p,
                 })
             adjusted = holm([r["p_value"] for r in block])
             for r, p_adj in zip(block, adjusted, strict=True):
                 r["p_holm"] = float(p_adj)
                 r["significant"] = bool(p_adj < ALPHA) if not math.isnan(p_adj) else False
             rows.extend(block)
-    cols = ["task", "method", "method_name", "metric", "unit", "mean", "ci_low", "ci_high",
-            "n_folds", "n_cases", "n_nan", "p_value", "p_holm", "significant"]
+    cols = ["task", "method", "method_name", "metric", "unit", "mean", "sd", "ci_low", "ci_high",
+            "n_folds", "n_replicates", "n_cases", "n_values", "n_worst", "n_nan", "p_value",
+            "p_holm", "significant"]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -249,13 +286,22 @@ def _table_metrics(task: str, spec: Mapping[str, object],
 # formatting
 
 
-def _fmt(value: float, star: bool = False, tex: bool = False, digits: int = 1) -> str:
+def _fmt(value: float, star: bool = False, tex: bool = False, digits: int = 1,
+         sd: float | None = None) -> str:
+    """A table cell: the value with ``digits`` decimals, "± sd" when ``sd`` is a number (the
+    spread over replicates), the significance mark; "--" for a missing value."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return MISSING
     text = f"{value:.{digits}f}"
+    if sd is not None and not math.isnan(sd):
+        text += (r" $\pm$ " if tex else " ± ") + f"{sd:.{digits}f}"
     if star:
         text += "$^{*}$" if tex else "*"
     return text
+
+
+DAGGER = "†"
+"""Mark of a method that lost a class in a fold (:mod:`nnrobustloss.lost`)."""
 
 
 def _tex_escape(text: str) -> str:
@@ -359,28 +405,44 @@ def _plain_tables(caption: str, label: str, header: list[str], rows: list[list[s
 
 def _methods_table(caption: str, label: str, summary: pd.DataFrame, methods: Sequence[str],
                    task_metrics: Sequence[tuple[str, list[str]]], heading: Callable[[str], str],
-                   digits: int, footnote: str = "") -> tuple[str, str]:
+                   digits: int, footnote: str = "",
+                   lost: Mapping[tuple[str, str], str] | None = None) -> tuple[str, str]:
     """Markdown and LaTeX of a methods-as-rows table (Tables 1 and 3): per task a group of
     metric columns (``heading(metric)``: "<task> <heading>" in Markdown, the task over its group
-    in LaTeX), per cell the summary's mean with ``digits`` decimals and the significance mark,
-    "--" where the summary (:func:`summarise`) has no row."""
+    in LaTeX), per cell the summary's mean with ``digits`` decimals ("± SD" over replicates when
+    there are several) and the significance mark, "--" where the summary (:func:`summarise`)
+    has no row. ``lost``: ``{(task, method): "k/N"}`` adds a "Lost" column to each task's group
+    and marks with :data:`DAGGER` the rows of methods with k > 0."""
+    lost = dict(lost or {})
     columns = [(task, m) for task, tm in task_metrics for m in tm]
     lookup = {(r.task, r.method, r.metric): r for r in summary.itertuples()}
     md_rows, tex_rows = [], []
     for method in methods:
-        md_row, tex_row = [display_name(method)], [_tex_escape(display_name(method))]
-        for task, m in columns:
-            r = lookup.get((task, method, m))
-            mean = r.mean if r is not None else float("nan")
-            star = bool(r.significant) if r is not None else False
-            md_row.append(_fmt(mean, star, digits=digits))
-            tex_row.append(_fmt(mean, star, tex=True, digits=digits))
+        mark = DAGGER if any(not v.startswith("0/") for (t, m), v in lost.items()
+                             if m == method) else ""
+        md_row, tex_row = [display_name(method) + mark], [_tex_escape(display_name(method))
+                                                          + (r"$^{\dagger}$" if mark else "")]
+        for task, tm in task_metrics:
+            for m in tm:
+                r = lookup.get((task, method, m))
+                mean = r.mean if r is not None else float("nan")
+                star = bool(r.significant) if r is not None else False
+                sd = r.sd if r is not None and getattr(r, "n_replicates", 1) > 1 else None
+                md_row.append(_fmt(mean, star, digits=digits, sd=sd))
+                tex_row.append(_fmt(mean, star, tex=True, digits=digits, sd=sd))
+            if lost:
+                md_row.append(lost.get((task, method), MISSING))
+                tex_row.append(_tex_escape(lost.get((task, method), MISSING)))
         md_rows.append(md_row)
         tex_rows.append(_tex_row(tex_row))
-    header = ["Method"] + [f"{task} {heading(m)}" for task, m in columns]
-    align = ["l"] + ["r"] * len(columns)
-    head = [*_tex_group_header([(_tex_escape(task), len(tm)) for task, tm in task_metrics]),
-            _tex_row(["Method"] + [_tex_escape(heading(m)) for _, m in columns])]
+    extra = ["Lost"] if lost else []
+    header = ["Method"] + [f"{task} {h}" for task, tm in task_metrics
+                           for h in [heading(m) for m in tm] + extra]
+    align = ["l"] + ["r"] * (len(header) - 1)
+    head = [*_tex_group_header([(_tex_escape(task), len(tm) + len(extra))
+                                for task, tm in task_metrics]),
+            _tex_row(["Method"] + [_tex_escape(h) for _, tm in task_metrics
+                                   for h in [heading(m) for m in tm] + extra])]
     return (_markdown(caption, header, md_rows, align, footnote),
             _latex_table(caption, label, "".join(align), head, tex_rows, footnote))
 
@@ -390,27 +452,55 @@ def _write_csv(df: pd.DataFrame, path: Path) -> None:
         df.to_csv(tmp, index=False, na_rep="NaN")
 
 
-def _nan_footnote(summary: pd.DataFrame) -> str:
-    nan_rows = summary[(summary.metric == "asd") & (summary.n_nan > 0)]
-    if nan_rows.empty:
-        return ("ASD: no value was left out (no case with exactly one empty mask)."
-                if (summary.metric == "asd").any() else "")
-    parts = [f"{r.task} {r.method_name}: {r.n_nan}" for r in nan_rows.itertuples()]
-    return ("ASD: region-case values with exactly one empty mask (ASD undefined) were left out "
-            "of the means: " + "; ".join(parts) + ".")
+def _worst_case_note(summary: pd.DataFrame) -> str:
+    """The caption sentence counting the worst-case values of the surface metrics (exactly one
+    empty mask; :data:`nnrobustloss.metric_registry.ONE_EMPTY_RULE`); no value is left out."""
+    surface = summary[summary.metric.isin(("asd", "surface_dice"))]
+    if surface.empty:
+        return ""
+    rule = ("where exactly one of prediction and reference is empty, ASD is the worst case "
+            "(the diagonal of the image in mm) and Surface Dice 0; no value is left out of any "
+            "mean")
+    hit = surface[surface.n_worst > 0].drop_duplicates(["task", "method"])
+    if hit.empty:
+        return f"Surface metrics: {rule}; no value is such a worst case."
+    parts = [f"{r.task} {r.method_name}: {r.n_worst} of {r.n_values}" for r in hit.itertuples()]
+    return (f"Surface metrics: {rule}. Worst-case region-case values: " + "; ".join(parts)
+            + ".")
+
+
+def _replicates_note(summary: pd.DataFrame) -> str:
+    """The caption words on replicates: with several, mean ± SD over them."""
+    n = int(summary["n_replicates"].max()) if len(summary) else 1
+    return (f" Per method {n} training replicates (seeds) per fold: mean ± SD over replicates."
+            if n > 1 else "")
+
+
+def _lost_cells(lost: pd.DataFrame) -> dict[tuple[str, str], str]:
+    """``{(task, method): "k/N"}`` of :func:`nnrobustloss.lost.lost_counts`."""
+    return {(r.task, r.method): f"{r.lost_count}/{r.lost_total}"
+            for r in lost_counts(lost).itertuples()}
 
 
 def table1(summary: pd.DataFrame, tasks: Mapping[str, Mapping[str, object]],
-           methods: Sequence[str]) -> tuple[str, str]:
-    """Markdown and LaTeX of Table 1 (methods as rows, per task two metric columns)."""
+           methods: Sequence[str], lost: pd.DataFrame | None = None) -> tuple[str, str]:
+    """Markdown and LaTeX of Table 1 (methods as rows, per task its metric columns and, with
+    ``lost`` (:func:`nnrobustloss.lost.lost_classes`), a "Lost" column k/N with † on the rows
+    of methods that lost a class in a fold, named in the caption)."""
+    lost = lost if lost is not None else lost_classes(fold_means(pd.DataFrame(
+        columns=[*METRICS_CSV_COLUMNS])), BASELINE)
     caption = ("Table 1: segmentation quality per task and method; "
-               f"{CAPTION_MEANS}. Dice and Surface Dice in %, ASD in mm. "
-               f"* p < {ALPHA} vs Baseline (paired Wilcoxon signed-rank test over cases, "
-               "Holm-corrected per task and metric); -- no results.")
+               f"{CAPTION_MEANS}.{_replicates_note(summary)} Dice and Surface Dice in %, ASD in "
+               f"mm. * p < {ALPHA} vs Baseline (paired Wilcoxon signed-rank test over cases, "
+               "Holm-corrected per task and metric); Lost: fold x replicate trainings that lost "
+               "a class (k/N); -- no results.")
+    footnote = " ".join(x for x in (lost_note(lost, display_name, list(methods),
+                                              BASELINE in set(lost["method"])),
+                                    _worst_case_note(summary)) if x)
     return _methods_table(caption, "tab:results", summary, methods,
                           [(t, _table_metrics(t, spec)) for t, spec in tasks.items()],
-                          lambda m: METRICS[m].heading, digits=1,
-                          footnote=_nan_footnote(summary))
+                          lambda m: METRICS[m].heading, digits=1, footnote=footnote,
+                          lost=_lost_cells(lost))
 
 
 def summarise_regions(metrics: pd.DataFrame, tasks: Mapping[str, Mapping[str, object]],

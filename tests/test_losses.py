@@ -136,7 +136,7 @@ def test_soft_versions_equal_hard_versions_for_one_hot_targets():
 
 
 def _naive_terms(z, y, q, w, delta=1e-4):
-    """Plain autograd versions of every formula, straight from DESIGN.md section 3."""
+    """Plain autograd versions of every formula, straight from docs/methods.md."""
     p = torch.softmax(z, 1)
     logp = torch.log_softmax(z, 1)
     k = z.shape[1]

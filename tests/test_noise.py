@@ -504,7 +504,7 @@ def test_calibration_on_real_kits23_labels():
 
 
 def test_default_target_dice_is_one_value_in_code_schema_and_config():
-    """DESIGN.md section 6: corrupt_dataset(labels, spacings, target_dice=0.96, seed=0). The
+    """docs/noise.md: corrupt_dataset(labels, spacings, target_dice=0.96, seed=0). The
     value lives in DEFAULT_TARGET_DICE; the signatures, the config schema's default and the
     config a boundary-noise task gets without a target all take it from there (or equal it)."""
     from nnrobustloss.config import config_schema, validate_config

@@ -1,4 +1,4 @@
-"""Tests of the Optuna tuning machinery (DESIGN.md section 4, issue 5 items 1 and 8).
+"""Tests of the Optuna tuning machinery (docs/tuning.md, issue 5 items 1 and 8).
 
 Real Optuna storages in ``tmp_path`` (SQLite, journal file); the objective of most tests is a
 cheap deterministic function of the parameters that reports one value per "epoch", so that the

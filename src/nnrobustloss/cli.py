@@ -2,7 +2,7 @@
 
 Each subcommand runs the same package function as the corresponding Snakemake rule, with the
 settings of the given config files (default ``config/config.yaml``) and the output paths of
-DESIGN.md section 2. Examples::
+docs/layout.md. Examples::
 
     nnrobustloss convert --task Phantom
     nnrobustloss train --task Phantom --method APL2 --fold 0 --params '{"w": 0.7}' --epochs 5

@@ -1,4 +1,4 @@
-"""Wall time and GPU cost of the study's GPU jobs, from the config alone (DESIGN.md section 4).
+"""Wall time and GPU cost of the study's GPU jobs, from the config alone (docs/tuning.md).
 
 The work of a job is epochs x the seconds of one epoch: ``cluster.seconds_per_epoch`` of the
 planner (an epoch of 250 training iterations of one network), scaled by the budget's

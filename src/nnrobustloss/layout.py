@@ -1,4 +1,4 @@
-"""Where every stage's outputs live under the results folder (DESIGN.md section 2).
+"""Where every stage's outputs live under the results folder (docs/layout.md).
 
 Nothing else builds these paths: the Snakemake rules, the ``nnrobustloss`` command and the
 stage functions all call this module. Every function takes the results folder first; task,

@@ -1,4 +1,4 @@
-"""Robust loss terms and nnU-Net-compatible loss modules (DESIGN.md sections 3 and 6).
+"""Robust loss terms and nnU-Net-compatible loss modules (docs/methods.md).
 
 Notation: logits ``z`` of shape ``[B, K, *spatial]`` (float, any dtype), ``p = softmax(z)`` over
 the K classes, integer target ``y`` of shape ``[B, 1, *spatial]`` (``[B, *spatial]`` is accepted
@@ -19,7 +19,8 @@ Formulas and where they come from (checked against the authors' public code):
     which is what ``rce`` computes (their ``clamp(p, 1e-7)`` changes the value by at most
     (K-1) * 1e-7 * 9.2 and is not copied).
   * ``NormalizedGeneralizedCrossEntropy``: ``(1 - p_y^q) / (K - sum_j p_j^q)`` with p clamped at
-    1e-7 = our ``ngce`` with DESIGN's w for their q (GCE(y) / sum_j GCE(j); the 1/w cancels).
+    1e-7 = our ``ngce`` with the w of docs/methods.md for their q (GCE(y) / sum_j GCE(j); the
+    1/w cancels).
     Their floor only guards autograd's derivative w p^(w-1), infinite at p = 0; we compute
     p^w = exp(w log_softmax(z)), whose derivative w p^w (delta - p) is finite everywhere, exact
     and unfloored (values differ from theirs only where p < 1e-7).
@@ -35,7 +36,7 @@ Formulas and where they come from (checked against the authors' public code):
   sigma 0.2) whereas the Islam kernel always moves half of the mass to the neighbours of a
   boundary voxel and sigma only shapes how that half is spread.
 
-Soft-target versions used by HRL (DESIGN.md section 3): ``soft_ce``, ``soft_rce`` =
+Soft-target versions used by HRL (docs/methods.md): ``soft_ce``, ``soft_rce`` =
 -sum_k p_k log max(q_k, delta) and ``soft_ngce`` = (1 - sum_k q_k p_k^w) / (K - sum_k p_k^w);
 with a one-hot q they equal the hard versions.
 
@@ -175,7 +176,7 @@ def _no_autocast(t: Tensor) -> torch.autocast:
 # per-voxel terms (float32, [B, *spatial])
 # --------------------------------------------------------------------------------------------
 #
-# Each term is its DESIGN.md formula on log p = log_softmax(z) with plain autograd. p^w is
+# Each term is its docs/methods.md formula on log p = log_softmax(z) with plain autograd. p^w is
 # exp(w log p): its derivative w p^w (delta - p) is finite (0) where p underflows to 0, whereas
 # autograd of p ** w gives w p^(w-1) dp = inf * 0 = NaN there (why the APL code floors p at 1e-7).
 

@@ -1,4 +1,4 @@
-"""The method registry: the one place that knows a method (DESIGN.md section 1).
+"""The method registry: the one place that knows a method (docs/README.md).
 
 ``METHODS`` lists the nine methods of the study in the paper's order. Each entry is a
 :class:`MethodSpec`: its id (paths, config), display name (tables), trainer class, whether it
@@ -9,7 +9,7 @@ accepted method and the predictor's trainer lookup all read the registry. Adding
 trainer class and one entry here (README, "Adding a loss").
 
 ``search_space`` holds one :class:`FloatParam` per hyper-parameter with the paper's range
-(DESIGN.md section 3):
+(docs/methods.md):
 
 | method | parameters |
 | --- | --- |

@@ -57,7 +57,7 @@ DICE_TOLERANCE = 0.005
 """Largest accepted distance between the achieved mean Dice and the target."""
 
 _FINE_TOLERANCE = 0.001  # beyond this, the last whole-layer step is resolved to single voxels
-_INITIAL_SCALE_MM = 1.0  # DESIGN.md: about 0.7 mm gives mean Dice 0.96 on real KiTS23 cases
+_INITIAL_SCALE_MM = 1.0  # docs/noise.md: about 0.7 mm gives mean Dice 0.96 on real KiTS23 cases
 
 
 class NoiseCalibrationError(NNRobustLossError, ValueError):

@@ -8,7 +8,7 @@ Each stage has two functions:
 - ``run_<stage>(**params, <outputs>)``: does the work and writes the outputs atomically.
 
 Settings that do not change results (``device``, ``tuning.workers``, number of processes) are
-passed separately. Output locations follow DESIGN.md section 2 (:mod:`nnrobustloss.layout`).
+passed separately. Output locations follow docs/layout.md (:mod:`nnrobustloss.layout`).
 """
 
 from __future__ import annotations

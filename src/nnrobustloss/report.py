@@ -1,6 +1,6 @@
 """The paper's tables and figure, from the stage CSVs alone.
 
-Inputs (DESIGN.md section 2): tidy metric CSVs ``metrics/<Task>/<Method>/fold<k>.csv``
+Inputs (docs/layout.md): tidy metric CSVs ``metrics/<Task>/<Method>/fold<k>.csv``
 (task, method, fold, case, region, metric, value), noise CSVs ``noise/<Task>.csv`` (task, case,
 region, metric, value; metrics dice and asd) and tuning ``trials.csv`` files (task, method, fold,
 number, value, state). Outputs: ``table1``, ``table2`` and ``noise_levels`` as CSV, Markdown and

@@ -1,6 +1,6 @@
-"""The co-teaching schedule: when voxel selection starts and how fast it ramps up (DESIGN.md
-section 3). Plain Python, no torch: the Snakefile, the cost plan and the shared warm-up use it
-too.
+"""The co-teaching schedule: when voxel selection starts and how fast it ramps up
+(docs/methods.md). Plain Python, no torch: the Snakefile, the cost plan and the shared warm-up
+use it too.
 
 The paper's schedule is ``delay`` = ``gradual`` = 20 epochs (:data:`PAPER_DELAY`,
 :data:`PAPER_GRADUAL`, the config's defaults), in its 50-epoch tuning trials and its 200-epoch

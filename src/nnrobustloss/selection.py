@@ -1,4 +1,4 @@
-"""Voxel selection of the co-teaching family: CoT, CoT+ and StoCoT (DESIGN.md section 3).
+"""Voxel selection of the co-teaching family: CoT, CoT+ and StoCoT (docs/methods.md).
 
 Two peers A and B see the same mini-batch. Each peer computes a keep-mask from its own
 predictions; its **partner** is then updated on the kept voxels only (masked per-voxel terms and
@@ -24,11 +24,11 @@ References and what is deliberately not copied:
   Beta(alpha, beta). Their segmentation code (``code_segmentation_cmr/losses.py``) draws a
   16x16 grid of thresholds per sample and tiles it periodically over the 128x128 image
   (``repeat(1, 1, 8, 8)``) to save sampling time: ``mode="tiled"`` reproduces that, with a 16^d
-  grid tiled periodically over d spatial dims. They compare with ``>``; DESIGN says "at least",
-  so we keep ``p >= ramp * theta`` (identical with probability one for ramp > 0). As their
-  segmentation code, we neither clip theta to [0.01, 0.99] nor redraw when fewer than 10% are
-  kept (their classification code does both). Beta draws come from a ``torch.Generator`` by
-  inverse-CDF sampling (:func:`sample_beta`), so a seeded generator reproduces them exactly.
+  grid tiled periodically over d spatial dims. They compare with ``>``; docs/methods.md says
+  "at least", so we keep ``p >= ramp * theta`` (identical with probability one for ramp > 0).
+  As their segmentation code, we neither clip theta to [0.01, 0.99] nor redraw when fewer than
+  10% are kept (their classification code does both). Beta draws come from a ``torch.Generator``
+  by inverse-CDF sampling (:func:`sample_beta`), so a seeded generator reproduces them exactly.
 
 Use in a trainer, per deep-supervision level l (logits ``out_a[l]``, ``out_b[l]``, label map
 ``t[l]``, loss modules from :mod:`nnrobustloss.losses`; see

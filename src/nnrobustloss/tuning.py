@@ -1,6 +1,6 @@
 """Optuna hyper-parameter tuning: one study per (task, method, fold), run by one or more workers.
 
-DESIGN.md section 4. A study is named ``<Task>.<Method>.fold<k>`` and lives in the configured
+See docs/tuning.md. A study is named ``<Task>.<Method>.fold<k>`` and lives in the configured
 storage: a per-study SQLite file by default, a journal file (several workers on a shared file
 system) or a PostgreSQL URL read from an environment variable (never from the config). Each
 worker runs a fixed quota of the ``n_trials`` trials with a TPE sampler seeded from ``seed + worker``

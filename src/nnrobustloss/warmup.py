@@ -1,4 +1,4 @@
-"""The shared warm-up of the co-teaching family's tuning trials (DESIGN.md section 3).
+"""The shared warm-up of the co-teaching family's tuning trials (docs/tuning.md).
 
 Before ``coteaching.delay`` epochs (the delay of a tuning trial, scaled by
 :func:`nnrobustloss.schedule.scaled_schedule`) CoT, CoT+ and StoCoT train both peers with plain

@@ -1,4 +1,4 @@
-"""nnU-Net trainers of the study, one per method (DESIGN.md section 3).
+"""nnU-Net trainers of the study, one per method (docs/methods.md).
 
 | method | trainer |
 | --- | --- |

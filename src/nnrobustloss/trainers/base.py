@@ -1,4 +1,4 @@
-"""The shared base of every nnRobustLoss trainer (DESIGN.md section 3).
+"""The shared base of every nnRobustLoss trainer (docs/methods.md).
 
 ``RobustTrainer`` subclasses nnU-Net's ``nnUNetTrainer`` and defines its ``__init__`` with
 nnU-Net's signature, once: nnU-Net records ``inspect.signature(self.__init__)`` of the final

@@ -1,4 +1,4 @@
-"""Two-peer trainers of the co-teaching family: CoT, CoT+, StoCoT and HRL (DESIGN.md section 3).
+"""Two-peer trainers of the co-teaching family: CoT, CoT+, StoCoT and HRL (docs/methods.md).
 
 Peers A (nnU-Net's ``self.network``) and B (``self.network_b``) see the same mini-batch. Each has
 its own SGD optimiser and poly-LR schedule (built by nnU-Net's ``configure_optimizers``), its own

@@ -5,7 +5,7 @@ epoch's steps, and at the end of the epoch builds the epoch's row (nnU-Net's log
 training pseudo Dice and its EMA, extras such as the co-teaching kept fractions), keeps the
 history (restored from a checkpoint on resumption) and writes ``progress.csv``.
 
-The tuning objective (DESIGN.md section 3) is computed from the training patches of each epoch:
+The tuning objective (docs/tuning.md) is computed from the training patches of each epoch:
 per step, the full-resolution network output (argmax over classes) is compared with the
 full-resolution training target (the noisy labels the network is trained on); true positives,
 false positives and false negatives of every foreground class are summed over the epoch. At the
@@ -14,7 +14,7 @@ end of the epoch the pseudo Dice is the mean over foreground classes of 2tp / (2
 Empty classes: a class with tp + fp + fn = 0 (absent from every target patch of the epoch and
 never predicted) has no defined Dice; it is skipped in the mean. When every class is skipped the
 epoch's value is 1.0 (nothing to find and nothing predicted is a perfect result, the
-both-empty convention of the evaluation, DESIGN.md section 5), so the value is never NaN.
+both-empty convention of the evaluation, docs/metrics.md), so the value is never NaN.
 
 The moving average uses lambda = 0.9: first epoch ema = value, then
 ema = 0.9 * ema + 0.1 * value (the same rule as nnU-Net's validation EMA).

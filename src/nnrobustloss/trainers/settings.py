@@ -1,4 +1,4 @@
-"""The settings of one training, set from outside a trainer (DESIGN.md section 3).
+"""The settings of one training, set from outside a trainer (docs/methods.md).
 
 :class:`TrainerSettings` is validated when it is constructed: the config schema validates the
 config, this class every training built from Python (the pipeline, the command line, tests),

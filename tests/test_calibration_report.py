@@ -48,7 +48,7 @@ def study(tmp_path: Path) -> dict[str, list[Path]]:
                     for metric, v in per_metric.items() for i, c in enumerate(cases)]
             path = tmp_path / "metrics" / "Phantom" / method / f"fold{fold}.csv"
             path.parent.mkdir(parents=True, exist_ok=True)
-            pd.DataFrame(rows, columns=list(CSV_COLUMNS)).to_csv(path, index=False)
+            pd.DataFrame(rows, columns=list(CSV_COLUMNS[:7])).to_csv(path, index=False)
             metrics.append(path)
             # reliability: 3 bins of 1/3; HRL calibrated, the others over-confident at the top
             acc_top = 0.95 if method == "HRL" else 0.6
@@ -66,7 +66,7 @@ def study(tmp_path: Path) -> dict[str, list[Path]]:
     path = tmp_path / "metrics" / "Heart" / "Baseline" / "fold0.csv"
     path.parent.mkdir(parents=True)
     pd.DataFrame([("Heart", "Baseline", 0, "h0", "LV", "dice", 0.9)],
-                 columns=list(CSV_COLUMNS)).to_csv(path, index=False)
+                 columns=list(CSV_COLUMNS[:7])).to_csv(path, index=False)
     metrics.append(path)
     rpath = path.with_name("fold0_reliability.csv")
     pd.DataFrame(columns=list(RELIABILITY_COLUMNS)).to_csv(rpath, index=False)

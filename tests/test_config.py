@@ -318,7 +318,8 @@ def test_defaults_are_filled() -> None:
     assert cfg["planning"] == {"planner": "default", "configuration": "3d_fullres",
                                "num_processes": 2}
     assert cfg["training"] == {"epochs": 200, "iterations_per_epoch": 250,
-                               "val_iterations_per_epoch": 50}
+                               "val_iterations_per_epoch": 50, "replicates": 1,
+                               "augmentation_workers": "auto"}
     assert cfg["tuning"]["n_trials"] == 30 and cfg["tuning"]["pruner"] == "none"
     assert cfg["coteaching"] == {"delay": 20, "gradual": 20, "max_fraction": 0.4,
                                  "stocot_thresholds": "random"}
@@ -334,7 +335,8 @@ def test_defaults_fill_partial_sections_and_keep_given_values() -> None:
     cfg["tasks"]["T"]["noise"] = {"type": "boundary"}
     out = validate_config(cfg)
     assert out["training"] == {"epochs": 5, "iterations_per_epoch": 250,
-                               "val_iterations_per_epoch": 50}
+                               "val_iterations_per_epoch": 50, "replicates": 1,
+                               "augmentation_workers": "auto"}
     assert out["tasks"]["T"]["noise"] == {"type": "boundary", "target_dice": 0.96}
     assert cfg["training"] == {"epochs": 5}  # the input is not modified
 

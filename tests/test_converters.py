@@ -489,7 +489,7 @@ def test_noise_report_on_the_phantom(preprocessed_phantom: dict[str, Path], tmp_
     regions = {"organ": [1], "lesion": [2]}
     df = run_noise_report("PhantomTest", 981, regions, 1.0, preprocessed_phantom["results_dir"], out)
     csv = pd.read_csv(out)
-    assert list(csv.columns) == ["task", "case", "region", "metric", "value"]
+    assert list(csv.columns) == ["task", "case", "region", "metric", "value", "worst_case"]
     assert len(csv) == 6 * 2 * 3 and (csv["task"] == "PhantomTest").all()
     pd.testing.assert_frame_equal(csv, df, check_dtype=False)
     assert set(csv["metric"]) == {"dice", "asd", "surface_dice"}

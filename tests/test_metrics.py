@@ -191,13 +191,14 @@ def test_region_absent_in_both_while_other_regions_present() -> None:
     pred = lab.copy()
     pred[6, 6, 6] = 2  # false-positive class 2 only in the prediction
     r = evaluate_case(pred, lab, (1, 1, 1), {"one": [1], "two": [2]}, 1.0)
-    assert r["two"]["dice"] == 0.0 and math.isnan(r["two"]["asd"])
+    assert r["two"]["dice"] == 0.0 and r["two"]["asd"] == pytest.approx(math.sqrt(3 * 8**2))
     assert r["one"]["dice"] == 1.0
 
 
 def test_empty_prediction_every_kits_region() -> None:
-    # All-background prediction: every region present in the reference gets Dice 0, ASD NaN,
-    # surface Dice 0; the cyst region, absent in both, gets 1, 0, 1.
+    # All-background prediction: every region present in the reference gets Dice 0, surface Dice
+    # 0 and the worst-case ASD (diagonal of 18 x 8 x 8 mm); the cyst region, absent in both,
+    # gets 1, 0, 1.
     ref = np.zeros((6, 10, 10), np.uint8)
     ref[1:5, 2:8, 2:8] = 1
     ref[2:4, 3:5, 3:5] = 2
@@ -206,7 +207,7 @@ def test_empty_prediction_every_kits_region() -> None:
     r = evaluate_case(pred, ref, (3.0, 0.8, 0.8), regions, 1.0)
     for name in KITS23_REGIONS:
         assert r[name]["dice"] == 0.0 and r[name]["surface_dice"] == 0.0, name
-        assert math.isnan(r[name]["asd"]), name
+        assert r[name]["asd"] == pytest.approx(math.sqrt(18**2 + 8**2 + 8**2)), name
     assert r["cyst"] == {"dice": 1.0, "asd": 0.0, "surface_dice": 1.0}
     # both empty everywhere
     r = evaluate_case(pred, pred, (3.0, 0.8, 0.8), regions, 1.0)
@@ -222,7 +223,7 @@ def test_structure_missing_in_reference() -> None:
     r = evaluate_case(pred, ref, (1.0, 1.0, 1.0), KITS23_REGIONS, KITS23_TOLERANCES_MM)
     for name in ("Tumor+Cyst", "Tumor"):
         assert r[name]["dice"] == 0.0 and r[name]["surface_dice"] == 0.0
-        assert math.isnan(r[name]["asd"])
+        assert r[name]["asd"] == pytest.approx(math.sqrt(3 * 8**2))
     # the kidney+masses region is unchanged by the relabelling
     assert r["Kidney+Tumor+Cyst"] == {"dice": 1.0, "asd": 0.0, "surface_dice": 1.0}
 
@@ -512,7 +513,7 @@ def folders(tmp_path: Path) -> tuple[Path, Path, dict[str, tuple[np.ndarray, np.
         ref = _blobs(rng, (8, 16, 16))
         pred = np.roll(ref, i, axis=2)
         if i == 2:
-            pred[pred == 3] = 0  # class 3 missing in the prediction -> ASD NaN
+            pred[pred == 3] = 0  # class 3 missing in the prediction -> worst-case ASD
             ref[4, 8, 8] = 3
         _write_case(pred_dir, f"case_{i}", pred)
         _write_case(ref_dir, f"case_{i}", ref)
@@ -525,9 +526,11 @@ def test_evaluate_folder_tidy_csv(folders, tmp_path: Path) -> None:
     regions = {"one": [1], "three": [3], "all": [1, 2, 3]}
     out = tmp_path / "metrics" / "T" / "M" / "fold0.csv"
     df = evaluate_folder(pred_dir, ref_dir, ["case_0", "case_1", "case_2"], "T", "M", 0,
-                         regions, 1.0, out)
+                         regions, 1.0, out, replicate=2)
     back = pd.read_csv(out)
-    assert list(back.columns) == ["task", "method", "fold", "case", "region", "metric", "value"]
+    assert list(back.columns) == ["task", "method", "fold", "case", "region", "metric", "value",
+                                  "replicate", "worst_case"]
+    assert (back["replicate"] == 2).all()
     assert len(back) == 3 * 3 * 3
     assert list(back["case"].unique()) == ["case_0", "case_1", "case_2"]
     assert list(back["region"][:9]) == ["one"] * 3 + ["three"] * 3 + ["all"] * 3
@@ -537,8 +540,12 @@ def test_evaluate_folder_tidy_csv(folders, tmp_path: Path) -> None:
     exp = evaluate_case(pred, ref, (2.0, 1.0, 1.0), regions, 1.0)
     row = back[(back.case == "case_1") & (back.region == "all") & (back.metric == "asd")]
     assert row["value"].item() == pytest.approx(exp["all"]["asd"], rel=1e-12)
-    nan_row = back[(back.case == "case_2") & (back.region == "three") & (back.metric == "asd")]
-    assert math.isnan(nan_row["value"].item())
+    worst = back[(back.case == "case_2") & (back.region == "three")]
+    # 8 x 16 x 16 voxels of 2 x 1 x 1 mm: diagonal sqrt(16^2 + 16^2 + 16^2)
+    assert worst.set_index("metric")["value"].to_dict() == pytest.approx(
+        {"dice": 0.0, "asd": 16 * math.sqrt(3), "surface_dice": 0.0})
+    assert (worst["worst_case"] == 1).all() and back["worst_case"].sum() == 3
+    assert not back["value"].isna().any()
     assert (back.loc[back.metric == "dice", "value"].between(0, 1)).all()
 
 

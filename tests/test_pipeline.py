@@ -32,11 +32,14 @@ def test_workers_and_device_do_not_change_any_stage_params(config: dict) -> None
 
 def test_run_options_are_the_config_values_each_run_function_takes(config: dict) -> None:
     cfg = validate_config({**config, "device": "cpu", "checkpoint_minutes": 7,
-                           "coteaching": {**config["coteaching"], "peer_updates": "joint"}})
+                           "coteaching": {**config["coteaching"], "peer_updates": "joint"},
+                           "training": {**config["training"], "augmentation_workers": 3}})
     assert stages.run_options(cfg, "train") == {"device": "cpu", "checkpoint_minutes": 7,
-                                                "peer_updates": "joint"}
+                                                "peer_updates": "joint",
+                                                "augmentation_workers": 3}
     assert stages.run_options(cfg, "tune") == stages.run_options(cfg, "train")
-    assert stages.run_options(cfg, "warmup") == {"device": "cpu", "peer_updates": "joint"}
+    assert stages.run_options(cfg, "warmup") == {"device": "cpu", "peer_updates": "joint",
+                                                 "augmentation_workers": 3}
     assert stages.run_options(cfg, "predict") == {"device": "cpu"}
     runs = {"tune": stages.run_tune_worker, "warmup": stages.run_warmup,
             "train": stages.run_train, "predict": stages.run_predict}
@@ -45,8 +48,8 @@ def test_run_options_are_the_config_values_each_run_function_takes(config: dict)
         accepted = set(inspect.signature(run).parameters)
         assert set(stages.run_options(cfg, stage)) <= accepted, stage
         # a run option the function takes but is not given would silently stay at its default
-        assert accepted & {"device", "checkpoint_minutes", "peer_updates"} == set(
-            stages.RUN_OPTIONS[stage]), stage
+        assert accepted & {"device", "checkpoint_minutes", "peer_updates",
+                           "augmentation_workers"} == set(stages.RUN_OPTIONS[stage]), stage
     with pytest.raises(ValueError, match="no run options for stage 'report'"):
         stages.run_options(cfg, "report")
 

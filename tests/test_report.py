@@ -25,14 +25,24 @@ N_CASES = 8  # 2 folds x 4 cases
 
 
 def _metric_rows(task: str, method: str, fold: int, cases: list[str],
-                 values: dict[str, dict[str, list[float]]]) -> pd.DataFrame:
-    """values[region][metric] = one value per case."""
+                 values: dict[str, dict[str, list[float]]],
+                 worst: set[tuple[str, str, str]] = frozenset(),
+                 replicate: int | None = None) -> pd.DataFrame:
+    """values[region][metric] = one value per case; ``worst``: (case, region, metric) rows that
+    are the worst case of one empty mask (a ``worst_case`` column is written only when given,
+    as ``replicate``: hand-made tables may lack both)."""
     rows = [(task, method, fold, c, region, metric, v[i])
             for region, per_metric in values.items()
             for metric, v in per_metric.items()
             for i, c in enumerate(cases)]
-    return pd.DataFrame(rows, columns=["task", "method", "fold", "case", "region", "metric",
-                                       "value"])
+    df = pd.DataFrame(rows, columns=["task", "method", "fold", "case", "region", "metric",
+                                     "value"])
+    if worst:
+        df["worst_case"] = [int((c, r, m) in worst) for c, r, m in
+                            zip(df["case"], df["region"], df["metric"], strict=True)]
+    if replicate is not None:
+        df["replicate"] = replicate
+    return df
 
 
 @pytest.fixture()
@@ -52,14 +62,16 @@ def study(tmp_path: Path) -> dict[str, object]:
             cases = [f"case_{i}" for i in range(4 * fold, 4 * fold + 4)]
             d = base_dice[sl] + eff[sl]
             asd_lv = list(3.0 - 10 * eff[sl])
+            worst = set()
             if method == "Baseline" and fold == 1:
-                asd_lv[0] = float("nan")  # exactly one empty mask
+                asd_lv[0] = 50.0  # exactly one empty mask: the worst case
+                worst = {("case_4", "LV", "asd")}
             vals = {"LV": {"dice": list(d), "asd": asd_lv, "surface_dice": list(d - 0.1)},
                     "RV": {"dice": list(d - 0.1), "asd": list(4.0 - 10 * eff[sl]),
                            "surface_dice": list(d - 0.2)}}
             path = tmp_path / "metrics" / "Heart" / method / f"fold{fold}.csv"
             path.parent.mkdir(parents=True, exist_ok=True)
-            _metric_rows("Heart", method, fold, cases, vals).to_csv(path, index=False)
+            _metric_rows("Heart", method, fold, cases, vals, worst).to_csv(path, index=False)
             metrics_csvs.append(path)
     for method, dice in (("Baseline", 0.8), ("HRL", 0.9)):
         path = tmp_path / "metrics" / "KiTS23" / method / "fold0.csv"
@@ -103,7 +115,7 @@ def _build(study: dict[str, object], **kw: object) -> dict[str, Path]:
 
 def test_all_outputs_written(study) -> None:
     out = _build(study)
-    expected = {f"{t}.{e}" for t in ("table1", "table2", "noise_levels")
+    expected = {f"{t}.{e}" for t in ("table1", "table2", "folds", "noise_levels")
                 for e in ("csv", "md", "tex", "html")} | {"figure1.png", "figure1.pdf"}
     assert set(out) == expected
     for path in out.values():
@@ -129,14 +141,14 @@ def test_table1_values_order_names_and_marks(study) -> None:
     expected = np.mean([np.mean(hrl[:4] - 0.05), np.mean(hrl[4:] - 0.05)]) * 100
     got = heart[(heart.method == "HRL") & (heart.metric == "dice")]["mean"].item()
     assert got == pytest.approx(expected, rel=1e-12)
-    # Baseline ASD: the NaN region value of case_4 is left out (case_4 mean = RV only)
+    # Baseline ASD: the worst-case value of case_4's LV (50 mm) counts like any other
     b_lv = np.full(8, 3.0)
-    b_lv[4] = np.nan
-    per_case = np.nanmean(np.stack([b_lv, np.full(8, 4.0)]), axis=0)
+    b_lv[4] = 50.0
+    per_case = np.mean(np.stack([b_lv, np.full(8, 4.0)]), axis=0)
     exp_asd = np.mean([per_case[:4].mean(), per_case[4:].mean()])
     row = heart[(heart.method == "Baseline") & (heart.metric == "asd")]
     assert row["mean"].item() == pytest.approx(exp_asd, rel=1e-12)
-    assert row["n_nan"].item() == 1
+    assert (row["n_worst"].item(), row["n_values"].item(), row["n_nan"].item()) == (1, 16, 0)
     # Wilcoxon: HRL better on all 8 cases -> exact two-sided p = 2 / 2^8; Holm over 3 tests
     hrl_row = heart[(heart.method == "HRL") & (heart.metric == "dice")]
     assert hrl_row["p_value"].item() == pytest.approx(2 / 2**8)
@@ -163,12 +175,18 @@ def test_table1_values_order_names_and_marks(study) -> None:
     cells = {r.split(" | ")[0].lstrip("| "): r.strip("| ").split(" | ")[1:] for r in rows}
     assert cells["HRL"][0] == f"{expected:.1f}*"
     assert "*" not in cells["SVLS"][0] and "*" not in cells["Baseline"][0]
-    assert cells["CoT+"] == ["--", "--", "--", "--"]
-    assert cells["SVLS"][2] == "--" and cells["SVLS"][3] == "--"  # no KiTS23 rows for SVLS
-    assert cells["HRL"][2] == "90.0" and cells["HRL"][3] == "80.0"  # KiTS: Dice, Surface Dice
-    assert "Heart Baseline: 1" in "\n".join(md)  # NaN-ASD footnote
+    # per task: its metrics, then "Lost" (k of N fold x replicate trainings)
+    assert cells["CoT+"] == ["--"] * 6
+    assert cells["SVLS"][2] == "0/2" and cells["SVLS"][3:] == ["--"] * 3  # no KiTS23 rows
+    assert cells["HRL"][3] == "90.0" and cells["HRL"][4] == "80.0"  # KiTS: Dice, Surface Dice
+    assert cells["HRL"][5] == "0/1"
+    text = "\n".join(md)
+    assert "Heart Baseline: 1 of 16" in text and "left out" not in text.replace(
+        "no value is left out", "")  # the worst-case footnote
+    assert "No method lost a class" in text and "†" not in text.split("No method")[0]
     header = next(line for line in md if line.startswith("| Method"))
     assert "Heart ASD (mm)" in header and "KiTS23 Surface Dice (%)" in header
+    assert "Heart Lost" in header
     tex = out["table1.tex"].read_text()
     assert "Baseline (ref.)" in tex and "CoT+" in tex and "$^{*}$" in tex
 
@@ -434,8 +452,10 @@ def test_table1_and_table2_latex_exact() -> None:
         "Method & Dice (\\%) & ASD (mm) \\\\\n\\midrule\n"
         "Baseline & 76.0 & 1.2 \\\\\nHRL & 86.0 & 1.1 \\\\\n"
         "\\bottomrule\n\\end{tabular}\n"
-        "\\par\\smallskip\\footnotesize ASD: no value was left out (no case with exactly one "
-        "empty mask).\n\\end{table}\n")
+        "\\par\\smallskip\\footnotesize Surface metrics: where exactly one of prediction and "
+        "reference is empty, ASD is the worst case (the diagonal of the image in mm) and Surface "
+        "Dice 0; no value is left out of any mean; no value is such a worst case.\n"
+        "\\end{table}\n")
     s2 = summarise_regions(metrics, SMALL_TASKS, SMALL_METHODS)
     _, tex2 = table2(s2, SMALL_TASKS, SMALL_METHODS)
     assert tex2 == (
@@ -465,7 +485,8 @@ def test_noise_and_sweep_latex_exact() -> None:
         "\\begin{table}[t]\n\\centering\n"
         "\\caption{Noise levels: agreement of the noisy training labels with the reference "
         "labels; per case the mean over classes, then mean +- SD over cases. Dice in \\%, ASD in "
-        "mm; -- no noise report.}\n"
+        "mm (where exactly one mask is empty: the diagonal of the image, 0 such values); -- no "
+        "noise report.}\n"
         "\\label{tab:noise}\n\\begin{tabular}{llrrr}\n\\toprule\n"
         "Task & Class/region & Cases & Dice (\\%) & ASD (mm) \\\\\n\\midrule\n"
         "Heart & all classes & 2 & 92.5 $\\pm$ 3.5 & 0.5 $\\pm$ 0.0 \\\\\n"

@@ -197,8 +197,8 @@ def cost_plan(config: Mapping[str, Any]) -> pd.DataFrame:
     the estimated GPU-hours ``tune_gpu_h, train_gpu_h, predict_gpu_h, gpu_h`` (work without the
     safety factor) and ``reserved_gpu_h``: the runtimes the first attempts ask for. Final
     trainings and predictions count every replicate (``training.replicates`` per fold; tuning is
-    shared by the replicates). With the shared warm-up, each task has a row of method :data:`WARMUP_ROW` whose ``tune_*`` columns
-    are its ``tune_warmup`` jobs (one per fold).
+    shared by the replicates). With the shared warm-up, each task has a row of method
+    :data:`WARMUP_ROW` whose ``tune_*`` columns are its ``tune_warmup`` jobs (one per fold).
     """
     n_folds = len(config["folds"])
     n_final = n_folds * int(config["training"].get("replicates", 1))  # train/predict jobs

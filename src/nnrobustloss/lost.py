@@ -13,9 +13,11 @@ This module is pandas only (no plotting, no statistics): :mod:`nnrobustloss.repo
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import pandas as pd
+
+from nnrobustloss.metric_registry import METRICS_CSV_DEFAULTS
 
 LOST_DICE = 0.05
 """A class is lost in a fold when the method's held-out mean Dice is below this ..."""
@@ -26,12 +28,22 @@ FOLD_KEY: tuple[str, ...] = ("task", "method", "fold", "replicate", "region", "m
 """Columns of ``tables/folds.csv`` before ``value``."""
 
 
+def with_defaults(frame: pd.DataFrame,
+                  defaults: Mapping[str, object] = METRICS_CSV_DEFAULTS) -> pd.DataFrame:
+    """``frame`` with the columns of ``defaults`` that it lacks added with their default value
+    (a tidy table made by hand, or by an older stage, may lack ``replicate`` and
+    ``worst_case``); the frame itself when it has them all."""
+    missing = {c: v for c, v in defaults.items() if c not in frame.columns}
+    return frame.assign(**missing) if missing else frame
+
+
 def fold_means(metrics: pd.DataFrame) -> pd.DataFrame:
     """Per (task, method, fold, replicate, region, metric) the mean over the fold's held-out
     cases of the tidy metric rows (columns :data:`FOLD_KEY` + ``value``, in the order of first
     appearance). Every row counts: the metric CSVs hold no NaN for Dice, ASD and surface Dice
     (worst case where one mask is empty); a NaN (a calibration metric of an empty band) is left
     out, as pandas' mean does."""
+    metrics = with_defaults(metrics)
     if metrics.empty:
         return pd.DataFrame(columns=[*FOLD_KEY, "value"])
     out = (metrics.groupby(list(FOLD_KEY), sort=False)["value"].mean().reset_index())
@@ -102,4 +114,4 @@ def lost_note(lost: pd.DataFrame, name: Callable[[str], str], methods: list[str]
 
 
 __all__ = ["BASELINE_LEARNT_DICE", "FOLD_KEY", "LOST_DICE", "fold_means", "lost_classes",
-           "lost_counts", "lost_note"]
+           "lost_counts", "lost_note", "with_defaults"]

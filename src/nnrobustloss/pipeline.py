@@ -489,6 +489,8 @@ def report_params(config: Mapping[str, Any]) -> dict[str, Any]:
     tr = config["training"]
     return {"tasks": {name: {"table_metrics": list(t["table_metrics"])}
                       for name, t in config["tasks"].items()},
+            "labels": {name: {int(v): str(k) for k, v in t["labels"].items() if int(v) != 0}
+                       for name, t in config["tasks"].items()},
             "methods": list(config["methods"]),
             "sweep": noise_sweep_tasks(config),
             "training_iterations": int(tr["epochs"]) * int(tr["iterations_per_epoch"]),
@@ -517,7 +519,8 @@ def run_report(params: Mapping[str, Any], metrics_csvs: Sequence[str], noise_csv
                         sweep=params.get("sweep") or None,
                         training_iterations=params.get("training_iterations"),
                         min_training_iterations=params.get("min_training_iterations", 0),
-                        training_budget=params.get("training_budget", ""))
+                        training_budget=params.get("training_budget", ""),
+                        labels=params.get("labels"))
 
 
 def mean_dice(noise_csv: str | os.PathLike[str]) -> float:

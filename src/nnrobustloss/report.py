@@ -36,7 +36,7 @@ from scipy import stats
 
 from nnrobustloss.errors import ConfigError, InputDataError
 from nnrobustloss.fileio import atomic_path, write_text
-from nnrobustloss.lost import fold_means, lost_classes, lost_counts, lost_note
+from nnrobustloss.lost import fold_means, lost_classes, lost_counts, lost_note, with_defaults
 from nnrobustloss.methods import METHODS
 from nnrobustloss.metric_registry import (
     METRICS,
@@ -206,7 +206,7 @@ def bootstrap_ci(values: np.ndarray, seed_key: str, n_resamples: int = N_BOOTSTR
 def _case_means(df: pd.DataFrame) -> pd.DataFrame:
     """Per (task, method, fold, replicate, case, metric): mean over regions of the non-NaN
     values (only calibration metrics can be NaN: an empty band)."""
-    ok = df.dropna(subset=["value"])
+    ok = with_defaults(df).dropna(subset=["value"])
     return (ok.groupby(["task", "method", "fold", "replicate", "case", "metric"],
                        sort=False)["value"].mean().reset_index())
 
@@ -223,6 +223,7 @@ def summarise(metrics: pd.DataFrame, tasks: Mapping[str, Mapping[str, object]],
     only calibration metrics of an empty band), p_value (Wilcoxon vs Baseline over the per-case
     means), p_holm, significant (p_holm < 0.05).
     """
+    metrics = with_defaults(metrics)
     case_level = _case_means(metrics)
     rows = []
     for task, spec in tasks.items():
@@ -315,6 +316,10 @@ def _tex_escape(text: str) -> str:
             out.append(r"\textasciicircum{}")
         elif ch == "\\":
             out.append(r"\textbackslash{}")
+        elif ch == DAGGER:
+            out.append(r"\textdagger{}")
+        elif ch == "≥":
+            out.append(r"$\geq$")
         else:
             out.append(ch)
     return "".join(out)
@@ -414,7 +419,6 @@ def _methods_table(caption: str, label: str, summary: pd.DataFrame, methods: Seq
     has no row. ``lost``: ``{(task, method): "k/N"}`` adds a "Lost" column to each task's group
     and marks with :data:`DAGGER` the rows of methods with k > 0."""
     lost = dict(lost or {})
-    columns = [(task, m) for task, tm in task_metrics for m in tm]
     lookup = {(r.task, r.method, r.metric): r for r in summary.itertuples()}
     md_rows, tex_rows = [], []
     for method in methods:
@@ -487,30 +491,32 @@ def table1(summary: pd.DataFrame, tasks: Mapping[str, Mapping[str, object]],
     """Markdown and LaTeX of Table 1 (methods as rows, per task its metric columns and, with
     ``lost`` (:func:`nnrobustloss.lost.lost_classes`), a "Lost" column k/N with † on the rows
     of methods that lost a class in a fold, named in the caption)."""
-    lost = lost if lost is not None else lost_classes(fold_means(pd.DataFrame(
-        columns=[*METRICS_CSV_COLUMNS])), BASELINE)
     caption = ("Table 1: segmentation quality per task and method; "
                f"{CAPTION_MEANS}.{_replicates_note(summary)} Dice and Surface Dice in %, ASD in "
                f"mm. * p < {ALPHA} vs Baseline (paired Wilcoxon signed-rank test over cases, "
-               "Holm-corrected per task and metric); Lost: fold x replicate trainings that lost "
-               "a class (k/N); -- no results.")
-    footnote = " ".join(x for x in (lost_note(lost, display_name, list(methods),
-                                              BASELINE in set(lost["method"])),
-                                    _worst_case_note(summary)) if x)
+               "Holm-corrected per task and metric); "
+               + ("Lost: fold x replicate trainings that lost a class (k/N); "
+                  if lost is not None else "") + "-- no results.")
+    notes = [] if lost is None else [lost_note(lost, display_name, list(methods),
+                                               BASELINE in set(lost["method"]))]
+    footnote = " ".join(x for x in (*notes, _worst_case_note(summary)) if x)
     return _methods_table(caption, "tab:results", summary, methods,
                           [(t, _table_metrics(t, spec)) for t, spec in tasks.items()],
                           lambda m: METRICS[m].heading, digits=1, footnote=footnote,
-                          lost=_lost_cells(lost))
+                          lost=_lost_cells(lost) if lost is not None else None)
 
 
 def summarise_regions(metrics: pd.DataFrame, tasks: Mapping[str, Mapping[str, object]],
                       methods: Sequence[str]) -> pd.DataFrame:
     """Table 2 numbers: per task, region, method (SVLS/HRL present in ``methods``) and metric.
 
-    Columns: task, region, method, method_name, metric, unit, mean (over cases, then folds; in %
-    or mm), n_cases, n_nan. Regions keep their order of first appearance in the metric CSVs.
+    Columns: task, region, method, method_name, metric, unit, mean (over cases, then folds per
+    replicate, then over replicates; in % or mm), sd (over replicates), n_cases, n_worst
+    (worst-case values of one empty mask), n_nan. Regions keep their order of first appearance
+    in the metric CSVs.
     """
     t2_methods = [m for m in methods if m in TABLE2_METHODS]
+    metrics = with_defaults(metrics)
     rows = []
     for task, spec in tasks.items():
         sub = metrics[metrics.task == task]
@@ -521,42 +527,56 @@ def summarise_regions(metrics: pd.DataFrame, tasks: Mapping[str, Mapping[str, ob
                     g = sub[(sub.region == region) & (sub.method == method)
                             & (sub.metric == metric)]
                     ok = g.dropna(subset=["value"])
-                    fold_means = ok.groupby("fold")["value"].mean()
-                    mean = (float(fold_means.mean()) * METRICS[metric].scale
-                            if len(fold_means) else float("nan"))
+                    per_rep = (ok.groupby(["replicate", "fold"])["value"].mean()
+                               .groupby(level="replicate").mean()) * METRICS[metric].scale
                     rows.append({"task": task, "region": region, "method": method,
                                  "method_name": display_name(method), "metric": metric,
-                                 "unit": METRICS[metric].unit, "mean": mean,
+                                 "unit": METRICS[metric].unit,
+                                 "mean": float(per_rep.mean()) if len(per_rep) else float("nan"),
+                                 "sd": float(per_rep.std(ddof=1)) if len(per_rep) > 1
+                                 else float("nan"),
                                  "n_cases": int(ok["case"].nunique()),
+                                 "n_worst": int(g["worst_case"].sum()),
                                  "n_nan": int(g["value"].isna().sum())})
-    cols = ["task", "region", "method", "method_name", "metric", "unit", "mean", "n_cases",
-            "n_nan"]
+    cols = ["task", "region", "method", "method_name", "metric", "unit", "mean", "sd", "n_cases",
+            "n_worst", "n_nan"]
     return pd.DataFrame(rows, columns=cols)
 
 
 def table2(summary: pd.DataFrame, tasks: Mapping[str, Mapping[str, object]],
-           methods: Sequence[str]) -> tuple[str, str]:
-    """Markdown and LaTeX of Table 2: per class/region, SVLS and HRL side by side."""
+           methods: Sequence[str], lost: pd.DataFrame | None = None) -> tuple[str, str]:
+    """Markdown and LaTeX of Table 2: per class/region, SVLS and HRL side by side; with ``lost``
+    (:func:`nnrobustloss.lost.lost_classes`) a method that lost a class in a fold is marked with
+    † and named in the caption."""
     t2_methods = [m for m in methods if m in TABLE2_METHODS]
+    lost_methods = (set(lost.loc[lost["lost"], "method"]) if lost is not None else set())
+    marked = {m: display_name(m) + (DAGGER if m in lost_methods else "") for m in t2_methods}
+    several = "sd" in summary and summary["sd"].notna().any()
     caption = ("Table 2: per class (region for KiTS23) results of "
                + (" and ".join(display_name(m) for m in t2_methods) or "SVLS and HRL")
-               + "; mean over cases, then over folds. Dice and Surface Dice in %, ASD in mm; "
-               "-- no results.")
+               + "; mean over cases, then over folds"
+               + (" (mean ± SD over training replicates)" if several else "")
+               + ". Dice and Surface Dice in %, ASD in mm; -- no results.")
+    if lost is not None and t2_methods:
+        caption += " " + lost_note(lost, display_name, t2_methods,
+                                   BASELINE in set(lost["method"]))
     md = [caption, ""]
     if not t2_methods:
         text = "Neither SVLS nor HRL is among the study's methods."
         # no tabular and no label; this caption has always kept its "Table 2: " prefix
         return "\n".join([*md, text]) + "\n", _latex_float(_tex_escape(caption), None, [text])
-    lookup = {(r.task, r.region, r.method, r.metric): r.mean for r in summary.itertuples()}
+    lookup = {(r.task, r.region, r.method, r.metric): r for r in summary.itertuples()}
     max_m = max(len(_table_metrics(t, s)) for t, s in tasks.items()) if tasks else 2
     ncols = 1 + len(t2_methods) * max_m
-    head = _tex_group_header([(_tex_escape(display_name(m)), max_m) for m in t2_methods])
+    head = _tex_group_header([(_tex_escape(display_name(m))
+                               + (r"$^{\dagger}$" if m in lost_methods else ""), max_m)
+                              for m in t2_methods])
     body = []
     for task, spec in tasks.items():
         tm = _table_metrics(task, spec)
         pad = [""] * (len(t2_methods) * (max_m - len(tm)))  # tasks with fewer metrics
         regions = list(dict.fromkeys(summary[summary.task == task]["region"]))
-        header = ["Class/region"] + [f"{display_name(m)} {METRICS[k].heading}"
+        header = ["Class/region"] + [f"{marked[m]} {METRICS[k].heading}"
                                      for m in t2_methods for k in tm]
         rows = []
         body += [rf"\midrule \multicolumn{{{ncols}}}{{l}}{{\textit{{{_tex_escape(task)}}}}} \\",
@@ -564,10 +584,12 @@ def table2(summary: pd.DataFrame, tasks: Mapping[str, Mapping[str, object]],
                                               for _ in t2_methods for k in tm] + pad),
                  r"\midrule"]
         for region in regions:
-            vals = [_fmt(lookup.get((task, region, m, k), float("nan")))
-                    for m in t2_methods for k in tm]
+            cells = [lookup.get((task, region, m, k)) for m in t2_methods for k in tm]
+            vals = [_fmt(r.mean, sd=r.sd) if r is not None else MISSING for r in cells]
+            tex_vals = [_fmt(r.mean, tex=True, sd=r.sd) if r is not None else MISSING
+                        for r in cells]
             rows.append([region] + vals)
-            body.append(_tex_row([_tex_escape(region)] + vals + pad))
+            body.append(_tex_row([_tex_escape(region)] + tex_vals + pad))
         if not regions:
             body.append(rf"\multicolumn{{{ncols}}}{{l}}{{{MISSING}}} \\")
         md += [f"**{task}**", ""]
@@ -579,12 +601,69 @@ def table2(summary: pd.DataFrame, tasks: Mapping[str, Mapping[str, object]],
     return "\n".join(md).rstrip("\n") + "\n", tex
 
 
+def folds_table(folds: pd.DataFrame, lost: pd.DataFrame,
+                tasks: Mapping[str, Mapping[str, object]],
+                methods: Sequence[str]) -> tuple[str, str]:
+    """Markdown and LaTeX of the per-fold table: per task and table metric, methods (and
+    replicates) as rows, per fold one column per class/region with the held-out mean;
+    :data:`DAGGER` on a lost class (:mod:`nnrobustloss.lost`). ``folds``:
+    :func:`nnrobustloss.lost.fold_means`; the CSV holds every metric."""
+    several = folds["replicate"].nunique() > 1 if len(folds) else False
+    caption = ("Per-fold results: held-out mean over the fold's cases per class (region for "
+               "KiTS23), fold and method" + (" and training replicate" if several else "")
+               + "; Dice and Surface Dice in %, ASD in mm; " + DAGGER + " a lost class "
+               "(held-out Dice < 5 % where the Baseline reached ≥ 50 % in that fold); -- no "
+               "results. Every metric, calibration included: folds.csv.")
+    lost_keys = {(r.task, r.method, r.fold, r.replicate, r.region)
+                 for r in lost[lost["lost"]].itertuples()}
+    md: list[str] = [caption, ""]
+    body: list[str] = []
+    width = 0
+    for task, spec in tasks.items():
+        sub = folds[folds["task"] == task]
+        fold_ids = sorted(sub["fold"].unique())
+        regions = list(dict.fromkeys(sub["region"]))
+        for metric in _table_metrics(task, spec):
+            cols = [(f, r) for f in fold_ids for r in regions]
+            width = max(width, len(cols))
+            lookup = {(x.method, x.replicate, x.fold, x.region): x.value
+                      for x in sub[sub["metric"] == metric].itertuples()}
+            header = ["Method"] + (["Rep."] if several else []) + [f"fold {f} {r}"
+                                                                   for f, r in cols]
+            rows, tex_rows = [], []
+            for method in methods:
+                reps = sorted(sub.loc[sub["method"] == method, "replicate"].unique()) or [0]
+                for rep_ in reps:
+                    cells = []
+                    for f, r in cols:
+                        v = lookup.get((method, rep_, f, r), float("nan"))
+                        mark = DAGGER if (task, method, f, rep_, r) in lost_keys else ""
+                        cells.append(_fmt(v * METRICS[metric].scale) + mark)
+                    lead = [display_name(method)] + ([str(rep_)] if several else [])
+                    rows.append(lead + cells)
+                    tex_rows.append(_tex_row([_tex_escape(c) for c in lead]
+                                             + [_tex_escape(c).replace(DAGGER, r"$^{\dagger}$")
+                                                for c in cells]))
+            title = f"**{task}, {METRICS[metric].heading}**"
+            md += [title, ""] + _md_table(header, rows, ["l"] * (1 + several)
+                                          + ["r"] * len(cols)) + [""]
+            n_lead = 1 + several
+            body += [rf"\midrule \multicolumn{{{n_lead + len(cols)}}}{{l}}{{\textit{{"
+                     f"{_tex_escape(task)}, {_tex_escape(METRICS[metric].heading)}}}}} \\\\",
+                     _tex_row([_tex_escape(h) for h in header]), r"\midrule", *tex_rows]
+    lead_cols = "l" * (2 if several else 1)
+    tex = _latex_table(caption, "tab:folds", lead_cols + "r" * width, [], body, midrule=False)
+    return "\n".join(md).rstrip("\n") + "\n", tex
+
+
 def summarise_noise(noise: pd.DataFrame, tasks: Mapping[str, object]) -> pd.DataFrame:
     """Noise levels per task: rows "all classes" (mean over regions per case) then per region.
 
     Columns: task, region, n_cases, dice_mean, dice_sd (%), asd_mean, asd_sd (mm; over cases),
-    asd_n_nan (values left out). A task without noise rows gets one row of NaN.
+    asd_n_worst (worst-case values: exactly one mask empty). A task without noise rows gets one
+    row of NaN.
     """
+    noise = with_defaults(noise, {"worst_case": 0})
     rows = []
     for task in tasks:
         sub = noise[noise.task == task]
@@ -604,18 +683,20 @@ def summarise_noise(noise: pd.DataFrame, tasks: Mapping[str, object]) -> pd.Data
                 row[f"{metric}_sd"] = (float(per_case.std(ddof=1)) * scale
                                        if len(per_case) > 1 else np.nan)
                 if metric == "asd":
-                    row["asd_n_nan"] = int(gm["value"].isna().sum())
+                    row["asd_n_worst"] = int(gm["worst_case"].sum())
             rows.append(row)
     cols = ["task", "region", "n_cases", "dice_mean", "dice_sd", "asd_mean", "asd_sd",
-            "asd_n_nan"]
+            "asd_n_worst"]
     return pd.DataFrame(rows).reindex(columns=cols)
 
 
 def noise_table(summary: pd.DataFrame) -> tuple[str, str]:
     """Markdown and LaTeX of the noise-level table (mean +- SD over cases)."""
+    worst = int(summary.loc[summary["region"] == "all classes", "asd_n_worst"].fillna(0).sum())
     caption = ("Noise levels: agreement of the noisy training labels with the reference labels; "
                "per case the mean over classes, then mean +- SD over cases. Dice in %, ASD in "
-               "mm; -- no noise report.")
+               "mm (where exactly one mask is empty: the diagonal of the image, "
+               f"{worst} such value{'' if worst == 1 else 's'}); -- no noise report.")
     header = ["Task", "Class/region", "Cases"] + [METRICS[m].heading for m in NOISE_TABLE_METRICS]
     rows = [[str(r.task), str(r.region), str(int(r.n_cases))]
             + [_fmt_pm(getattr(r, f"{m}_mean"), getattr(r, f"{m}_sd")) for m in NOISE_TABLE_METRICS]
@@ -773,39 +854,79 @@ def markdown_table_html(md: str, title: str) -> str:
 
 
 PROGRESS_NUMERIC = ("epoch", "train_loss", "train_pseudo_dice_ema")
+PROGRESS_CLASS_PREFIXES = ("train_dice_class", "kept_fraction_class")
+"""Per-class columns of progress.csv the training-curves figure reads (``<prefix><label>``, the
+kept fraction with the suffix ``_peer_a``: two-peer methods only)."""
 
 
 def read_progress(paths: Sequence[str | os.PathLike[str]]) -> pd.DataFrame:
-    """Read final trainings' ``training/<Task>/<Method>/fold<k>/progress.csv`` files.
+    """Read final trainings' ``training/<Task>/<Method>/fold<k>[_rep<r>]/progress.csv`` files.
 
-    Returns columns epoch, train_loss, train_pseudo_dice_ema plus task, method, fold taken from
-    the path (InputDataError for a path that does not follow that layout)."""
+    Returns columns epoch, train_loss, train_pseudo_dice_ema, the per-class columns of
+    :data:`PROGRESS_CLASS_PREFIXES` that the files have (NaN where a file lacks them), plus
+    task, method, fold, replicate taken from the path (InputDataError for a path that does not
+    follow that layout)."""
+    from nnrobustloss.layout import parse_fold_name
+
     df = _read_csvs(paths, PROGRESS_NUMERIC, PROGRESS_NUMERIC, "progress")
+    for f, index in df.groupby("_file", sort=False).groups.items():
+        table = pd.read_csv(f)
+        for c in (c for c in table.columns if c.startswith(PROGRESS_CLASS_PREFIXES)):
+            df.loc[index, c] = pd.to_numeric(table[c], errors="coerce").to_numpy(np.float64)
     keys = []
     for f in df["_file"]:
         parts = Path(f).parts
-        if len(parts) < 4 or not parts[-2].startswith("fold") or not parts[-2][4:].isdigit():
-            raise InputDataError(f"{f}: not a training/<Task>/<Method>/fold<k>/progress.csv "
-                                 "path; pass the train stage's progress files.")
-        keys.append((parts[-4], parts[-3], int(parts[-2][4:])))
+        parsed = parse_fold_name(parts[-2]) if len(parts) >= 4 else None
+        if parsed is None:
+            raise InputDataError(f"{f}: not a training/<Task>/<Method>/fold<k>[_rep<r>]/"
+                                 "progress.csv path; pass the train stage's progress files.")
+        keys.append((parts[-4], parts[-3], *parsed))
     df["task"] = [k[0] for k in keys]
     df["method"] = [k[1] for k in keys]
     df["fold"] = [k[2] for k in keys]
+    df["replicate"] = [k[3] for k in keys]
     return df
 
 
-def _method_colours(methods: Sequence[str]) -> dict[str, str]:
-    palette = ["#1b6ca8", "#555555", "#e07b39", "#3a9e5c", "#b23a48", "#7b5ea7", "#8c6d31",
-               "#d4a017", "#17becf", "#e377c2"]
-    return {m: palette[i % len(palette)] for i, m in enumerate(methods)}
+METHOD_PALETTE: tuple[str, ...] = ("#1b6ca8", "#555555", "#e07b39", "#3a9e5c", "#b23a48",
+                                   "#7b5ea7", "#8c6d31", "#d4a017", "#17becf", "#e377c2")
+"""Colours of the methods, in the order of the config's ``methods``: one per method in every
+figure (training curves, reliability diagrams, noise sweep)."""
+
+
+def method_colours(methods: Sequence[str]) -> dict[str, str]:
+    """``{method: colour}``: :data:`METHOD_PALETTE` in the order of ``methods``."""
+    return {m: METHOD_PALETTE[i % len(METHOD_PALETTE)] for i, m in enumerate(methods)}
+
+
+def zero_kept_classes(progress: pd.DataFrame,
+                      labels: Mapping[str, Mapping[int, str]] | None = None) -> list[str]:
+    """"<method> <class> (<task>, folds ...)" for each two-peer method x class whose kept
+    fraction (``kept_fraction_class<k>_peer_a``) reached 0 in some epoch of a final training:
+    the selection dropped every voxel of that class (named in the figure's caption)."""
+    out = []
+    for col in (c for c in progress.columns if c.startswith("kept_fraction_class")):
+        label = int(re.sub(r"\D", "", col.split("_peer")[0]))
+        hit = progress[progress[col] <= 0.0]
+        for (task, method), g in hit.groupby(["task", "method"], sort=False):
+            name = (labels or {}).get(task, {}).get(label, f"class {label}")
+            folds = ", ".join(str(f) for f in sorted(g["fold"].unique()))
+            out.append(f"{display_name(method)} {name} ({task}, fold{'s' if ',' in folds else ''}"
+                       f" {folds})")
+    return out
 
 
 def training_curves_figure(progress: pd.DataFrame, tasks: Sequence[str], methods: Sequence[str],
-                           png: Path, pdf: Path) -> None:
-    """Per task a column of two panels: the training pseudo-Dice EMA (the tuning objective's
-    quantity) and the training loss per epoch of the final trainings, one line per method
-    (mean over folds, band: min to max over folds; the loss axis leaves out epoch 0, whose APL
-    losses would flatten the other curves). A message panel when there is no progress."""
+                           png: Path, pdf: Path,
+                           labels: Mapping[str, Mapping[int, str]] | None = None) -> None:
+    """Per task a column of panels, one line per method (mean over folds and replicates, band:
+    min to max over them): the training pseudo-Dice EMA (the tuning objective's quantity), the
+    training loss (the axis leaves out epoch 0, whose APL losses would flatten the other
+    curves), the training pseudo Dice of each foreground class (``train_dice_class<k>``) and,
+    when two-peer methods ran, the share of each class's voxels that peer A's selection kept
+    (``kept_fraction_class<k>_peer_a``). ``labels``: ``{task: {label value: class name}}`` for
+    the panel titles. The caption line under the panels names every class whose kept fraction
+    reached 0 (:func:`zero_kept_classes`). A message panel when there is no progress."""
     from matplotlib.figure import Figure  # noqa: F811 (runtime import: matplotlib is slow)
 
     present = [t for t in tasks if not progress[progress.task == t].empty]
@@ -817,18 +938,37 @@ def training_curves_figure(progress: pd.DataFrame, tasks: Sequence[str], methods
                 transform=ax.transAxes)
         _save_figure(fig, png, pdf)
         return
-    colours = _method_colours(methods)
+    colours = method_colours(methods)
+
+    def class_columns(prefix: str, suffix: str = "") -> list[tuple[str, int]]:
+        cols = [c for c in progress.columns if c.startswith(prefix) and c.endswith(suffix)
+                and progress[c].notna().any()]
+        return sorted(((c, int(re.sub(r"\D", "", c[len(prefix):len(c) - len(suffix)])))
+                       for c in cols), key=lambda x: x[1])
+
+    def class_name(task: str, label: int) -> str:
+        return (labels or {}).get(task, {}).get(label, f"class {label}")
+
+    quantities: list[tuple[str, str | None, int | None]] = [
+        ("train_pseudo_dice_ema", "training pseudo Dice\n(EMA, λ = 0.9)", None),
+        ("train_loss", "training loss\n(method's own scale)", None)]
+    quantities += [(c, None, k) for c, k in class_columns("train_dice_class")]
+    quantities += [(c, None, -k) for c, k in class_columns("kept_fraction_class", "_peer_a")]
     ncols = len(present)
-    fig = Figure(figsize=(max(7.0, 3.0 * ncols), 5.2), layout="constrained")
-    axes = fig.subplots(2, ncols, squeeze=False)
-    quantities = (("train_pseudo_dice_ema", "training pseudo Dice\n(EMA, λ = 0.9)"),
-                  ("train_loss", "training loss\n(method's own scale)"))
+    nrows = len(quantities)
+    zero = zero_kept_classes(progress, labels)
+    fig = Figure(figsize=(max(7.0, 3.0 * ncols), 2.2 * nrows + 0.9), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
     for j, task in enumerate(present):
         sub = progress[progress.task == task]
-        for i, (col, label) in enumerate(quantities):
+        for i, (col, label, k) in enumerate(quantities):
             ax = axes[i, j]
+            if label is None and k is not None and k > 0:
+                label = f"training pseudo Dice\n{class_name(task, k)}"
+            elif label is None and k is not None:
+                label = f"kept fraction (peer A)\n{class_name(task, -k)}"
             for m in methods:
-                g = sub[sub.method == m]
+                g = sub[(sub.method == m) & sub[col].notna()]
                 if g.empty:
                     continue
                 stats_ = g.groupby("epoch")[col].agg(["mean", "min", "max"])
@@ -842,17 +982,25 @@ def training_curves_figure(progress: pd.DataFrame, tasks: Sequence[str], methods
                 lo, hi = float(later.min()), float(later.max())
                 pad = 0.05 * (hi - lo) if hi > lo else 0.1
                 ax.set_ylim(lo - pad, hi + pad)
+            elif col != "train_loss":
+                ax.set_ylim(-0.03, 1.03)
             ax.grid(linewidth=0.4, alpha=0.5)
             ax.tick_params(labelsize=8)
             if i == 0:
                 ax.set_title(task, fontsize=10)
-            else:
+            if i == nrows - 1:
                 ax.set_xlabel("epoch", fontsize=8)
             if j == 0:
                 ax.set_ylabel(label, fontsize=8)
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 5),
-               fontsize=8, frameon=False)
+    legend: dict[str, object] = {}
+    for ax in axes.ravel():
+        for handle, name in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(name, handle)
+    fig.legend(list(legend.values()), list(legend), loc="outside lower center",
+               ncols=min(len(legend), 5), fontsize=8, frameon=False)
+    if any(c.startswith("kept_fraction_class") for c, _, _ in quantities):
+        fig.suptitle("Kept fraction reached 0: " + "; ".join(zero) if zero
+                     else "No class's kept fraction reached 0.", fontsize=8)
     _save_figure(fig, png, pdf)
 
 
@@ -915,7 +1063,7 @@ def sweep_figure(summary: pd.DataFrame, methods: Sequence[str], png: Path, pdf: 
 
     fig = Figure(figsize=(6.0, 4.0), layout="constrained")
     ax = fig.subplots()
-    colours = _method_colours(methods)
+    colours = method_colours(methods)
     plotted = False
     for m in methods:
         g = summary[(summary.method == m) & summary.dice_mean.notna()].sort_values("noise_dice")
@@ -940,7 +1088,7 @@ def sweep_figure(summary: pd.DataFrame, methods: Sequence[str], png: Path, pdf: 
     _save_figure(fig, png, pdf)
 
 
-REPORT_TABLES: tuple[str, ...] = ("table1", "table2", "table3", "noise_levels")
+REPORT_TABLES: tuple[str, ...] = ("table1", "table2", "table3", "folds", "noise_levels")
 """Tables of every report (each as ``.csv``, ``.md``, ``.tex`` and ``.html``)."""
 REPORT_FIGURES: tuple[str, ...] = ("figure1", "figure2_reliability", "training_curves")
 """Figures of every report (each as ``.png`` and ``.pdf``)."""
@@ -970,19 +1118,25 @@ def build_report(metrics_csvs: Sequence[str | os.PathLike[str]],
                  progress_csvs: Sequence[str | os.PathLike[str]] | None = None,
                  sweep: Mapping[str, int] | None = None,
                  training_iterations: int | None = None, min_training_iterations: int = 0,
-                 training_budget: str = "") -> dict[str, Path]:
-    """Write Table 1, Table 2, the noise table and Figure 1 from the stage CSVs.
+                 training_budget: str = "",
+                 labels: Mapping[str, Mapping[int, str]] | None = None) -> dict[str, Path]:
+    """Write Table 1, Table 2, the per-fold table, the noise table and Figure 1 from the stage
+    CSVs.
 
     tasks: ordered ``{task: {"table_metrics": ["dice", "asd"] | ["dice", "surface_dice"]}}``;
     methods: ordered method ids (rows of Table 1, shown with :func:`display_name`).
-    Writes ``<tables_dir>/table1.{csv,md,tex}``, ``table2.{csv,md,tex}``,
-    ``noise_levels.{csv,md,tex}`` and ``<figures_dir>/figure1.{png,pdf}`` atomically and returns
+    Writes ``<tables_dir>/table1.{csv,md,tex}``, ``table2.{csv,md,tex}``, ``folds.{csv,md,tex}``
+    (tidy per-fold means of the metric CSVs, :func:`nnrobustloss.lost.fold_means`; lost classes
+    marked, :mod:`nnrobustloss.lost`), ``noise_levels.{csv,md,tex}`` and
+    ``<figures_dir>/figure1.{png,pdf}`` atomically and returns
     ``{file name: path}``. Missing rows show as "--"; a missing file or column raises
     InputDataError naming it. With ``reliability_csvs`` (the evaluate stage's
     ``fold<k>_reliability.csv``; may be header-only) also ``table3.{csv,md,tex}`` (calibration
     metrics from the metric CSVs) and ``<figures_dir>/figure2_reliability.{png,pdf}``.
     With ``progress_csvs`` (final trainings' progress.csv) also ``training_curves.{png,pdf}``;
-    with ``sweep`` (``{level task: n_noisy_cases}``, :func:`nnrobustloss.config.noise_sweep_tasks`)
+    ``labels`` (``{task: {label value: class name}}``) names the classes of its per-class
+    panels; with ``sweep`` (``{level task: n_noisy_cases}``,
+    :func:`nnrobustloss.config.noise_sweep_tasks`)
     also ``noise_sweep.{csv,md,tex,html}`` and ``noise_sweep.{png,pdf}``. Every table is also
     written as a standalone ``.html`` page. When ``training_iterations`` (epochs x iterations
     of the final trainings) is below ``min_training_iterations``, every table's caption says it
@@ -1015,10 +1169,17 @@ def build_report(metrics_csvs: Sequence[str | os.PathLike[str]],
             summary = summary.assign(significant=False)
         return summary
 
+    folds = fold_means(metrics)
+    lost = lost_classes(folds, BASELINE)
     s1 = unmarked(summarise(metrics, tasks, methods))
-    emit("table1", s1, *table1(s1, tasks, methods))
+    counts = lost_counts(lost)
+    s1 = s1.merge(counts, on=["task", "method"], how="left")
+    emit("table1", s1, *table1(s1, tasks, methods, lost))
     s2 = summarise_regions(metrics, tasks, methods)
-    emit("table2", s2, *table2(s2, tasks, methods))
+    emit("table2", s2, *table2(s2, tasks, methods, lost))
+    several = folds["replicate"].nunique() > 1 if len(folds) else False
+    folds_csv = folds if several else folds.drop(columns="replicate")
+    emit("folds", folds_csv, *folds_table(folds, lost, tasks, methods))
     sn = summarise_noise(noise, tasks)
     emit("noise_levels", sn, *noise_table(sn))
     out["figure1.png"] = figures_dir / "figure1.png"
@@ -1028,7 +1189,8 @@ def build_report(metrics_csvs: Sequence[str | os.PathLike[str]],
         out["training_curves.png"] = figures_dir / "training_curves.png"
         out["training_curves.pdf"] = figures_dir / "training_curves.pdf"
         training_curves_figure(read_progress(progress_csvs), list(tasks), methods,
-                               out["training_curves.png"], out["training_curves.pdf"])
+                               out["training_curves.png"], out["training_curves.pdf"],
+                               labels=labels)
     if sweep:
         ss = summarise_sweep(metrics, noise, sweep, methods)
         emit(SWEEP_OUTPUT, ss, *sweep_table(ss, methods))
@@ -1138,9 +1300,8 @@ def reliability_figure(reliability: pd.DataFrame, tasks: Sequence[str], methods:
     width = 7.0 if ncols > 1 else 4.2  # one task: one panel of a readable size
     fig = Figure(figsize=(width, width / ncols * nrows + 0.9), layout="constrained")
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
-    colours = ["#1b6ca8", "#7f7f7f", "#e07b39", "#b23a48", "#3a9e5c", "#7b5ea7", "#17becf",
-               "#8c6d31", "#d62790"]
-    styles = {m: (colours[i % len(colours)], "os^vD<>ph"[i % 9]) for i, m in enumerate(methods)}
+    colours = method_colours(methods)
+    styles = {m: (colours[m], "os^vD<>ph"[i % 9]) for i, m in enumerate(methods)}
     band = (f"{reliability['band_mm'].iloc[0]:g} mm band" if "band_mm" in reliability
             and len(reliability) else "band")
     for ax, task in zip(axes, tasks, strict=False):

@@ -14,6 +14,7 @@ REPORT_LABELS = {
     "table1": "Table 1",
     "table2": "Table 2",
     "table3": "Table 3",
+    "folds": "Per-fold results",
     "noise_levels": "Noise levels",
     "noise_sweep": "Noise sweep",
     "figure1": "Figure 1",

@@ -162,3 +162,16 @@ def test_peers_are_the_coteaching_trainers():
 
     for spec in METHODS.values():
         assert spec.peers == (2 if issubclass(spec.load_trainer_class(), CoTeachingTrainer) else 1)
+
+
+def test_cost_plan_counts_replicates_of_the_final_trainings_only(paper):
+    """3 replicates: 3 x the train and predict jobs, epochs and GPU-hours of the paper's plan
+    (81 -> 243 each), the same tuning jobs and hours."""
+    one = cost.cost_plan(paper)
+    three = cost.cost_plan(load_config(PAPER, overrides={"training": {"replicates": 3}}))
+    for col in ("train_jobs", "train_epochs", "predict_jobs"):
+        assert three[col].sum() == 3 * one[col].sum()
+    assert one["train_jobs"].sum() == 81 and three["predict_jobs"].sum() == 243
+    assert three["train_gpu_h"].sum() == pytest.approx(3 * one["train_gpu_h"].sum())
+    assert three["tune_jobs"].sum() == one["tune_jobs"].sum()
+    assert three["tune_gpu_h"].sum() == pytest.approx(one["tune_gpu_h"].sum())

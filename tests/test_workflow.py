@@ -64,6 +64,25 @@ def test_paper_dag_dry_runs_without_data(tmp_path: Path) -> None:
     assert counts["report"] == 1
 
 
+def test_replicates_multiply_final_trainings_not_tuning(tmp_path: Path) -> None:
+    """training.replicates 3 on the default: 3 x 27 train, predict and evaluate jobs, with their
+    own folders (fold<k>, fold<k>_rep1, fold<k>_rep2) and seeds, and the same 18 studies."""
+    overlay = tmp_path / "rep3.yaml"
+    overlay.write_text("training: {replicates: 3}\n")
+    proc = snakemake(tmp_path, "-n", configfiles=(DEFAULT, overlay))
+    counts = job_counts(proc.stdout)
+    assert counts["train"] == counts["predict"] == counts["evaluate"] == 81
+    assert counts["tune_worker"] == counts["select_best"] == 18 and counts["report"] == 1
+    trains = dry_run_jobs(proc.stdout, "train")
+    outputs = {j["output"].split(", ")[0] for j in trains}
+    for suffix in ("", "_rep1", "_rep2"):
+        assert f"results/training/Phantom/APL2/fold1{suffix}/checkpoint_final.pth" in outputs
+    assert not any("_rep0" in o or "_rep3" in o for o in outputs)
+    # every replicate of a tuned method reads the one study's best parameters
+    best = "results/tuning/Phantom/APL2/fold1/best_params.json"
+    assert sum(best in j["input"] for j in trains) == 3
+
+
 def test_paper_dag_dry_runs_with_slurm_profile(tmp_path: Path) -> None:
     proc = snakemake(tmp_path, "-n", "--profile", str(REPO / "profiles" / "slurm"),
                      configfiles=(REPO / "config" / "paper.yaml",))

@@ -17,6 +17,7 @@ from nnrobustloss import layout
 from nnrobustloss import pipeline as stages
 from nnrobustloss.config import validate_config
 from nnrobustloss.cost import check_fits, runtime_minutes, tuned_methods, tuning_workers
+from nnrobustloss.slurm_checks import check_slurm_run
 from nnrobustloss.warmup import WARMUP_METHOD
 
 
@@ -69,6 +70,12 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/predict.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+
+
+# On SLURM: a status command that can answer and no raw account-guess errors, checked before the
+# first submission (nnrobustloss.slurm_checks; nothing happens with other executors).
+onstart:
+    check_slurm_run(workflow, lambda line: print(line, file=sys.stderr))
 
 
 # Seconds-long rules run in the Snakemake process, not as cluster jobs.

@@ -377,8 +377,9 @@ def test_oserror_in_a_snakemake_script_is_one_line(tmp_path: Path, capfd) -> Non
         write_json(tmp_path / "noise" / "T.json", {})
     assert info.value.code == 1
     text = log.read_text().strip().splitlines()
-    assert len(text) == 1 and text[0].startswith(f"error: {tmp_path / 'noise'}")
-    assert "a file is in the way" in text[0]
+    assert len(text) == 2 and text[0].startswith("[job] host ")  # where the job ran, then
+    assert text[1].startswith(f"error: {tmp_path / 'noise'}")  # the one line of the error
+    assert "a file is in the way" in text[1]
     assert "Traceback" not in capfd.readouterr().err
 
 

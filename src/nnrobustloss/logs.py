@@ -13,6 +13,20 @@ from typing import Any, NoReturn
 from nnrobustloss.errors import NNRobustLossError, one_line
 
 
+SCHEDULER_VARIABLES = ("SLURM_JOB_ID", "SLURM_JOB_PARTITION", "SLURM_RESTART_COUNT",
+                       "CUDA_VISIBLE_DEVICES")
+"""Environment variables named in a job log's first line when set: where the job ran."""
+
+
+def job_header() -> str:
+    """The first line of a job's log: host, pid and the :data:`SCHEDULER_VARIABLES` that are
+    set (on SLURM: job id, partition, restart count, the GPU it was given)."""
+    import socket
+
+    found = " ".join(f"{k}={os.environ[k]}" for k in SCHEDULER_VARIABLES if k in os.environ)
+    return f"[job] host {socket.gethostname()} pid {os.getpid()}" + (f" {found}" if found else "")
+
+
 def _fail(message: str, log: Any | None, log_file: str | os.PathLike[str]) -> NoReturn:
     """Write ``error: message`` to the log (when open) and the console; exit with status 1."""
     if log is not None:
@@ -31,7 +45,8 @@ def logged(log_file: str | os.PathLike[str] | None) -> Iterator[None]:
     missing folder, a file in the way; :func:`nnrobustloss.errors.user_error`) are written as
     one line (also to the original stderr, so it shows in Snakemake's console output) and end
     the process with status 1; other exceptions keep their traceback in the log. A log file that
-    cannot be opened is such an error too.
+    cannot be opened is such an error too. The log gets :func:`job_header` first (where the job
+    ran: on SLURM its job id, partition and GPU).
     """
     if log_file is None:
         yield
@@ -42,6 +57,7 @@ def logged(log_file: str | os.PathLike[str] | None) -> Iterator[None]:
     except OSError as e:
         _fail(one_line(e), None, log_file)
     with f:
+        print(job_header(), file=f, flush=True)
         old = sys.stdout, sys.stderr
         sys.stdout = sys.stderr = f
         try:

@@ -1,0 +1,214 @@
+"""The study on a real SLURM scheduler (issue 19): the one-node cluster of
+tests/slurm/cluster.py (Debian's slurm-wlm and munge, one emulated GPU, no accounting), the
+shipped profile profiles/slurm with only its memory and CPU requests scaled to the node.
+
+Marked ``slurm``: they need root (to install and start the daemons); elsewhere they skip with
+the reason. CI (``.ci/run``) runs them as root.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from nnrobustloss.cost import GPU_RULES
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+sys.path.insert(0, str(HERE))
+import cluster  # noqa: E402
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+SUBMITTED = re.compile(r"submitted with SLURM jobid (\d+) \(log: (\S+)\)")
+#: what the tests add to the command line: faster status polling than the plugin's 40 s
+FAST_POLLING = ("--slurm-init-seconds-before-status-checks", "5")
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The running one-node cluster and a copy of profiles/slurm scaled to it (1 CPU and
+    1.5 GB per job: the 2-core CI machine runs one CPU job beside one GPU job)."""
+    if os.geteuid() != 0:
+        pytest.skip("the SLURM tests start slurmctld/slurmd and need root")
+    try:
+        info = cluster.start()
+    except cluster.ClusterError as e:
+        pytest.skip(f"no SLURM cluster: {e}")
+    profile = cluster.scaled_profile(REPO / "profiles" / "slurm",
+                                     tmp_path_factory.mktemp("profile"), cpus=1, mem_mb=1500)
+    yield {**info, "profile": profile}
+
+
+def _write(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def run_study(workdir: Path, profile: Path, *configs: Path, args: tuple[str, ...] = (),
+              timeout: float = 1500) -> subprocess.CompletedProcess[str]:
+    """snakemake with the scaled profile on the default config, the smoke overlay and
+    ``configs``, in ``workdir``; stdout and stderr merged."""
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
+           str(workdir), "--profile", str(profile), *FAST_POLLING, "--configfile",
+           str(REPO / "config" / "config.yaml"), str(REPO / "config" / "smoke.yaml"),
+           *map(str, configs), *args]
+    return subprocess.run(cmd, cwd=workdir, text=True, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, timeout=timeout,
+                          env=dict(os.environ, nnUNet_compile="false"))
+
+
+def submissions(output: str) -> dict[str, str]:
+    """{SLURM job id: rule} of every submission in a Snakemake log (the plugin's job logs are
+    ``.snakemake/slurm_logs/rule_<rule>/...``)."""
+    out = {}
+    for jobid, log in SUBMITTED.findall(output):
+        rule = next(p[5:] for p in Path(log).parts if p.startswith("rule_"))
+        out[jobid] = rule
+    return out
+
+
+def job_record(jobid: str) -> dict[str, str]:
+    """``scontrol show job -o`` of a job as {key: value} (finished jobs stay for MinJobAge)."""
+    text = subprocess.run(["scontrol", "show", "job", "-o", jobid], text=True,
+                          capture_output=True, check=True).stdout
+    return dict(kv.split("=", 1) for kv in text.split() if "=" in kv)
+
+
+REDUCED = {"methods": ["Baseline", "CoT"], "folds": [0]}
+"""The DAG of CI: every stage and rule kind (a single- and a two-peer method, the shared
+warm-up, a tuning worker), one fold."""
+
+
+def test_smoke_study_runs_through_the_scheduler(slurm, tmp_path: Path) -> None:
+    """Every rule but the local ones is an sbatch job on the profile's partition with its GPU;
+    select_best and report run in the Snakemake process; the tables are written; the start-up
+    check switched the status command to squeue (no accounting) with one line."""
+    overlay = _write(tmp_path / "reduced.yaml", REDUCED)
+    t0 = time.monotonic()
+    proc = run_study(tmp_path, slurm["profile"], overlay)
+    wall = time.monotonic() - t0
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    jobs = submissions(proc.stdout)
+    per_rule = pd.Series(list(jobs.values())).value_counts().to_dict()
+    assert per_rule == {"convert": 1, "noise_report": 1, "splits": 1, "plan": 1,
+                        "tune_warmup": 1, "tune_worker": 1, "train": 2, "predict": 2,
+                        "evaluate": 2}, per_rule
+    for jobid, rule in jobs.items():
+        rec = job_record(jobid)
+        assert rec["JobState"] == "COMPLETED", (rule, rec["JobState"])
+        gpu = rule in GPU_RULES
+        assert rec["Partition"] == ("gpu" if gpu else "cpu"), (rule, rec["Partition"])
+        assert ("gpu" in rec.get("TresPerJob", "")) == gpu, (rule, rec.get("TresPerJob"))
+    assert "localrule select_best" in proc.stdout and "localrule report" in proc.stdout
+    results = tmp_path / "results"
+    assert (results / "tables" / "table1.md").stat().st_size > 0
+    assert (results / "figures" / "training_curves.png").is_file()
+    # the jobs' own logs say where they ran: a GPU job got the node's one GPU
+    train_log = (results / "logs" / "train" / "Phantom" / "CoT" / "fold0.log").read_text()
+    header = train_log.splitlines()[0]
+    assert "SLURM_JOB_PARTITION=gpu" in header and "CUDA_VISIBLE_DEVICES=0" in header
+    assert "querying them with squeue instead" in proc.stdout
+    assert "invalid option" not in proc.stdout  # no raw error of the plugin's account guess
+    print(f"\n[slurm smoke] {len(jobs)} sbatch jobs in {wall:.0f} s: {per_rule}")
+
+
+def test_training_killed_by_its_time_limit_resumes_on_the_retry(slurm, tmp_path: Path) -> None:
+    """A final training whose first attempt asks 1 minute is killed by SLURM (TIMEOUT); the
+    retries ask 2 and 3 minutes (the attempt-scaled runtime of nnrobustloss.cost) and continue
+    from checkpoint_latest: progress.csv holds every epoch once, and the model equals the same
+    training run without interruption."""
+    import torch
+
+    cfg = {"methods": ["Baseline"], "folds": [0], "tuning": {"enabled": False},
+           "training": {"epochs": 30, "iterations_per_epoch": 20, "val_iterations_per_epoch": 1},
+           # 30 epochs x 19 s x 20/250 = 45.6 s of estimated work, x 1.25 safety: 1 minute on
+           # the first attempt, 2 on the second, 3 on the third; no overhead
+           "cluster": {"job_overhead_minutes": 0, "safety_factor": 1.25,
+                       "seconds_per_epoch": {"cpu": 19}}}
+    overlay = _write(tmp_path / "timeout.yaml", cfg)
+    target = "results/training/Phantom/Baseline/fold0/checkpoint_final.pth"
+    proc = run_study(tmp_path, slurm["profile"], overlay, args=(target,))
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    records = [job_record(j) for j, rule in submissions(proc.stdout).items() if rule == "train"]
+    states = [r["JobState"] for r in records]
+    assert states[0] == "TIMEOUT" and states[-1] == "COMPLETED", states
+    assert [r["TimeLimit"] for r in records] == [f"00:0{i}:00" for i in
+                                                 range(1, len(records) + 1)]
+    out = tmp_path / "results" / "training" / "Phantom" / "Baseline" / "fold0"
+    progress = pd.read_csv(out / "progress.csv")
+    assert list(progress["epoch"]) == list(range(30))
+    log = tmp_path / "results" / "logs" / "train" / "Phantom" / "Baseline" / "fold0.log"
+    assert log.read_text().count("[job] host") == len(records)
+    # the same training without a limit, in this process (one torch thread, as the job had)
+    from nnrobustloss import pipeline
+    from nnrobustloss.config import load_config
+    from nnrobustloss.training import train
+
+    config = load_config(REPO / "config" / "config.yaml", REPO / "config" / "smoke.yaml",
+                         overlay, overrides={"results_dir": str(tmp_path / "results")})
+    params = pipeline.train_params(config, "Phantom", "Baseline", 0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ref = train(output_dir=tmp_path / "ref", device="cpu",
+                    **pipeline.train_kwargs(params, config["results_dir"]))
+    finally:
+        torch.set_num_threads(threads)
+    cols = ["epoch", "train_loss", "train_pseudo_dice", "train_pseudo_dice_ema"]
+    pd.testing.assert_frame_equal(progress[cols], pd.read_csv(ref / "progress.csv")[cols])
+    a = torch.load(out / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    b = torch.load(ref / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert all(torch.equal(a["network_weights"][k], b["network_weights"][k])
+               for k in a["network_weights"])
+
+
+def test_killed_snakemake_continues_where_it_stood(slurm, tmp_path: Path) -> None:
+    """SIGKILL of the Snakemake process while a SLURM job runs, then the same command again
+    (after --unlock): the run completes, no finished job is redone, nothing half-written is
+    left (no .tmp-* files)."""
+    cfg = {**REDUCED, "methods": ["Baseline"], "tuning": {"enabled": False},
+           "training": {"epochs": 10, "iterations_per_epoch": 4, "val_iterations_per_epoch": 1}}
+    overlay = _write(tmp_path / "kill.yaml", cfg)
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
+           str(tmp_path), "--profile", str(slurm["profile"]), *FAST_POLLING, "--configfile",
+           str(REPO / "config" / "config.yaml"), str(REPO / "config" / "smoke.yaml"),
+           str(overlay)]
+    log = tmp_path / "first.log"
+    with log.open("w") as out:
+        first = subprocess.Popen(cmd, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+                                 env=dict(os.environ, nnUNet_compile="false"))
+        train_log = tmp_path / "results" / "logs" / "train" / "Phantom" / "Baseline" / "fold0.log"
+        end = time.monotonic() + 900
+        while time.monotonic() < end and first.poll() is None:
+            if train_log.is_file() and "Epoch 2" in train_log.read_text():
+                break
+            time.sleep(1)
+        assert first.poll() is None, log.read_text()[-3000:]
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    done_before = set(submissions(log.read_text()).values())
+    assert "train" in done_before and "report" not in done_before
+    subprocess.run([*cmd, "--unlock"], check=True, capture_output=True)
+    again = subprocess.run(cmd, cwd=tmp_path, text=True, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, env=dict(os.environ, nnUNet_compile="false"),
+                           timeout=1500)
+    assert again.returncode == 0, again.stdout[-5000:]
+    rerun = pd.Series(list(submissions(again.stdout).values())).value_counts().to_dict()
+    # convert, splits, plan, noise finished before the kill and are not redone
+    assert not {"convert", "splits", "plan", "noise_report"} & set(rerun), rerun
+    assert rerun.get("train") == 1 and rerun.get("predict") == 1, rerun
+    results = tmp_path / "results"
+    assert not list(results.rglob(".tmp-*")), list(results.rglob(".tmp-*"))
+    progress = pd.read_csv(results / "training" / "Phantom" / "Baseline" / "fold0" / "progress.csv")
+    assert list(progress["epoch"]) == list(range(10))
+    assert (results / "tables" / "table1.md").is_file()

@@ -463,8 +463,8 @@ def _worst_case_note(summary: pd.DataFrame) -> str:
     if surface.empty:
         return ""
     rule = ("where exactly one of prediction and reference is empty, ASD is the worst case "
-            "(the diagonal of the image in mm) and Surface Dice 0; no value is left out of any "
-            "mean")
+            "(the diagonal of the image in mm) and Surface Dice 0, and every value enters the "
+            "means")
     hit = surface[surface.n_worst > 0].drop_duplicates(["task", "method"])
     if hit.empty:
         return f"Surface metrics: {rule}; no value is such a worst case."

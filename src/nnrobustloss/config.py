@@ -289,7 +289,9 @@ def _check_semantics(cfg: Mapping[str, Any]) -> None:
     if planning["planner"] == "cpu" and "cpu_plan" not in planning:
         raise ConfigError("config key planning.cpu_plan: required when planning.planner is cpu.")
     from nnrobustloss.cost import tuned_methods, tuning_workers
+    from nnrobustloss.nnunet_results import nnunet_models
 
+    nnunet_models(cfg)  # two methods must not be one model of the nnU-Net results tree
     for method in tuned_methods(cfg):  # tuning.workers: auto must be able to split each study
         tuning_workers(cfg, method)
 

@@ -29,6 +29,7 @@ from nnrobustloss.errors import ConfigError, InputDataError
 from nnrobustloss.fileio import atomic_path, read_json, remove_temporaries, stage_lock, write_json
 from nnrobustloss.methods import get_method
 from nnrobustloss.metric_registry import ONE_EMPTY_RULE
+from nnrobustloss.planning import PLANS_IDENTIFIER
 
 
 def _task(config: Mapping[str, Any], task: str) -> Mapping[str, Any]:
@@ -142,7 +143,7 @@ def run_plan(task: str, dataset_id: int, reference_dataset_id: int, planner: str
              results_dir: str | os.PathLike[str], splits_json: str | os.PathLike[str],
              manifest: str | os.PathLike[str], num_processes: int = 2) -> None:
     """Plan and preprocess both datasets with identical plans; write ``preprocessed/<Task>.json``."""
-    from nnrobustloss.planning import PLANS_IDENTIFIER, plan_and_preprocess
+    from nnrobustloss.planning import plan_and_preprocess
 
     # The planner's temporary folder is preprocessed/.tmp-<pid>-<task>-<8 random>.
     with _one_run(results_dir, "plan", task, manifest, Path(manifest).parent / task):
@@ -476,6 +477,44 @@ def run_evaluate(params: Mapping[str, Any], results_dir: str | os.PathLike[str],
     evaluate_folder(pred_dir, layout.reference_labels_dir(results_dir, p["task"]), cases,
                     p["task"], p["method"], p["fold"], p["regions"], p["tolerance_mm"], out_csv,
                     n_workers=n_workers, extra_rows=extra, replicate=p.get("replicate", 0))
+
+
+# --- nnU-Net results tree ------------------------------------------------------------------
+
+def nnunet_targets(config: Mapping[str, Any]) -> list[Path]:
+    """The ``validation/summary.json`` of every model and fold of the nnU-Net results tree
+    (:mod:`nnrobustloss.nnunet_results`): one per task x method x fold of the config."""
+    from nnrobustloss.nnunet_results import nnunet_models
+
+    conf = config["planning"]["configuration"]
+    return [layout.nnunet_summary_json(config["results_dir"], dataset, trainer, PLANS_IDENTIFIER,
+                                       conf, fold)
+            for dataset, trainer in nnunet_models(config) for fold in config["folds"]]
+
+
+def nnunet_results_params(config: Mapping[str, Any], dataset: str, trainer: str,
+                          fold: int) -> dict[str, Any]:
+    """Settings of the tree's fold ``fold`` of the model (``dataset``, ``trainer``): the task
+    and method that train it (:func:`nnrobustloss.nnunet_results.nnunet_models`) and the
+    plans' configuration. ConfigError when no method of the config trains that model."""
+    from nnrobustloss.nnunet_results import nnunet_models
+
+    models = nnunet_models(config)
+    if (dataset, trainer) not in models:
+        raise ConfigError(f"{layout.NNUNET_RESULTS}/{dataset}/{trainer}: no method of the config "
+                          "trains this model (config keys methods, tasks).")
+    task, method = models[dataset, trainer]
+    return {"task": task, "method": method, "fold": int(fold), "dataset": dataset,
+            "trainer": trainer, "configuration": config["planning"]["configuration"]}
+
+
+def run_nnunet_results(params: Mapping[str, Any], results_dir: str | os.PathLike[str]) -> Path:
+    """Link a fold's final training (replicate 0) and predictions into the nnU-Net results
+    tree and write its ``validation/summary.json``
+    (:func:`nnrobustloss.nnunet_results.link_fold`)."""
+    from nnrobustloss.nnunet_results import link_fold
+
+    return link_fold(results_dir, **dict(params))
 
 
 # --- report --------------------------------------------------------------------------------

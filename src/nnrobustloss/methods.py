@@ -92,7 +92,8 @@ class MethodSpec:
     for the co-teaching family (two networks per step; twice the compute of an epoch), else 1;
     ``shares_warmup``: its tuning trials may start from the shared co-teaching warm-up
     (:mod:`nnrobustloss.warmup`; only methods that train both peers hyper-parameter-free with
-    plain CE + Dice before the delay).
+    plain CE + Dice before the delay); ``table2``: the report's per-class Table 2 shows it (the
+    paper's SVLS and HRL).
     """
 
     id: str
@@ -102,6 +103,7 @@ class MethodSpec:
     search_space: tuple[FloatParam, ...] = field(default_factory=tuple)
     peers: int = 1
     shares_warmup: bool = False
+    table2: bool = False
 
     def __post_init__(self) -> None:
         if self.peers not in (1, 2):
@@ -162,9 +164,10 @@ METHODS: dict[str, MethodSpec] = {
                    peers=2, shares_warmup=True),
         MethodSpec("StoCoT", "StoCoT", f"{_TWO}:nnUNetTrainer_StoCoT", search_space=(_A, _B),
                    peers=2, shares_warmup=True),
-        MethodSpec("SVLS", "SVLS", f"{_SINGLE}:nnUNetTrainer_SVLS", search_space=(_SIGMA,)),
+        MethodSpec("SVLS", "SVLS", f"{_SINGLE}:nnUNetTrainer_SVLS", search_space=(_SIGMA,),
+                   table2=True),
         MethodSpec("HRL", "HRL", f"{_TWO}:nnUNetTrainer_HRL", search_space=(_A, _B, _W, _SIGMA),
-                   peers=2),
+                   peers=2, table2=True),
     )
 }
 
@@ -286,7 +289,8 @@ def _check_trainer_path(method: str, path: Any) -> str:
 def custom_spec(method: str, definition: Mapping[str, Any]) -> MethodSpec:
     """The :class:`MethodSpec` of ``custom_methods.<method>`` (README, "Adding a loss"):
     ``trainer`` (``module:Class`` or ``path/to/file.py:Class``), ``display`` (default: the
-    id), ``search_space`` ({name: {type: float, low, high, log, default}}), ``peers`` (1 or 2).
+    id), ``search_space`` ({name: {type: float, low, high, log, default}}), ``peers`` (1 or 2),
+    ``table2`` (shown in Table 2).
     The trainer is imported and checked here; ConfigError (one line naming the key) for an id
     of a built-in method, a failing import, a class that is not an ``nnUNetTrainer``, a two-peer
     method whose class is not a ``CoTeachingTrainer``, a bad search space."""
@@ -296,7 +300,8 @@ def custom_spec(method: str, definition: Mapping[str, Any]) -> MethodSpec:
     spec = MethodSpec(method, str(definition.get("display") or method),
                       _check_trainer_path(method, definition.get("trainer")),
                       search_space=_search_space(method, definition.get("search_space")),
-                      peers=int(definition.get("peers", 1)))
+                      peers=int(definition.get("peers", 1)),
+                      table2=bool(definition.get("table2", False)))
     cls = _import_trainer(spec.trainer_class, _custom_key(method, "trainer"))
     from nnrobustloss.trainers.coteaching import CoTeachingTrainer
 

@@ -44,6 +44,9 @@ REP = layout.REPLICATE_WILDCARD
 # Methods with Optuna studies (none when tuning.enabled is false: registry defaults instead).
 TUNED = tuned_methods(config)
 ENV = "envs/nnrobustloss.yaml"
+# The nnU-Net results tree's model folders: <Trainer>__<PLANS>__<CONFIGURATION>.
+PLANS = stages.PLANS_IDENTIFIER
+CONFIGURATION = config["planning"]["configuration"]
 
 
 # --software-deployment-method apptainer: every job runs in this image (envs/nnrobustloss.def).
@@ -69,6 +72,7 @@ include: "workflow/rules/tune.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/predict.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/nnunet.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -83,12 +87,14 @@ localrules:
     all,
     data,
     select_best,
+    nnunet_results,
     report,
 
 
 rule all:
     input:
         report_outputs(),
+        [str(p) for p in stages.nnunet_targets(config)],
 
 
 rule data:

@@ -17,11 +17,13 @@ import pytest
 import torch
 import yaml
 
+from nnrobustloss.methods import METHODS
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = REPO / "config" / "config.yaml"
 OVERLAY = REPO / "config" / "smoke.yaml"
-ALL_METHODS = ["Baseline", "BaselineRef", "APL1", "APL2", "CoT", "CoTPlus", "StoCoT", "SVLS", "HRL"]
-TUNED = ["APL2", "CoT", "CoTPlus", "StoCoT", "SVLS", "HRL"]
+ALL_METHODS = list(METHODS)  # the default config lists no methods: every registered one
+TUNED = [m for m in METHODS if METHODS[m].needs_tuning]
 SMOKE_FOLDS = yaml.safe_load(OVERLAY.read_text())["folds"]  # the folds the smoke runs build
 
 
@@ -225,6 +227,73 @@ def test_end_to_end_builds_every_output(e2e_run: tuple[Path, str]) -> None:
                           .read_text())
         assert best["value"] == pytest.approx(float(trials["value"].iloc[0]))
         assert (results / "training" / "Phantom" / method / "fold0" / "progress.csv").is_file()
+
+
+CUSTOM_TRAINER = """
+from nnrobustloss.losses import CEDiceLoss
+from nnrobustloss.trainers import RobustTrainer
+
+
+class ScaledLoss(CEDiceLoss):
+    def __init__(self, t, soft_dice_kwargs):
+        super().__init__(soft_dice_kwargs)
+        self.t = t
+
+    def forward(self, logits, target):
+        return self.t * super().forward(logits, target)
+
+
+class nnUNetTrainer_MyScaled(RobustTrainer):
+    def _build_loss(self):
+        return self._wrap_deep_supervision(
+            ScaledLoss(self.settings.params["t"], soft_dice_kwargs=self._soft_dice_kwargs()))
+"""
+CUSTOM_OVERLAY = """
+methods: [Baseline, TopK10, MyScaled]
+folds: [0]
+custom_methods:
+  TopK10:
+    trainer: nnunetv2.training.nnUNetTrainer.variants.loss.nnUNetTrainerTopkLoss:nnUNetTrainerTopk10Loss
+    display: TopK 10 %
+  MyScaled:
+    trainer: my_trainer.py:nnUNetTrainer_MyScaled
+    display: My scaled loss
+    search_space: {t: {type: float, low: 0.5, high: 1.0}}
+"""
+
+
+@pytest.mark.slow
+def test_custom_methods_run_through_every_stage(tmp_path: Path) -> None:
+    """Both routes of custom_methods on the smoke config: nnU-Net's own TopK trainer named only
+    in an overlay, and a RobustTrainer subclass in a user's file (relative to the working
+    directory) with a search space, tuned by Optuna."""
+    (tmp_path / "my_trainer.py").write_text(CUSTOM_TRAINER)
+    overlay = tmp_path / "custom.yaml"
+    overlay.write_text(CUSTOM_OVERLAY)
+    out = snakemake(tmp_path, "--cores", "2", configfiles=(DEFAULT, OVERLAY, overlay)).stdout
+    counts = job_counts(out)
+    assert counts["train"] == counts["predict"] == counts["evaluate"] == 3
+    assert counts["tune_worker"] == counts["select_best"] == 1  # MyScaled only
+    results = tmp_path / "results"
+    table1 = (results / "tables" / "table1.md").read_text()
+    assert "| TopK 10 % " in table1 and "| My scaled loss " in table1
+    metrics = pd.read_csv(results / "metrics" / "Phantom" / "TopK10" / "fold0.csv")
+    assert set(metrics["metric"]) >= {"dice", "asd"} and metrics["value"].notna().any()
+    progress = pd.read_csv(results / "training" / "Phantom" / "TopK10" / "fold0" /
+                           "progress.csv")
+    assert {"train_pseudo_dice", "train_pseudo_dice_ema"} <= set(progress.columns)
+    ckpt = torch.load(results / "training" / "Phantom" / "TopK10" / "fold0" /
+                      "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert ckpt["trainer_name"] == "nnUNetTrainerTopk10Loss"
+    best = json.loads((results / "tuning" / "Phantom" / "MyScaled" / "fold0" /
+                       "best_params.json").read_text())["params"]
+    settings = json.loads((results / "training" / "Phantom" / "MyScaled" / "fold0" /
+                           "settings.json").read_text())
+    assert settings["params"] == best and 0.5 <= best["t"] <= 1.0
+    tree = results / "nnUNet_results" / "Dataset501_Phantom"
+    for trainer in ("nnUNetTrainerTopk10Loss", "nnUNetTrainer_MyScaled"):
+        assert (tree / f"{trainer}__nnUNetPlans__3d_fullres" / "fold_0" /
+                "checkpoint_final.pth").is_symlink()
 
 
 @pytest.mark.slow

@@ -131,7 +131,8 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """Validate ``config`` against the schema and return a copy with all defaults filled in.
 
     ``folds`` defaults to every fold ``0 .. n_folds - 1`` and ``methods`` to every method of the
-    registry (:data:`nnrobustloss.methods.METHODS`); a task set to null is removed (how an
+    registry (:data:`nnrobustloss.methods.METHODS`) and of ``custom_methods`` (which are
+    imported, checked and registered here); a task set to null is removed (how an
     overlay leaves out a task of the config it extends). Raises :class:`ConfigError` naming
     the first offending key (the deepest schema error).
     """
@@ -144,10 +145,14 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(_message(best) + " See workflow/schemas/config.schema.yaml.")
     if "folds" not in cfg:  # the schema's static default would not follow n_folds
         cfg["folds"] = list(range(int(cfg.get("n_folds", 3))))
-    if "methods" not in cfg:  # the registry is the one list of the study's methods
-        from nnrobustloss.methods import METHODS
+    if cfg.get("custom_methods"):  # imported and checked here; a file path made absolute
+        from nnrobustloss.methods import register_custom_methods
 
-        cfg["methods"] = list(METHODS)
+        for method, spec in register_custom_methods(cfg["custom_methods"]).items():
+            cfg["custom_methods"][method] = dict(cfg["custom_methods"][method],
+                                                 trainer=spec.trainer_class)
+    if "methods" not in cfg:  # the registry is the one list of the study's methods
+        cfg["methods"] = known_methods(cfg)
     _fill_defaults(cfg, schema, schema)
     _expand_noise_sweep(cfg)
     _check_semantics(cfg)
@@ -212,13 +217,21 @@ def _expand_noise_sweep(cfg: dict[str, Any]) -> None:
     cfg["tasks"] = expanded
 
 
-def _check_semantics(cfg: Mapping[str, Any]) -> None:
-    from nnrobustloss.methods import METHODS
+def known_methods(cfg: Mapping[str, Any]) -> list[str]:
+    """The method ids a config may list: the registry's built-in methods in its order, then
+    the config's ``custom_methods``."""
+    from nnrobustloss.methods import builtin_methods
 
+    return builtin_methods() + list(cfg.get("custom_methods") or {})
+
+
+def _check_semantics(cfg: Mapping[str, Any]) -> None:
+    known = known_methods(cfg)
     for method in cfg["methods"]:
-        if method not in METHODS:
-            raise ConfigError(f"config key methods: unknown method {method!r}; registered methods "
-                              f"are {', '.join(METHODS)} (nnrobustloss.methods).")
+        if method not in known:
+            raise ConfigError(f"config key methods: unknown method {method!r}; known methods "
+                              f"are {', '.join(known)} (nnrobustloss.methods and the config's "
+                              "custom_methods).")
     for fold in cfg["folds"]:
         if fold >= cfg["n_folds"]:
             raise ConfigError(f"config key folds: fold {fold} does not exist with "
@@ -289,7 +302,9 @@ def _check_semantics(cfg: Mapping[str, Any]) -> None:
     if planning["planner"] == "cpu" and "cpu_plan" not in planning:
         raise ConfigError("config key planning.cpu_plan: required when planning.planner is cpu.")
     from nnrobustloss.cost import tuned_methods, tuning_workers
+    from nnrobustloss.nnunet_results import nnunet_models
 
+    nnunet_models(cfg)  # two methods must not be one model of the nnU-Net results tree
     for method in tuned_methods(cfg):  # tuning.workers: auto must be able to split each study
         tuning_workers(cfg, method)
 

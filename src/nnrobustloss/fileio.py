@@ -427,6 +427,21 @@ def _remove_leftovers(store: Path, links: Mapping[Path, str]) -> None:
         remove_temporaries(link.parent, link.name)
 
 
+def link_relative(link: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
+    """Make ``link`` a symbolic link to the file or folder ``target`` by a relative path (so
+    the results folder can move; links on the way are kept, not resolved), replacing an
+    existing link atomically; parents are created. Returns ``link``. OutputError when
+    something other than a link is at ``link``."""
+    link = Path(link)
+    if os.path.lexists(link) and not link.is_symlink():
+        raise OutputError(f"{link}: exists and is not a symbolic link; this stage only writes "
+                          "links there. Move it away, then rerun.")
+    link.parent.mkdir(parents=True, exist_ok=True)
+    # abspath, not resolve: a link to preprocessed/<dataset>/... follows that versioned link
+    _replace_symlink(link, os.path.relpath(os.path.abspath(target), os.path.abspath(link.parent)))
+    return link
+
+
 def _replace_symlink(link: Path, target: str) -> None:
     """Point ``link`` at ``target`` atomically (a new link renamed over the old one)."""
     link.parent.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,8 @@ from nnrobustloss.datasets.raw import dataset_name
 
 __all__ = ["CHECKPOINT_FINAL", "CHECKPOINT_LATEST", "WARMUP_CHECKPOINT", "best_params_json",
            "REPLICATE_SUFFIX_PATTERN", "REPLICATE_WILDCARD", "dataset_name", "figures_dir",
-           "fold_name", "job_benchmark", "job_log", "metrics_csv", "noise_csv", "parse_fold_name",
+           "fold_name", "job_benchmark", "job_log", "metrics_csv", "NNUNET_RESULTS", "nnunet_fold_dir",
+           "nnunet_model_dir", "nnunet_results_dir", "nnunet_summary_json", "noise_csv", "parse_fold_name",
            "partial_dir", "replicate_of", "replicate_suffix",
            "predictions_dir", "preprocessed_dataset_dir", "preprocessed_dir",
            "preprocessed_manifest", "progress_csv", "raw_dir", "raw_manifest",
@@ -229,3 +230,36 @@ def tables_dir(results_dir: PathLike) -> Path:
 def figures_dir(results_dir: PathLike) -> Path:
     """``figures/``: the report's figures."""
     return Path(results_dir) / "figures"
+
+
+# --- nnU-Net results tree --------------------------------------------------------------------
+
+NNUNET_RESULTS = "nnUNet_results"
+"""The folder of the nnU-Net results tree (point nnU-Net's ``nnUNet_results`` at it)."""
+
+
+def nnunet_results_dir(results_dir: PathLike) -> Path:
+    """``nnUNet_results/``: every final training as a model of nnU-Net's own layout
+    (:mod:`nnrobustloss.nnunet_results`)."""
+    return Path(results_dir) / NNUNET_RESULTS
+
+
+def nnunet_model_dir(results_dir: PathLike, dataset: str, trainer: str, plans: str,
+                     configuration: str) -> Path:
+    """``nnUNet_results/<dataset>/<Trainer>__<Plans>__<configuration>``: nnU-Net's model folder
+    (``nnunetv2.utilities.file_path_utilities.get_output_folder``)."""
+    return nnunet_results_dir(results_dir) / dataset / f"{trainer}__{plans}__{configuration}"
+
+
+def nnunet_fold_dir(results_dir: PathLike, dataset: str, trainer: str, plans: str,
+                    configuration: str, fold: Fold) -> Path:
+    """``.../<Trainer>__<Plans>__<configuration>/fold_<k>``: nnU-Net's fold folder."""
+    return nnunet_model_dir(results_dir, dataset, trainer, plans, configuration) / f"fold_{fold}"
+
+
+def nnunet_summary_json(results_dir: PathLike, dataset: str, trainer: str, plans: str,
+                        configuration: str, fold: Fold) -> Path:
+    """``.../fold_<k>/validation/summary.json``: nnU-Net's validation summary of a fold (the
+    file that completes the fold in the tree)."""
+    return (nnunet_fold_dir(results_dir, dataset, trainer, plans, configuration, fold)
+            / "validation" / "summary.json")

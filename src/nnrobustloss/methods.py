@@ -31,9 +31,12 @@ Trainer classes are stored as import paths ``"module:ClassName"`` and resolved o
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import math
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from nnrobustloss.errors import ConfigError
@@ -89,7 +92,8 @@ class MethodSpec:
     for the co-teaching family (two networks per step; twice the compute of an epoch), else 1;
     ``shares_warmup``: its tuning trials may start from the shared co-teaching warm-up
     (:mod:`nnrobustloss.warmup`; only methods that train both peers hyper-parameter-free with
-    plain CE + Dice before the delay).
+    plain CE + Dice before the delay); ``table2``: the report's per-class Table 2 shows it (the
+    paper's SVLS and HRL).
     """
 
     id: str
@@ -99,6 +103,7 @@ class MethodSpec:
     search_space: tuple[FloatParam, ...] = field(default_factory=tuple)
     peers: int = 1
     shares_warmup: bool = False
+    table2: bool = False
 
     def __post_init__(self) -> None:
         if self.peers not in (1, 2):
@@ -109,18 +114,19 @@ class MethodSpec:
                               "co-teaching warm-up.")
 
     def load_trainer_class(self) -> type:
-        """Import and return the ``nnUNetTrainer`` subclass of this method."""
-        if isinstance(self.trainer_class, type):
-            return self.trainer_class
-        module, _, name = self.trainer_class.partition(":")
-        return getattr(importlib.import_module(module), name)
+        """Import and return the ``nnUNetTrainer`` subclass of this method; a plain nnU-Net
+        trainer comes wrapped (:func:`wrapped_trainer`). ConfigError when the import fails or
+        the class is not an ``nnUNetTrainer``."""
+        cls = self.trainer_class if isinstance(self.trainer_class, type) \
+            else _import_trainer(self.trainer_class)
+        return wrapped_trainer(cls)
 
     @property
     def trainer_name(self) -> str:
         """The trainer's class name (as nnU-Net's checkpoints record it), without importing it."""
         if isinstance(self.trainer_class, type):
             return self.trainer_class.__name__
-        return self.trainer_class.partition(":")[2]
+        return self.trainer_class.rpartition(":")[2]
 
     @property
     def needs_tuning(self) -> bool:
@@ -158,9 +164,10 @@ METHODS: dict[str, MethodSpec] = {
                    peers=2, shares_warmup=True),
         MethodSpec("StoCoT", "StoCoT", f"{_TWO}:nnUNetTrainer_StoCoT", search_space=(_A, _B),
                    peers=2, shares_warmup=True),
-        MethodSpec("SVLS", "SVLS", f"{_SINGLE}:nnUNetTrainer_SVLS", search_space=(_SIGMA,)),
+        MethodSpec("SVLS", "SVLS", f"{_SINGLE}:nnUNetTrainer_SVLS", search_space=(_SIGMA,),
+                   table2=True),
         MethodSpec("HRL", "HRL", f"{_TWO}:nnUNetTrainer_HRL", search_space=(_A, _B, _W, _SIGMA),
-                   peers=2),
+                   peers=2, table2=True),
     )
 }
 
@@ -216,3 +223,160 @@ def trainer_by_name(name: str) -> type | None:
         if spec.trainer_name == name:
             return spec.load_trainer_class()
     return None
+
+
+# --- methods from the config (custom_methods) -----------------------------------------------
+
+_CUSTOM_IDS: set[str] = set()  # ids that register_custom_methods added to METHODS
+
+
+def builtin_methods() -> list[str]:
+    """Ids of the registry's methods that no config added (the package's, in registry order);
+    a custom method may not reuse one."""
+    return [m for m in METHODS if m not in _CUSTOM_IDS]
+
+SEARCH_SPACE_TYPES = ("float",)
+"""Values of ``custom_methods.<Id>.search_space.<name>.type``."""
+
+
+def _custom_key(method: str, key: str) -> str:
+    return f"config key custom_methods.{method}.{key}"
+
+
+def _search_space(method: str, space: Mapping[str, Any] | None) -> tuple[FloatParam, ...]:
+    """The :class:`FloatParam` of each ``{name: {type, low, high, log, default}}`` entry;
+    ConfigError naming the key when a range is empty, a log range not positive or a default
+    outside the range."""
+    params = []
+    for name, p in (space or {}).items():
+        key = _custom_key(method, f"search_space.{name}")
+        if not isinstance(p, Mapping) or p.get("type", "float") not in SEARCH_SPACE_TYPES:
+            raise ConfigError(f"{key}: give {{type: float, low: L, high: H}} (types: "
+                              f"{', '.join(SEARCH_SPACE_TYPES)}).")
+        try:
+            low, high = float(p["low"]), float(p["high"])
+        except (KeyError, TypeError, ValueError):
+            raise ConfigError(f"{key}: needs numbers low and high, e.g. {{type: float, low: 1, "
+                              "high: 20}.") from None
+        log = bool(p.get("log", False))
+        if not (math.isfinite(low) and math.isfinite(high) and low < high):
+            raise ConfigError(f"{key}: low ({low}) must be below high ({high}).")
+        if log and low <= 0:
+            raise ConfigError(f"{key}: a log-scale range needs low > 0 (got {low}).")
+        default = p.get("default")
+        if default is not None and not low <= float(default) <= high:
+            raise ConfigError(f"{key}.default: {default} is outside [{low}, {high}].")
+        params.append(FloatParam(str(name), low, high, log=log,
+                                 default=None if default is None else float(default)))
+    return tuple(params)
+
+
+def _check_trainer_path(method: str, path: Any) -> str:
+    """``module:Class`` or ``file.py:Class`` (a file made absolute); ConfigError otherwise."""
+    key = _custom_key(method, "trainer")
+    if not isinstance(path, str) or path.count(":") != 1 or not all(path.split(":")):
+        raise ConfigError(f"{key}: {path!r} is not 'module:Class' or 'path/to/file.py:Class'.")
+    where, name = path.split(":")
+    if where.endswith(".py"):
+        file = Path(where).expanduser().resolve()
+        if not file.is_file():
+            raise ConfigError(f"{key}: {where}: file not found (a relative path is read from the "
+                              "working directory).")
+        return f"{file}:{name}"
+    return path
+
+
+def custom_spec(method: str, definition: Mapping[str, Any]) -> MethodSpec:
+    """The :class:`MethodSpec` of ``custom_methods.<method>`` (README, "Adding a loss"):
+    ``trainer`` (``module:Class`` or ``path/to/file.py:Class``), ``display`` (default: the
+    id), ``search_space`` ({name: {type: float, low, high, log, default}}), ``peers`` (1 or 2),
+    ``table2`` (shown in Table 2).
+    The trainer is imported and checked here; ConfigError (one line naming the key) for an id
+    of a built-in method, a failing import, a class that is not an ``nnUNetTrainer``, a two-peer
+    method whose class is not a ``CoTeachingTrainer``, a bad search space."""
+    if method in builtin_methods():
+        raise ConfigError(f"config key custom_methods.{method}: {method} is a built-in method; "
+                          "give the custom method another id.")
+    spec = MethodSpec(method, str(definition.get("display") or method),
+                      _check_trainer_path(method, definition.get("trainer")),
+                      search_space=_search_space(method, definition.get("search_space")),
+                      peers=int(definition.get("peers", 1)),
+                      table2=bool(definition.get("table2", False)))
+    cls = _import_trainer(spec.trainer_class, _custom_key(method, "trainer"))
+    from nnrobustloss.trainers.coteaching import CoTeachingTrainer
+
+    if spec.peers == 2 and not issubclass(cls, CoTeachingTrainer):
+        raise ConfigError(f"{_custom_key(method, 'peers')}: 2 needs a subclass of "
+                          "nnrobustloss.trainers.CoTeachingTrainer; "
+                          f"{spec.trainer_name} trains one network.")
+    if spec.search_space and not _is_robust(cls):
+        raise ConfigError(f"{_custom_key(method, 'search_space')}: {spec.trainer_name} is a "
+                          "plain nnU-Net trainer and reads no hyper-parameters; subclass "
+                          "nnrobustloss.trainers.RobustTrainer to read self.settings.params.")
+    return spec
+
+
+def register_custom_methods(definitions: Mapping[str, Mapping[str, Any]] | None
+                            ) -> dict[str, MethodSpec]:
+    """Add the config's ``custom_methods`` to :data:`METHODS` (after the built-in ones; a
+    method registered again is replaced) and return their specs by id. Every process that
+    handles a custom method calls this with the definitions its stage params carry
+    (:func:`nnrobustloss.pipeline.register_methods`)."""
+    specs = {m: custom_spec(m, d) for m, d in (definitions or {}).items()}
+    METHODS.update(specs)
+    _CUSTOM_IDS.update(specs)
+    return specs
+
+
+def _is_robust(cls: type) -> bool:
+    from nnrobustloss.trainers.base import RobustTrainer
+
+    return issubclass(cls, RobustTrainer)
+
+
+def _import_trainer(path: str, key: str = "trainer") -> type:
+    """The class of ``module:Class`` or ``/abs/file.py:Class``; ConfigError naming ``key`` if
+    it cannot be imported or is not an ``nnUNetTrainer`` subclass."""
+    where, name = path.rsplit(":", 1)
+    try:
+        if where.endswith(".py"):
+            module_name = f"nnrobustloss_custom_{Path(where).stem}"
+            module = sys.modules.get(module_name)
+            if module is None or getattr(module, "__file__", None) != where:
+                spec = importlib.util.spec_from_file_location(module_name, where)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[module_name] = module
+                spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(where)
+        cls = getattr(module, name)
+    except Exception as e:  # noqa: BLE001 (any import failure is the user's file)
+        why = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
+        raise ConfigError(f"{key}: {path}: cannot be imported ({type(e).__name__}: {why}). Fix "
+                          "the import path or the module.") from None
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    if not (isinstance(cls, type) and issubclass(cls, nnUNetTrainer)):
+        raise ConfigError(f"{key}: {path}: {name} is not a subclass of nnunetv2's "
+                          "nnUNetTrainer.")
+    return cls
+
+
+_WRAPPED: dict[type, type] = {}
+
+
+def wrapped_trainer(cls: type) -> type:
+    """``cls`` itself when it subclasses our ``RobustTrainer``, else a subclass of
+    (``RobustTrainer``, ``cls``) with ``cls``'s name: the plain nnU-Net trainer's loss, network
+    and optimiser with our settings, ``progress.csv``, ``settings.json``, resume and checkpoint
+    schedule (``RobustTrainer``'s overrides come first). The same name is recorded in its
+    checkpoints, so stock nnU-Net finds ``cls`` for prediction. One class per ``cls``."""
+    if _is_robust(cls):
+        return cls
+    if cls not in _WRAPPED:
+        from nnrobustloss.trainers.base import RobustTrainer
+
+        _WRAPPED[cls] = type(cls.__name__, (RobustTrainer, cls),
+                             {"__module__": cls.__module__, "__doc__": cls.__doc__,
+                              "__qualname__": cls.__qualname__})
+    return _WRAPPED[cls]

@@ -29,6 +29,7 @@ from nnrobustloss.errors import ConfigError, InputDataError
 from nnrobustloss.fileio import atomic_path, read_json, remove_temporaries, stage_lock, write_json
 from nnrobustloss.methods import get_method
 from nnrobustloss.metric_registry import ONE_EMPTY_RULE
+from nnrobustloss.planning import PLANS_IDENTIFIER
 
 
 def _task(config: Mapping[str, Any], task: str) -> Mapping[str, Any]:
@@ -142,7 +143,7 @@ def run_plan(task: str, dataset_id: int, reference_dataset_id: int, planner: str
              results_dir: str | os.PathLike[str], splits_json: str | os.PathLike[str],
              manifest: str | os.PathLike[str], num_processes: int = 2) -> None:
     """Plan and preprocess both datasets with identical plans; write ``preprocessed/<Task>.json``."""
-    from nnrobustloss.planning import PLANS_IDENTIFIER, plan_and_preprocess
+    from nnrobustloss.planning import plan_and_preprocess
 
     # The planner's temporary folder is preprocessed/.tmp-<pid>-<task>-<8 random>.
     with _one_run(results_dir, "plan", task, manifest, Path(manifest).parent / task):
@@ -171,12 +172,32 @@ def replicate_seed(seed: int, replicate: int) -> int:
     return int.from_bytes(digest.digest()[:4], "big") % 2**31
 
 
+def custom_definitions(config: Mapping[str, Any], methods: Sequence[str]) -> dict[str, Any]:
+    """``{"custom_methods": {id: definition}}`` for those of ``methods`` that the config's
+    ``custom_methods`` defines, else ``{}``: merged into a stage's params, so that the job's
+    process can register them (:func:`register_methods`) and a changed definition reruns the
+    job, while the params of built-in methods stay as they were."""
+    custom = config.get("custom_methods") or {}
+    found = {m: custom[m] for m in methods if m in custom}
+    return {"custom_methods": found} if found else {}
+
+
+def register_methods(params: Mapping[str, Any]) -> None:
+    """Register the custom methods a stage's params carry (:func:`custom_definitions`) in this
+    process's registry; nothing for built-in methods. Every ``run_<stage>`` that looks a method
+    up calls it first."""
+    from nnrobustloss.methods import register_custom_methods
+
+    register_custom_methods(params.get("custom_methods"))
+
+
 def _training_kwargs(config: Mapping[str, Any], task: str, method: str, fold: int,
                      budget: Mapping[str, Any], replicate: int = 0) -> dict[str, Any]:
     t = _task(config, task)
     spec = get_method(method)
     ds = t["reference_dataset_id"] if spec.uses_reference else t["dataset_id"]
     return {
+        **custom_definitions(config, [spec.id]),
         "task": task, "method": spec.id, "fold": int(fold), "replicate": int(replicate),
         "dataset": layout.dataset_name(ds, task, reference=spec.uses_reference),
         "epochs": budget["epochs"], "iterations_per_epoch": budget["iterations_per_epoch"],
@@ -313,6 +334,7 @@ def run_tune_worker(params: Mapping[str, Any], worker: int, workers: int,
     from nnrobustloss.tuning import run_worker, training_objective
 
     p = dict(params)
+    register_methods(p)
     limit_cpu_threads(device, threads)
     call = train_kwargs(p, results_dir, peer_updates)
     call["device"] = device
@@ -337,6 +359,7 @@ def run_select_best(params: Mapping[str, Any], results_dir: str | os.PathLike[st
     from nnrobustloss.tuning import select_best
 
     p = dict(params)
+    register_methods(p)
     return select_best(task=p["task"], method=p["method"], fold=p["fold"], n_trials=p["n_trials"],
                        study_dir=layout.study_dir(results_dir, p["task"], p["method"], p["fold"]),
                        storage=p["storage"], trials_csv=trials_csv,
@@ -376,6 +399,7 @@ def run_train(params: Mapping[str, Any], results_dir: str | os.PathLike[str],
     from nnrobustloss.training import train
 
     p = dict(params)
+    register_methods(p)
     limit_cpu_threads(device, threads)
     if hparams is None and best_params_json is not None:
         hparams = read_json(best_params_json)["params"]
@@ -405,7 +429,8 @@ def predict_params(config: Mapping[str, Any], task: str, method: str, fold: int,
     tile step, peer averaging, probabilities, and calibration (:func:`calibration_params`)."""
     t = _task(config, task)
     _check_replicate(config, replicate)
-    return {"task": task, "method": get_method(method).id, "fold": int(fold),
+    return {**custom_definitions(config, [method]),
+            "task": task, "method": get_method(method).id, "fold": int(fold),
             "replicate": int(replicate),
             "dataset_id": t["dataset_id"], **config["prediction"],
             "calibration": calibration_params(config, task)}
@@ -424,6 +449,7 @@ def run_predict(params: Mapping[str, Any], results_dir: str | os.PathLike[str],
     spec_cal = (CalibrationSpec(layout.reference_labels_dir(results_dir, p["task"]),
                                 cal["regions"], cal["bins"], cal["band_mm"]) if cal else None)
     limit_cpu_threads(device, threads)
+    register_methods(p)
     spec = get_method(p["method"])
     cases = fold_cases(splits_json, p["fold"], "val")
     average = bool(p["average_peers"]) and spec.peers == 2
@@ -478,6 +504,44 @@ def run_evaluate(params: Mapping[str, Any], results_dir: str | os.PathLike[str],
                     n_workers=n_workers, extra_rows=extra, replicate=p.get("replicate", 0))
 
 
+# --- nnU-Net results tree ------------------------------------------------------------------
+
+def nnunet_targets(config: Mapping[str, Any]) -> list[Path]:
+    """The ``validation/summary.json`` of every model and fold of the nnU-Net results tree
+    (:mod:`nnrobustloss.nnunet_results`): one per task x method x fold of the config."""
+    from nnrobustloss.nnunet_results import nnunet_models
+
+    conf = config["planning"]["configuration"]
+    return [layout.nnunet_summary_json(config["results_dir"], dataset, trainer, PLANS_IDENTIFIER,
+                                       conf, fold)
+            for dataset, trainer in nnunet_models(config) for fold in config["folds"]]
+
+
+def nnunet_results_params(config: Mapping[str, Any], dataset: str, trainer: str,
+                          fold: int) -> dict[str, Any]:
+    """Settings of the tree's fold ``fold`` of the model (``dataset``, ``trainer``): the task
+    and method that train it (:func:`nnrobustloss.nnunet_results.nnunet_models`) and the
+    plans' configuration. ConfigError when no method of the config trains that model."""
+    from nnrobustloss.nnunet_results import nnunet_models
+
+    models = nnunet_models(config)
+    if (dataset, trainer) not in models:
+        raise ConfigError(f"{layout.NNUNET_RESULTS}/{dataset}/{trainer}: no method of the config "
+                          "trains this model (config keys methods, tasks).")
+    task, method = models[dataset, trainer]
+    return {"task": task, "method": method, "fold": int(fold), "dataset": dataset,
+            "trainer": trainer, "configuration": config["planning"]["configuration"]}
+
+
+def run_nnunet_results(params: Mapping[str, Any], results_dir: str | os.PathLike[str]) -> Path:
+    """Link a fold's final training (replicate 0) and predictions into the nnU-Net results
+    tree and write its ``validation/summary.json``
+    (:func:`nnrobustloss.nnunet_results.link_fold`)."""
+    from nnrobustloss.nnunet_results import link_fold
+
+    return link_fold(results_dir, **dict(params))
+
+
 # --- report --------------------------------------------------------------------------------
 
 def report_params(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -487,7 +551,8 @@ def report_params(config: Mapping[str, Any]) -> dict[str, Any]:
     from nnrobustloss.config import noise_sweep_tasks
 
     tr = config["training"]
-    return {"tasks": {name: {"table_metrics": list(t["table_metrics"])}
+    return {**custom_definitions(config, config["methods"]),
+            "tasks": {name: {"table_metrics": list(t["table_metrics"])}
                       for name, t in config["tasks"].items()},
             "labels": {name: {int(v): str(k) for k, v in t["labels"].items() if int(v) != 0}
                        for name, t in config["tasks"].items()},
@@ -510,6 +575,7 @@ def run_report(params: Mapping[str, Any], metrics_csvs: Sequence[str], noise_csv
     sweep in ``params`` its table and figure."""
     from nnrobustloss.report import build_report
 
+    register_methods(params)
     if not metrics_csvs:
         raise InputDataError("report: no metrics files (metrics/<Task>/<Method>/fold<k>.csv) "
                              "were found. Run the evaluate stage first (snakemake builds it).")

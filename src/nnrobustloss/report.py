@@ -53,7 +53,6 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 BASELINE = "Baseline"
-TABLE2_METHODS: tuple[str, ...] = ("SVLS", "HRL")
 NOISE_TABLE_METRICS: tuple[str, ...] = ("dice", "asd")
 """Metrics of the noise-level table (mean and SD over cases, with the registry's scale)."""
 ALPHA = 0.05
@@ -62,6 +61,12 @@ MISSING = "--"
 
 CAPTION_MEANS = ("mean over classes (regions for KiTS23) per case, then over the cases of a "
                  "fold, then over folds")
+
+
+def table2_methods(methods: Sequence[str]) -> list[str]:
+    """Those of ``methods`` that Table 2 shows: registered with ``table2=True``
+    (:class:`nnrobustloss.methods.MethodSpec`; the paper's SVLS and HRL), in the given order."""
+    return [m for m in methods if m in METHODS and METHODS[m].table2]
 
 
 def display_name(method: str) -> str:
@@ -515,7 +520,7 @@ def summarise_regions(metrics: pd.DataFrame, tasks: Mapping[str, Mapping[str, ob
     (worst-case values of one empty mask), n_nan. Regions keep their order of first appearance
     in the metric CSVs.
     """
-    t2_methods = [m for m in methods if m in TABLE2_METHODS]
+    t2_methods = table2_methods(methods)
     metrics = with_defaults(metrics)
     rows = []
     for task, spec in tasks.items():
@@ -548,7 +553,7 @@ def table2(summary: pd.DataFrame, tasks: Mapping[str, Mapping[str, object]],
     """Markdown and LaTeX of Table 2: per class/region, SVLS and HRL side by side; with ``lost``
     (:func:`nnrobustloss.lost.lost_classes`) a method that lost a class in a fold is marked with
     † and named in the caption."""
-    t2_methods = [m for m in methods if m in TABLE2_METHODS]
+    t2_methods = table2_methods(methods)
     lost_methods = (set(lost.loc[lost["lost"], "method"]) if lost is not None else set())
     marked = {m: display_name(m) + (DAGGER if m in lost_methods else "") for m in t2_methods}
     several = "sd" in summary and summary["sd"].notna().any()

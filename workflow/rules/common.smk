@@ -84,3 +84,14 @@ def train_inputs(w):
     if w.method in TUNED:
         inputs["best"] = str(layout.best_params_json(RESULTS, w.task, w.method, w.fold))
     return inputs
+
+
+def nnunet_results_inputs(w):
+    """A fold of the nnU-Net results tree needs replicate 0 of its training, its predictions,
+    the reference labels and the preprocessed dataset (plans, dataset.json, fingerprint)."""
+    p = stages.nnunet_results_params(config, w.dataset, w.trainer, int(w.fold))
+    task, method, fold = p["task"], p["method"], p["fold"]
+    return {"checkpoint": str(layout.training_checkpoint(RESULTS, task, method, fold)),
+            "predictions": str(layout.predictions_dir(RESULTS, task, method, fold)),
+            "reference": str(layout.reference_labels_dir(RESULTS, task)),
+            "plans": str(layout.preprocessed_manifest(RESULTS, task))}

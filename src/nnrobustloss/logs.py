@@ -12,7 +12,6 @@ from typing import Any, NoReturn
 
 from nnrobustloss.errors import NNRobustLossError, one_line
 
-
 SCHEDULER_VARIABLES = ("SLURM_JOB_ID", "SLURM_JOB_PARTITION", "SLURM_RESTART_COUNT",
                        "CUDA_VISIBLE_DEVICES")
 """Environment variables named in a job log's first line when set: where the job ran."""

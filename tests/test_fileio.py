@@ -259,3 +259,33 @@ def test_geometry_mismatch_tolerances() -> None:
     assert geometry_mismatch(a, image(spacing=(1.001, 2.0, 3.0), origin=(10.0, 20.0, 30.0)))
     assert geometry_mismatch(a, image(origin=(10.002, 20.0, 30.0)))
     assert geometry_mismatch(image(), image(), tol=0.0) is None
+
+
+def test_waiting_stage_lock_waits_for_the_holder(tmp_path, capsys) -> None:
+    """wait=True: a second holder prints one line naming the first and gets the lock when the
+    first lets go (the first's block ran completely before the second's)."""
+    import threading
+    import time
+
+    from nnrobustloss.fileio import stage_lock
+
+    lock = tmp_path / ".fold0.lock"
+    order: list[str] = []
+    held = threading.Event()
+
+    def first() -> None:
+        with stage_lock(lock, "training of T/M/fold0"):
+            held.set()
+            time.sleep(1.5)
+            order.append("first done")
+
+    t = threading.Thread(target=first)
+    t.start()
+    held.wait(10)
+    with stage_lock(lock, "training of T/M/fold0", wait=True):
+        order.append("second in")
+    t.join()
+    assert order == ["first done", "second in"]
+    err = capsys.readouterr().err
+    assert err.count("is already running") == 1 and "waiting for it to finish" in err
+    assert str(lock) in err and not lock.exists()

@@ -297,18 +297,25 @@ def _holder(fd: int) -> str:
     return text or "a process that is just starting"
 
 
+LOCK_POLL_S = 2.0
+"""Seconds between two attempts of a waiting :func:`stage_lock`."""
+
+
 @contextlib.contextmanager
-def stage_lock(lock_file: str | os.PathLike[str], what: str) -> Iterator[None]:
+def stage_lock(lock_file: str | os.PathLike[str], what: str,
+               wait: bool = False) -> Iterator[None]:
     """Hold an exclusive lock on ``lock_file`` for the block, or raise :class:`StageLockedError`.
 
     ``what`` names the locked work (e.g. ``"convert of task Phantom"``). The holder writes its
     process id, host, start time and command line into the file, and the error of a second
     process quotes them. The lock is an ``flock`` (released by the kernel when the holder dies,
     so a killed run never blocks the next one; NFS clients map it to a POSIX lock); the file is
-    removed when the block ends.
+    removed when the block ends. ``wait``: instead of raising, print one line naming the holder
+    to stderr and wait (polling every :data:`LOCK_POLL_S` s) until the lock is free.
     """
     lock_file = Path(lock_file)
     lock_file.parent.mkdir(parents=True, exist_ok=True)
+    said = False
     while True:
         fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -316,9 +323,16 @@ def stage_lock(lock_file: str | os.PathLike[str], what: str) -> Iterator[None]:
         except BlockingIOError:
             holder = _holder(fd)
             os.close(fd)
-            raise StageLockedError(
-                f"{lock_file}: the {what} is already running ({holder}). Wait for it to finish "
-                "or stop that process, then rerun.") from None
+            if not wait:
+                raise StageLockedError(
+                    f"{lock_file}: the {what} is already running ({holder}). Wait for it to "
+                    "finish or stop that process, then rerun.") from None
+            if not said:
+                print(f"{lock_file}: the {what} is already running ({holder}); waiting for it "
+                      "to finish.", file=sys.stderr, flush=True)
+                said = True
+            time.sleep(LOCK_POLL_S)
+            continue
         try:  # the previous holder may have removed the file between our open and flock
             same = os.stat(lock_file).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:

@@ -405,9 +405,17 @@ def run_train(params: Mapping[str, Any], results_dir: str | os.PathLike[str],
         hparams = read_json(best_params_json)["params"]
     out = layout.training_dir(results_dir, p["task"], p["method"], p["fold"],
                               p.get("replicate", 0))
-    return train(output_dir=out, params=hparams, device=device, continue_training=True,
-                 checkpoint_minutes=checkpoint_minutes, augmentation_workers=augmentation_workers,
-                 **train_kwargs(p, results_dir, peer_updates))
+    # One run per training: a second job of the same training (Snakemake restarted while the
+    # first still runs on the cluster) waits for it, then finds the finished model. The lock
+    # lives beside the folder, so that it never blocks on a stale temporary inside it.
+    lock = out.with_name(f".{out.name}.lock")
+    with stage_lock(lock, f"training of {p['task']}/{p['method']}/{out.name}", wait=True):
+        for name in (layout.CHECKPOINT_LATEST, layout.CHECKPOINT_FINAL, "progress.csv"):
+            remove_temporaries(out, name)  # what a killed run left (0.8-1.6 GB per checkpoint)
+        return train(output_dir=out, params=hparams, device=device, continue_training=True,
+                     checkpoint_minutes=checkpoint_minutes,
+                     augmentation_workers=augmentation_workers,
+                     **train_kwargs(p, results_dir, peer_updates))
 
 
 # --- predict -------------------------------------------------------------------------------

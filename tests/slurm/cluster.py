@@ -161,6 +161,11 @@ def _node_idle(host: str) -> bool:
     return bool(states) and all(s.rstrip("*") in ("idle", "mixed", "allocated") for s in states)
 
 
+def is_up() -> bool:
+    """Whether a SLURM controller answers here (``scontrol ping``)."""
+    return bool(shutil.which("scontrol")) and _ping_ok()
+
+
 def start(state: Path = DEFAULT_STATE, timeout: float = 90) -> dict[str, Any]:
     """Start (or find running) munged, slurmctld and slurmd; return ``{"host", "cpus",
     "mem_mb", "state", "started"}``. Raises :class:`ClusterError` with the reason."""

@@ -40,6 +40,7 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> dict:
     1.5 GB per job: the 2-core CI machine runs one CPU job beside one GPU job)."""
     if os.geteuid() != 0:
         pytest.skip("the SLURM tests start slurmctld/slurmd and need root")
+    was_up = cluster.is_up()
     try:
         info = cluster.start()
     except cluster.ClusterError as e:
@@ -47,6 +48,8 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> dict:
     profile = cluster.scaled_profile(REPO / "profiles" / "slurm",
                                      tmp_path_factory.mktemp("profile"), cpus=1, mem_mb=1500)
     yield {**info, "profile": profile}
+    if not was_up:  # a cluster someone started before the tests keeps running
+        cluster.stop()
 
 
 def _write(path: Path, data: dict) -> Path:
@@ -58,10 +61,11 @@ def run_study(workdir: Path, profile: Path, *configs: Path, args: tuple[str, ...
               timeout: float = 1500) -> subprocess.CompletedProcess[str]:
     """snakemake with the scaled profile on the default config, the smoke overlay and
     ``configs``, in ``workdir``; stdout and stderr merged."""
+    # (targets and options before --configfile, which takes every following word as a file)
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
-           str(workdir), "--profile", str(profile), *FAST_POLLING, "--configfile",
+           str(workdir), "--profile", str(profile), *FAST_POLLING, *args, "--configfile",
            str(REPO / "config" / "config.yaml"), str(REPO / "config" / "smoke.yaml"),
-           *map(str, configs), *args]
+           *map(str, configs)]
     return subprocess.run(cmd, cwd=workdir, text=True, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, timeout=timeout,
                           env=dict(os.environ, nnUNet_compile="false"))
@@ -172,42 +176,116 @@ def test_training_killed_by_its_time_limit_resumes_on_the_retry(slurm, tmp_path:
 
 
 def test_killed_snakemake_continues_where_it_stood(slurm, tmp_path: Path) -> None:
-    """SIGKILL of the Snakemake process while a SLURM job runs, then the same command again
-    (after --unlock): the run completes, no finished job is redone, nothing half-written is
-    left (no .tmp-* files)."""
+    """SIGKILL of the Snakemake process while its training runs on the cluster, then the same
+    command again (after --unlock) at once: the finished jobs are not redone, the new training
+    job waits for the one still running (one run per training) and then finds its model, the run
+    completes, every epoch is in progress.csv once and nothing half-written is left."""
     cfg = {**REDUCED, "methods": ["Baseline"], "tuning": {"enabled": False},
-           "training": {"epochs": 10, "iterations_per_epoch": 4, "val_iterations_per_epoch": 1}}
+           "training": {"epochs": 25, "iterations_per_epoch": 8, "val_iterations_per_epoch": 1}}
     overlay = _write(tmp_path / "kill.yaml", cfg)
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
-           str(tmp_path), "--profile", str(slurm["profile"]), *FAST_POLLING, "--configfile",
-           str(REPO / "config" / "config.yaml"), str(REPO / "config" / "smoke.yaml"),
-           str(overlay)]
-    log = tmp_path / "first.log"
-    with log.open("w") as out:
-        first = subprocess.Popen(cmd, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
-                                 env=dict(os.environ, nnUNet_compile="false"))
-        train_log = tmp_path / "results" / "logs" / "train" / "Phantom" / "Baseline" / "fold0.log"
-        end = time.monotonic() + 900
-        while time.monotonic() < end and first.poll() is None:
-            if train_log.is_file() and "Epoch 2" in train_log.read_text():
-                break
-            time.sleep(1)
-        assert first.poll() is None, log.read_text()[-3000:]
-        first.send_signal(signal.SIGKILL)
-        first.wait()
+    first, log = _start(tmp_path, slurm["profile"], overlay)
+    progress = tmp_path / "results" / "training" / "Phantom" / "Baseline" / "fold0" / "progress.csv"
+    _wait_for(lambda: progress.is_file() and len(progress.read_text().splitlines()) >= 3,
+              first, log)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    jobid = _running_job(log, "train")
+    assert job_record(jobid)["JobState"] == "RUNNING"  # the job outlives its Snakemake
     done_before = set(submissions(log.read_text()).values())
-    assert "train" in done_before and "report" not in done_before
-    subprocess.run([*cmd, "--unlock"], check=True, capture_output=True)
-    again = subprocess.run(cmd, cwd=tmp_path, text=True, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, env=dict(os.environ, nnUNet_compile="false"),
-                           timeout=1500)
+    assert {"convert", "splits", "plan", "noise_report", "train"} <= done_before
+    again = run_study(tmp_path, slurm["profile"], overlay, args=("--unlock",))
+    assert again.returncode == 0, again.stdout[-3000:]
+    again = run_study(tmp_path, slurm["profile"], overlay)
     assert again.returncode == 0, again.stdout[-5000:]
     rerun = pd.Series(list(submissions(again.stdout).values())).value_counts().to_dict()
-    # convert, splits, plan, noise finished before the kill and are not redone
     assert not {"convert", "splits", "plan", "noise_report"} & set(rerun), rerun
     assert rerun.get("train") == 1 and rerun.get("predict") == 1, rerun
+    assert job_record(jobid)["JobState"] == "COMPLETED"
+    train_log = (tmp_path / "results" / "logs" / "train" / "Phantom" / "Baseline"
+                 / "fold0.log").read_text()
+    assert "is already running" in train_log and "waiting for it to finish" in train_log
     results = tmp_path / "results"
     assert not list(results.rglob(".tmp-*")), list(results.rglob(".tmp-*"))
-    progress = pd.read_csv(results / "training" / "Phantom" / "Baseline" / "fold0" / "progress.csv")
-    assert list(progress["epoch"]) == list(range(10))
+    assert list(pd.read_csv(progress)["epoch"]) == list(range(25))
     assert (results / "tables" / "table1.md").is_file()
+
+
+def _start(workdir: Path, profile: Path, overlay: Path, *targets: str) -> tuple[subprocess.Popen,
+                                                                               Path]:
+    """Start snakemake in the background (output in ``workdir/snakemake.log``)."""
+    log = workdir / "snakemake.log"
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
+           str(workdir), "--profile", str(profile), *FAST_POLLING, *targets, "--configfile",
+           str(REPO / "config" / "config.yaml"), str(REPO / "config" / "smoke.yaml"),
+           str(overlay)]
+    proc = subprocess.Popen(cmd, cwd=workdir, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            env=dict(os.environ, nnUNet_compile="false"))
+    return proc, log
+
+
+def _wait_for(condition, proc: subprocess.Popen, log: Path, timeout: float = 900) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, f"snakemake ended early:\n{log.read_text()[-4000:]}"
+        assert time.monotonic() < end, f"timed out:\n{log.read_text()[-4000:]}"
+        time.sleep(1)
+
+
+def _running_job(log: Path, rule: str) -> str:
+    """The SLURM job id of the (last) submitted job of ``rule``."""
+    return [j for j, r in submissions(log.read_text()).items() if r == rule][-1]
+
+
+def test_scancel_of_a_tuning_worker_loses_no_trial(slurm, tmp_path: Path) -> None:
+    """scancel of a tuning worker in the middle of its second trial: Snakemake resubmits it, the
+    retry continues the interrupted trial from its checkpoint, and the study completes its
+    n_trials (every COMPLETE trial once)."""
+    cfg = {"methods": ["APL2"], "folds": [0],
+           "tuning": {"n_trials": 3, "epochs": 6, "iterations_per_epoch": 6}}
+    overlay = _write(tmp_path / "scancel.yaml", cfg)
+    study = tmp_path / "results" / "tuning" / "Phantom" / "APL2" / "fold0"
+    proc, log = _start(tmp_path, slurm["profile"], overlay, str(study / "best_params.json"))
+
+    def second_trial_running() -> bool:
+        progress = study / "trials" / "trial1" / "progress.csv"
+        return progress.is_file() and len(progress.read_text().splitlines()) >= 3
+
+    _wait_for(second_trial_running, proc, log)
+    jobid = _running_job(log, "tune_worker")
+    subprocess.run(["scancel", jobid], check=True)
+    assert proc.wait(timeout=1500) == 0, log.read_text()[-5000:]
+    text = log.read_text()
+    assert job_record(jobid)["JobState"] == "CANCELLED"
+    assert len([r for r in submissions(text).values() if r == "tune_worker"]) == 2
+    trials = pd.read_csv(study / "trials.csv")
+    complete = trials[trials["state"] == "COMPLETE"]
+    assert len(complete) == 3, trials
+    worker_logs = (tmp_path / "results" / "logs" / "tune").rglob("worker0.log")
+    assert any("continues interrupted trial 1" in p.read_text() for p in worker_logs)
+
+
+def test_requeued_training_finishes_from_its_checkpoint(slurm, tmp_path: Path) -> None:
+    """scontrol requeue of a running final training: SLURM restarts the same job id
+    (SLURM_RESTART_COUNT=1), the training continues from checkpoint_latest and every epoch is
+    in progress.csv once; Snakemake sees one submission."""
+    cfg = {"methods": ["Baseline"], "folds": [0], "tuning": {"enabled": False},
+           "training": {"epochs": 12, "iterations_per_epoch": 6, "val_iterations_per_epoch": 1}}
+    overlay = _write(tmp_path / "requeue.yaml", cfg)
+    out = tmp_path / "results" / "training" / "Phantom" / "Baseline" / "fold0"
+    proc, log = _start(tmp_path, slurm["profile"], overlay, str(out / "checkpoint_final.pth"))
+
+    def some_epochs_done() -> bool:
+        progress = out / "progress.csv"
+        return progress.is_file() and len(progress.read_text().splitlines()) >= 4
+
+    _wait_for(some_epochs_done, proc, log)
+    jobid = _running_job(log, "train")
+    subprocess.run(["scontrol", "requeue", jobid], check=True)
+    assert proc.wait(timeout=1500) == 0, log.read_text()[-5000:]
+    assert [r for r in submissions(log.read_text()).values() if r == "train"] == ["train"]
+    rec = job_record(jobid)
+    assert rec["JobState"] == "COMPLETED" and rec["Restarts"] == "1", rec
+    progress = pd.read_csv(out / "progress.csv")
+    assert list(progress["epoch"]) == list(range(12))
+    job_log = tmp_path / "results" / "logs" / "train" / "Phantom" / "Baseline" / "fold0.log"
+    assert "SLURM_RESTART_COUNT=1" in job_log.read_text()

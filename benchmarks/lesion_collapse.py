@@ -68,8 +68,7 @@ def main() -> None:
     kw["seed"] = int(opts.get("seed", kw["seed"]))
     kw["epochs"] = int(opts.get("epochs", kw["epochs"]))
     _patch_learning_rate(float(opts["lr"]) if "lr" in opts else None, int(opts.get("warmup", 0)))
-    pipeline.single_threaded_augmentation_on_cpu("cpu")
-    pipeline.limit_cpu_threads("cpu", 1)
+    pipeline.limit_cpu_threads("cpu", 1)  # augmentation: in-process on the CPU ("auto")
     out = Path("/tmp/lesion_collapse") / name
     params = json.loads(opts["params"]) if "params" in opts else None
     train(output_dir=out, params=params, device="cpu", continue_training=False, **kw)

@@ -6,6 +6,11 @@
 import os
 import sys
 
+from snakemake.utils import min_version
+
+# Snakemake 8 brought the executor plugins (profiles/slurm) and the settings API used here.
+min_version("8.0")
+
 # Rule jobs (in the conda env of envs/nnrobustloss.yaml, too) import the package from this
 # workflow's src/: no install of a relative path, and the code always matches the workflow.
 SRC = os.path.join(workflow.basedir, "src")

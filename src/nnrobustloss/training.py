@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -270,6 +271,8 @@ def train(preprocessed_dataset_dir: str | os.PathLike[str], method: str, fold: i
                       augmentation_workers=augmentation_workers)
     if resume:
         trainer.load_checkpoint(str(latest))
+        print(f"[train] continuing {out} from {latest.name} at epoch {trainer.current_epoch}",
+              file=sys.stderr, flush=True)
     elif start is not None:
         trainer.load_checkpoint(str(start))
         for row in warmup_rows if epoch_callback is not None else ():

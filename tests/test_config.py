@@ -323,7 +323,7 @@ def test_defaults_are_filled() -> None:
                                "augmentation_workers": "auto"}
     assert cfg["tuning"]["n_trials"] == 30 and cfg["tuning"]["pruner"] == "none"
     assert cfg["coteaching"] == {"delay": 20, "gradual": 20, "max_fraction": 0.4,
-                                 "stocot_thresholds": "random"}
+                                 "stocot_thresholds": "random", "peer_updates": "sequential"}
     t = cfg["tasks"]["T"]
     assert t["channel"] == "MRI" and t["noise"] == {"type": "none", "target_dice": 0.96}
     assert t["regions"] == {} and t["tolerance_mm"] == 1.0 and t["include_classes"] is True

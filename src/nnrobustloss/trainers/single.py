@@ -35,11 +35,12 @@ class nnUNetTrainer_APL2(RobustTrainer):
 
 
 class nnUNetTrainer_SVLS(RobustTrainer):
-    """SVLS: CE + Dice on SVLS-smoothed targets of every resolution; hyper-parameter ``sigma``."""
+    """SVLS: CE + Dice on SVLS-smoothed targets of every resolution; hyper-parameter ``sigma``,
+    options ``svls.kernel`` and ``svls.hard_dice``."""
 
     def _build_loss(self) -> nn.Module:
         self._require_no_ignore_label()
         s = self.settings
         return self._wrap_deep_supervision(SVLSLoss(
-            s.params["sigma"], kernel=s.svls_kernel, hard_dice=s.svls_hard_dice,
+            s.params["sigma"], kernel=s.options["svls.kernel"], hard_dice=s.options["svls.hard_dice"],
             soft_dice_kwargs=self._soft_dice_kwargs()))

@@ -1,9 +1,11 @@
 """The method registry: the one place that knows a method (docs/README.md).
 
-``METHODS`` lists the nine methods of the study in the paper's order. Each entry is a
-:class:`MethodSpec`: its id (paths, config), display name (tables), trainer class, whether it
-trains on the reference labels, its search space, how many peer networks it trains and whether
-its tuning trials share the co-teaching warm-up. Everything else is derived from these fields:
+``METHODS`` lists the nine methods of the study in the paper's order, then the example method
+GCE (README, "Adding a loss"; ``in_default_study=False``: built only when a config lists it).
+Each entry is a :class:`MethodSpec`: its id (paths, config), display name (tables), trainer
+class, whether it trains on the reference labels, its search space, how many peer networks it
+trains, whether its tuning trials share the co-teaching warm-up, and the config options its
+trainer reads. Everything else is derived from these fields:
 a method is tuned when it has a search space, the Snakemake DAG, the cost plan, the trainers'
 accepted method and the predictor's trainer lookup all read the registry. Adding a method is one
 trainer class and one entry here (README, "Adding a loss").
@@ -18,6 +20,7 @@ trainer class and one entry here (README, "Adding a loss").
 | StoCoT | ``a``, ``b`` in [0.5, 8], log scale (the Beta(a, b) threshold distribution) |
 | SVLS | ``sigma`` in [0.2, 2] |
 | HRL | ``a``, ``b`` (log), ``w``, ``sigma`` |
+| GCE (example) | ``q`` in (0, 1] (sampled from [1e-3, 1]; default 0.7, Zhang and Sabuncu's) |
 
 ``options`` holds one :class:`MethodOption` per setting of its trainer that the user sets in a
 config section, not tuned (docs/methods.md): the co-teaching schedule (``coteaching.delay``,
@@ -289,6 +292,7 @@ _R = FloatParam("forget_rate", 0.0, 0.1)
 _A = FloatParam("a", 0.5, 8.0, log=True)
 _B = FloatParam("b", 0.5, 8.0, log=True)
 _SIGMA = FloatParam("sigma", 0.2, 2.0)
+_Q = FloatParam("q", 1e-3, 1.0, default=0.7)  # Zhang & Sabuncu's q = 0.7
 
 METHODS: dict[str, MethodSpec] = {
     m.id: m for m in (
@@ -307,6 +311,9 @@ METHODS: dict[str, MethodSpec] = {
                    table2=True, options=SVLS_OPTIONS),
         MethodSpec("HRL", "HRL", f"{_TWO}:nnUNetTrainer_HRL", search_space=(_A, _B, _W, _SIGMA),
                    peers=2, table2=True, options=COTEACHING_OPTIONS + STOCOT_OPTIONS + SVLS_OPTIONS),
+        # the example of README "Adding a loss": built only when a config lists it
+        MethodSpec("GCE", "GCE", f"{_SINGLE}:nnUNetTrainer_GCE", search_space=(_Q,),
+                   in_default_study=False),
     )
 }
 

@@ -1,4 +1,4 @@
-"""Single-network trainers: Baseline (also BaselineRef), APL1, APL2 and SVLS.
+"""Single-network trainers: Baseline (also BaselineRef), APL1, APL2, SVLS and the example GCE.
 
 Each differs from the shared :class:`~nnrobustloss.trainers.base.RobustTrainer` only in
 ``_build_loss`` (the Baseline not even there): the per-resolution loss of
@@ -9,7 +9,7 @@ Each differs from the shared :class:`~nnrobustloss.trainers.base.RobustTrainer` 
 
 from torch import nn
 
-from nnrobustloss.losses import APL1Loss, APL2Loss, SVLSLoss
+from nnrobustloss.losses import APL1Loss, APL2Loss, GCELoss, SVLSLoss
 from nnrobustloss.trainers.base import RobustTrainer
 
 
@@ -44,3 +44,13 @@ class nnUNetTrainer_SVLS(RobustTrainer):
         return self._wrap_deep_supervision(SVLSLoss(
             s.params["sigma"], kernel=s.options["svls.kernel"], hard_dice=s.options["svls.hard_dice"],
             soft_dice_kwargs=self._soft_dice_kwargs()))
+
+
+class nnUNetTrainer_GCE(RobustTrainer):
+    """GCE: mean(GCE_q) + soft Dice per resolution; hyper-parameter ``q`` (the example method of
+    README, "Adding a loss": not in the default study)."""
+
+    def _build_loss(self) -> nn.Module:
+        self._require_no_ignore_label()
+        q = self.settings.params["q"]
+        return self._wrap_deep_supervision(GCELoss(q, soft_dice_kwargs=self._soft_dice_kwargs()))

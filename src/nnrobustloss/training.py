@@ -18,14 +18,15 @@ GPU the same batches give statistically, not bitwise, equal trainings.
 
 Adding a new loss
 -----------------
-A new method is a loss, one trainer class and one registry entry (README, "Adding a loss"):
+A new method is a loss, one trainer class and one registry entry, plus its own test (README,
+"Adding a loss"):
 
 1. Write the per-resolution loss as an ``nn.Module`` with ``forward(logits, target, mask=None)``
    in :mod:`nnrobustloss.losses` (logits ``[B, K, *sp]``, integer target ``[B, 1, *sp]``; see
    ``MaskedCompoundLoss``, whose subclasses only implement ``terms``).
 2. Subclass :class:`~nnrobustloss.trainers.base.RobustTrainer` (no ``__init__``: the base
    defines nnU-Net's) and build the loss in ``_build_loss``; hyper-parameters come from
-   ``self.settings.params``::
+   ``self.settings.params``, the method's config options from ``self.settings.options``::
 
        class nnUNetTrainer_MyLoss(RobustTrainer):
            def _build_loss(self):
@@ -33,11 +34,13 @@ A new method is a loss, one trainer class and one registry entry (README, "Addin
                    MyLoss(self.settings.params["t"], soft_dice_kwargs=self._soft_dice_kwargs()))
 
    For a two-peer method subclass ``CoTeachingTrainer`` and implement ``select_level``.
-3. Register it in :data:`nnrobustloss.methods.METHODS` with its search space:
+3. Register it in :data:`nnrobustloss.methods.METHODS` with its search space and options:
    ``MethodSpec("MyLoss", "My loss", "nnrobustloss.trainers.single:nnUNetTrainer_MyLoss",
-   search_space=(FloatParam("t", 0.1, 1.0),))`` (``peers=2`` for a two-peer method). The
-   config's ``methods`` then accepts ``MyLoss``; tuning, training, prediction, the cost plan and
-   the report find everything they need in the registry.
+   search_space=(FloatParam("t", 0.1, 1.0),))`` (``peers=2`` for a two-peer method,
+   ``options=(MethodOption(...), ...)`` for settings its trainer reads from the config). The
+   config's ``methods`` then accepts ``MyLoss``; tuning, training (which passes the declared
+   options without naming them), prediction, the cost plan and the report find everything
+   they need in the registry.
 """
 
 from __future__ import annotations

@@ -474,6 +474,11 @@ def test_peer_updates_is_not_a_result_setting(tmp_path):
         _check_resume_settings(tmp_path, build_settings("CoT", seed=1))
     with pytest.raises(ConfigError, match=r"different settings \(coteaching.gradual\)"):
         _check_resume_settings(tmp_path, build_settings("CoT", coteaching={"gradual": 3}))
+    # a run started before the methods declared their options: one line, not a list of keys
+    legacy = {k: v for k, v in settings.to_dict().items() if k != "options"}
+    (tmp_path / "settings.json").write_text(json.dumps({**legacy, "coteaching_delay": 20}))
+    with pytest.raises(ConfigError, match=r"started by an older nnrobustloss .* Delete "):
+        _check_resume_settings(tmp_path, build_settings("CoT"))
 
 
 def _peer_weights(out: Path) -> dict[str, dict[str, torch.Tensor]]:

@@ -146,7 +146,13 @@ def _check_resume_settings(out: Path, settings: TrainerSettings) -> None:
     path = out / "settings.json"
     if not path.is_file():
         return
-    diff = _settings_diff(read_json(path), settings.to_dict(), get_method(settings.method))
+    old = read_json(path)
+    if "options" not in old:  # written before the methods declared their options
+        raise ConfigError(f"{path}: the unfinished run in {out} was started by an older "
+                          "nnrobustloss (its settings have no 'options'); it cannot be "
+                          f"continued by this version. Delete {out} to start over, or finish "
+                          "it with the older version.")
+    diff = _settings_diff(old, settings.to_dict(), get_method(settings.method))
     if diff:
         raise ConfigError(f"{path}: the unfinished run in {out} used different settings "
                           f"({', '.join(diff)}). Delete {out} to start over with the new "

@@ -11,7 +11,7 @@ from conftest import PHANTOM_TEST_TASK
 
 from nnrobustloss import pipeline as P
 from nnrobustloss.errors import ConfigError
-from nnrobustloss.methods import METHODS, builtin_methods
+from nnrobustloss.methods import METHODS, builtin_methods, default_study_methods
 
 TOPK = "nnunetv2.training.nnUNetTrainer.variants.loss.nnUNetTrainerTopkLoss:nnUNetTrainerTopk10Loss"
 USER_TRAINER = '''
@@ -64,7 +64,7 @@ def test_a_plain_nnunet_trainer_is_wrapped_and_listed_by_default():
     from nnrobustloss.trainers import RobustTrainer
 
     cfg = _config({"TopK10": {"trainer": TOPK, "display": "TopK 10 %"}})
-    assert cfg["methods"] == [*builtin_methods(), "TopK10"]
+    assert cfg["methods"] == [*default_study_methods(), "TopK10"]
     assert "TopK10" not in builtin_methods()
     spec = METHODS["TopK10"]
     assert spec.display_name == "TopK 10 %" and not spec.needs_tuning and spec.peers == 1
@@ -141,3 +141,24 @@ def test_a_builtin_id_and_a_bad_schema_entry_are_refused():
         _config({"APL2": {"trainer": TOPK}})
     with pytest.raises(ConfigError, match="custom_methods.TopK10"):
         _config({"TopK10": {"trainer": TOPK, "k": 10}})  # unknown key
+
+
+def test_a_two_peer_custom_method_reads_the_co_teaching_options(tmp_path):
+    """A CoTeachingTrainer subclass from the config gets the co-teaching options that its base
+    class reads (its schedule, peer updates), from the config's section like CoT."""
+    from nnrobustloss.methods import COTEACHING_OPTIONS
+    from nnrobustloss.trainers.settings import TrainerSettings
+
+    path = tmp_path / "two_peer.py"
+    path.write_text("from nnrobustloss.trainers.coteaching import nnUNetTrainer_CoT\n\n\n"
+                    "class nnUNetTrainer_MyCoT(nnUNetTrainer_CoT):\n    pass\n")
+    cfg = _config({"MyCoT": {"trainer": f"{path}:nnUNetTrainer_MyCoT", "peers": 2,
+                             "search_space": {"forget_rate": {"low": 0, "high": 0.1}}}},
+                  methods=["MyCoT"])
+    assert METHODS["MyCoT"].options == COTEACHING_OPTIONS
+    kw = P.train_params(cfg, "PhantomTest", "MyCoT", 0)
+    assert kw["coteaching"]["delay"] == 20
+    settings = TrainerSettings("MyCoT", options=P.train_kwargs(kw, tmp_path)["options"])
+    assert settings.options == {"coteaching.delay": 20, "coteaching.gradual": 20,
+                                "coteaching.max_fraction": 0.4,
+                                "coteaching.peer_updates": "sequential"}

@@ -26,9 +26,9 @@ def _node(*path: str) -> dict[str, Any]:
 def _choices():
     from nnrobustloss.datasets.convert import SOURCE_TYPES
     from nnrobustloss.losses import SVLS_KERNELS
+    from nnrobustloss.methods import PEER_UPDATE_MODES
     from nnrobustloss.planning import PLANNERS
     from nnrobustloss.selection import STOCOT_MODES
-    from nnrobustloss.trainers.settings import PEER_UPDATE_MODES
     from nnrobustloss.training import DEVICES
     from nnrobustloss.tuning import PRUNERS, STORAGES
 
@@ -45,15 +45,31 @@ def test_schema_choices_equal_the_code(index: int) -> None:
     assert tuple(_node(*path)["enum"]) == tuple(choices), ".".join(path)
 
 
-def test_schema_defaults_equal_the_trainer_settings_defaults() -> None:
-    from nnrobustloss.trainers.settings import TrainerSettings
+def test_schema_option_sections_equal_the_registry() -> None:
+    """The config sections of method options (``coteaching``, ``svls``) hold exactly the
+    options that the registry's methods declare, with their types, ranges, choices and
+    defaults (the schema is what users read; ``MethodSpec.options`` what the trainers get)."""
+    from nnrobustloss.methods import declared_options
 
-    d = TrainerSettings(method="Baseline")
-    assert _node("coteaching", "delay")["default"] == d.coteaching_delay
-    assert _node("coteaching", "gradual")["default"] == d.coteaching_gradual
-    assert _node("coteaching", "stocot_thresholds")["default"] == d.stocot_thresholds
-    assert _node("svls", "kernel")["default"] == d.svls_kernel
-    assert _node("svls", "hard_dice")["default"] == d.svls_hard_dice
+    declared = declared_options()
+    assert set(declared) == {"coteaching", "svls"}
+    for section, options in declared.items():
+        props = _node(section)["properties"]
+        assert set(props) == set(options), section
+        for key, option in options.items():
+            node = {k: v for k, v in props[key].items() if k != "description"}
+            assert node == option.schema(), option.name
+
+
+def test_declared_choices_are_the_code_s() -> None:
+    """The choices declared with the options are those the losses and the selection accept."""
+    from nnrobustloss.losses import SVLS_KERNELS
+    from nnrobustloss.methods import declared_options
+    from nnrobustloss.selection import STOCOT_MODES
+
+    declared = declared_options()
+    assert declared["svls"]["kernel"].choices == SVLS_KERNELS
+    assert declared["coteaching"]["stocot_thresholds"].choices == STOCOT_MODES
 
 
 def test_default_methods_are_the_registry() -> None:
@@ -62,7 +78,7 @@ def test_default_methods_are_the_registry() -> None:
     cfg = validate_config({"tasks": {"T": {"dataset_id": 1, "reference_dataset_id": 2,
                                            "labels": {"background": 0, "a": 1},
                                            "sources": [{"type": "phantom"}]}}})
-    assert cfg["methods"] == list(METHODS)
+    assert cfg["methods"] == [m for m, spec in METHODS.items() if spec.in_default_study]
 
 
 def test_phantom_defaults_have_one_home(tmp_path) -> None:

@@ -34,11 +34,12 @@ def test_run_options_are_the_config_values_each_run_function_takes(config: dict)
     cfg = validate_config({**config, "device": "cpu", "checkpoint_minutes": 7,
                            "coteaching": {**config["coteaching"], "peer_updates": "joint"},
                            "training": {**config["training"], "augmentation_workers": 3}})
+    schedule = {"coteaching": {"peer_updates": "joint"}}  # the options of results=False
     assert stages.run_options(cfg, "train") == {"device": "cpu", "checkpoint_minutes": 7,
-                                                "peer_updates": "joint",
+                                                "schedule_options": schedule,
                                                 "augmentation_workers": 3}
     assert stages.run_options(cfg, "tune") == stages.run_options(cfg, "train")
-    assert stages.run_options(cfg, "warmup") == {"device": "cpu", "peer_updates": "joint",
+    assert stages.run_options(cfg, "warmup") == {"device": "cpu", "schedule_options": schedule,
                                                  "augmentation_workers": 3}
     assert stages.run_options(cfg, "predict") == {"device": "cpu"}
     runs = {"tune": stages.run_tune_worker, "warmup": stages.run_warmup,
@@ -48,7 +49,7 @@ def test_run_options_are_the_config_values_each_run_function_takes(config: dict)
         accepted = set(inspect.signature(run).parameters)
         assert set(stages.run_options(cfg, stage)) <= accepted, stage
         # a run option the function takes but is not given would silently stay at its default
-        assert accepted & {"device", "checkpoint_minutes", "peer_updates",
+        assert accepted & {"device", "checkpoint_minutes", "schedule_options",
                            "augmentation_workers"} == set(stages.RUN_OPTIONS[stage]), stage
     with pytest.raises(ValueError, match="no run options for stage 'report'"):
         stages.run_options(cfg, "report")

@@ -270,14 +270,20 @@ def test_scaled_schedule_never_lengthens_and_checks_its_arguments():
         scaled_schedule(20, 20, 0)
 
 
-def test_build_settings_records_the_scaled_schedule():
+def test_run_schedule_scales_the_options_to_the_run():
+    """The co-teaching trainers' schedule: the settings' options scaled to the run's epochs."""
+    from nnrobustloss.schedule import run_schedule
     from nnrobustloss.training import build_settings
 
     s = build_settings("StoCoT", epochs=30, coteaching={"delay": 20, "gradual": 20})
-    assert (s.coteaching_delay, s.coteaching_gradual) == (12, 12)
+    assert run_schedule(s.options, s.num_epochs) == (12, 12)  # floor(0.4 * 30)
     s = build_settings("StoCoT", epochs=200, coteaching={"delay": 20, "gradual": 20,
                                                          "max_fraction": 0.4})
-    assert (s.coteaching_delay, s.coteaching_gradual) == (20, 20)
+    assert run_schedule(s.options, s.num_epochs) == (20, 20)
+    s = build_settings("CoT", epochs=10, coteaching={"delay": 3, "gradual": 9,
+                                                     "max_fraction": 0.5})
+    assert run_schedule(s.options, s.num_epochs) == (3, 5)
+    assert run_schedule({}, 50) == (20, 20)  # the paper's defaults
     with pytest.raises(ConfigError, match="max_fraction"):
         build_settings("CoT", epochs=10, coteaching={"max_fraction": 2})
 

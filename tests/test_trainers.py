@@ -96,16 +96,30 @@ def test_settings_validation_messages():
     assert s.params["w"] == 0.2 and set(s.params) == {"a", "b", "w", "sigma"}
     with pytest.raises(ConfigError, match="num_epochs"):
         TrainerSettings(method="CoT", num_epochs=0)
-    with pytest.raises(ConfigError, match="stocot_thresholds"):
-        TrainerSettings(method="StoCoT", stocot_thresholds="grid")
-    with pytest.raises(ConfigError, match="svls.kernel"):
-        TrainerSettings(method="SVLS", svls_kernel="box")
-    with pytest.raises(ConfigError, match="coteaching.delay"):
-        TrainerSettings(method="CoT", coteaching_delay=-1)
-    with pytest.raises(ConfigError, match="unknown key"):
+    with pytest.raises(ConfigError, match=r"^coteaching.stocot_thresholds='grid': use one of "
+                                          r"random, tiled\.$"):
+        TrainerSettings(method="StoCoT", options={"coteaching.stocot_thresholds": "grid"})
+    with pytest.raises(ConfigError, match=r"^svls.kernel='box': use one of islam, gaussian\.$"):
+        TrainerSettings(method="SVLS", options={"svls": {"kernel": "box"}})
+    with pytest.raises(ConfigError, match=r"^coteaching.delay=-1: must be an integer >= 0\.$"):
+        TrainerSettings(method="CoT", options={"coteaching.delay": -1})
+    with pytest.raises(ConfigError, match=r"^coteaching.delay=2.0: must be an integer"):
+        TrainerSettings(method="CoT", options={"coteaching.delay": 2.0})
+    with pytest.raises(ConfigError, match=r"^svls.hard_dice='yes': must be true or false\.$"):
+        TrainerSettings(method="HRL", options={"svls.hard_dice": "yes"})
+    with pytest.raises(ConfigError, match=r"^coteaching.max_fraction=0: must be a number > 0 "
+                                          r"and <= 1\.$"):
+        build_settings("CoT", coteaching={"max_fraction": 0})
+    with pytest.raises(ConfigError, match="coteaching.dealy: unknown"):
         build_settings("CoT", coteaching={"dealy": 3})
     s = build_settings("CoT", epochs=5, coteaching={"delay": 1, "gradual": 2}, seed=4)
-    assert (s.num_epochs, s.num_iterations_per_epoch, s.coteaching_delay, s.seed) == (5, 250, 1, 4)
+    assert (s.num_epochs, s.num_iterations_per_epoch, s.seed) == (5, 250, 4)
+    # the method's declared options, completed with their defaults; none of another method's
+    assert s.options == {"coteaching.delay": 1, "coteaching.gradual": 2,
+                         "coteaching.max_fraction": 0.4, "coteaching.peer_updates": "sequential"}
+    assert build_settings("SVLS", options={"coteaching": {"delay": 3}, "svls.hard_dice": True}
+                          ).options == {"svls.kernel": "islam", "svls.hard_dice": True}
+    assert build_settings("Baseline", svls={"kernel": "gaussian"}).options == {}
 
 
 def test_parse_params(tmp_path):
@@ -404,9 +418,12 @@ def test_default_schedule_keeps_the_lesion_after_the_ramp(phantom_dir, tmp_path)
                 val_iterations_per_epoch=kw["val_iterations_per_epoch"],
                 coteaching=kw["coteaching"], seed=kw["seed"])
     settings = json.loads((out / "settings.json").read_text())
-    assert settings["coteaching_delay"] == settings["coteaching_gradual"] == \
-        int(0.4 * kw["epochs"])
+    assert (settings["options"]["coteaching.delay"], settings["options"]["coteaching.gradual"]) \
+        == (20, 20)  # the config's; the trainer caps both at 40 % of the run's epochs:
     rows = read_progress_csv(out / "progress.csv")
+    ramps = [float(r["ramp"]) for r in rows]
+    cap = int(0.4 * kw["epochs"])
+    assert ramps == [0.0 if e < cap else min(1.0, (e - cap) / cap) for e in range(kw["epochs"])]
     full = [r for r in rows if float(r["ramp"]) == 1.0]
     assert len(full) >= 3  # the run continues past the end of the ramp
     lesion_kept = [float(r["kept_fraction_class2_peer_a"]) for r in full]
@@ -419,27 +436,34 @@ def test_default_schedule_keeps_the_lesion_after_the_ramp(phantom_dir, tmp_path)
 
 
 def test_peer_updates_setting():
-    assert build_settings("CoT").coteaching_peer_updates == "sequential"
-    assert build_settings("CoT", coteaching={"peer_updates": "joint"}).coteaching_peer_updates \
-        == "joint"
+    assert build_settings("CoT").options["coteaching.peer_updates"] == "sequential"
+    assert build_settings("CoT", coteaching={"peer_updates": "joint"}
+                          ).options["coteaching.peer_updates"] == "joint"
     with pytest.raises(ConfigError, match="coteaching.peer_updates='both'"):
         build_settings("StoCoT", coteaching={"peer_updates": "both"})
 
 
 def test_peer_updates_is_not_a_result_setting(tmp_path):
     """Changing coteaching.peer_updates neither reruns a finished job (not in the rule params)
-    nor blocks continuing an unfinished run; a real setting still does."""
+    nor blocks continuing an unfinished run; a real setting still does. Its spec says so."""
     from nnrobustloss.config import load_config
-    from nnrobustloss.pipeline import train_kwargs, train_params
+    from nnrobustloss.methods import get_method
+    from nnrobustloss.pipeline import run_options, train_kwargs, train_params
     from nnrobustloss.training import _check_resume_settings
 
+    assert get_method("CoT").option("coteaching.peer_updates").results is False
+    assert get_method("CoT").option("coteaching.delay").results is True
     repo = Path(__file__).resolve().parents[1]
     cfg = load_config(repo / "config" / "config.yaml", overrides={
         "coteaching": {"peer_updates": "joint"}})
     kw = train_params(cfg, "Phantom", "CoT", 0)
     assert "peer_updates" not in kw["coteaching"]
-    assert train_kwargs(kw, tmp_path, "joint")["coteaching"]["peer_updates"] == "joint"
-    assert "peer_updates" not in train_kwargs(kw, tmp_path)["coteaching"]
+    assert kw == train_params(load_config(repo / "config" / "config.yaml"), "Phantom", "CoT", 0)
+    schedule = run_options(cfg, "train")["schedule_options"]
+    assert schedule == {"coteaching": {"peer_updates": "joint"}}
+    assert train_kwargs(kw, tmp_path, schedule)["options"]["coteaching"]["peer_updates"] == \
+        "joint"
+    assert "peer_updates" not in train_kwargs(kw, tmp_path)["options"]["coteaching"]
     with pytest.raises(ConfigError, match="peer_updates"):
         load_config(repo / "config" / "config.yaml",
                     overrides={"coteaching": {"peer_updates": "both"}})
@@ -448,6 +472,13 @@ def test_peer_updates_is_not_a_result_setting(tmp_path):
     _check_resume_settings(tmp_path, build_settings("CoT"))  # sequential: same updates
     with pytest.raises(ConfigError, match=r"different settings \(seed\)"):
         _check_resume_settings(tmp_path, build_settings("CoT", seed=1))
+    with pytest.raises(ConfigError, match=r"different settings \(coteaching.gradual\)"):
+        _check_resume_settings(tmp_path, build_settings("CoT", coteaching={"gradual": 3}))
+    # a run started before the methods declared their options: one line, not a list of keys
+    legacy = {k: v for k, v in settings.to_dict().items() if k != "options"}
+    (tmp_path / "settings.json").write_text(json.dumps({**legacy, "coteaching_delay": 20}))
+    with pytest.raises(ConfigError, match=r"started by an older nnrobustloss .* Delete "):
+        _check_resume_settings(tmp_path, build_settings("CoT"))
 
 
 def _peer_weights(out: Path) -> dict[str, dict[str, torch.Tensor]]:
@@ -538,7 +569,8 @@ def test_warmup_checkpoint_holds_the_delay_epochs(phantom_dir, warmup_checkpoint
     assert [r["epoch"] for r in history] == [0, 1]
     assert all(r["ramp"] == 0.0 and r["kept_fraction_peer_a"] == 1.0 for r in history)
     settings = ckpt["nnrobustloss"]["settings"]
-    assert (settings["num_epochs"], settings["coteaching_delay"]) == (5, 2)  # the trials' LR schedule
+    assert settings["num_epochs"] == 5  # the trials' LR schedule
+    assert settings["options"]["coteaching.delay"] == 20  # scaled to 2 epochs in the 5-epoch runs
     # a second call returns the finished checkpoint untouched
     from nnrobustloss.warmup import train_warmup
 
@@ -593,6 +625,6 @@ def test_start_from_refuses_a_warmup_that_does_not_fit(phantom_dir, tmp_path, wa
     ckpt["current_epoch"] = 3
     late = tmp_path / "late.pth"
     torch.save(ckpt, late)
-    with pytest.raises(ConfigError, match="past the co-teaching delay"):
+    with pytest.raises(ConfigError, match=r"past this run.s shared warm-up \(2 epochs\)"):
         train(phantom_dir, "CoT", 0, tmp_path / "late", **{**kw, "start_from": late})
     assert not (tmp_path / "late" / "checkpoint_final.pth").exists()

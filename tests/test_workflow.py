@@ -17,13 +17,13 @@ import pytest
 import torch
 import yaml
 
-from nnrobustloss.methods import METHODS
+from nnrobustloss.methods import METHODS, default_study_methods
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = REPO / "config" / "config.yaml"
 OVERLAY = REPO / "config" / "smoke.yaml"
-ALL_METHODS = list(METHODS)  # the default config lists no methods: every registered one
-TUNED = [m for m in METHODS if METHODS[m].needs_tuning]
+ALL_METHODS = default_study_methods()  # the default config lists no methods: the registry's
+TUNED = [m for m in ALL_METHODS if METHODS[m].needs_tuning]
 SMOKE_FOLDS = yaml.safe_load(OVERLAY.read_text())["folds"]  # the folds the smoke runs build
 
 

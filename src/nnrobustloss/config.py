@@ -131,7 +131,7 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """Validate ``config`` against the schema and return a copy with all defaults filled in.
 
     ``folds`` defaults to every fold ``0 .. n_folds - 1`` and ``methods`` to every method of the
-    registry (:data:`nnrobustloss.methods.METHODS`) and of ``custom_methods`` (which are
+    registry's default study (:func:`default_methods`) and of ``custom_methods`` (which are
     imported, checked and registered here); a task set to null is removed (how an
     overlay leaves out a task of the config it extends). Raises :class:`ConfigError` naming
     the first offending key (the deepest schema error).
@@ -152,7 +152,7 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
             cfg["custom_methods"][method] = dict(cfg["custom_methods"][method],
                                                  trainer=spec.trainer_class)
     if "methods" not in cfg:  # the registry is the one list of the study's methods
-        cfg["methods"] = known_methods(cfg)
+        cfg["methods"] = default_methods(cfg)
     _fill_defaults(cfg, schema, schema)
     _expand_noise_sweep(cfg)
     _check_semantics(cfg)
@@ -215,6 +215,15 @@ def _expand_noise_sweep(cfg: dict[str, Any]) -> None:
         level["sources"][0]["n_noisy_cases"] = n_noisy
         expanded[name] = level
     cfg["tasks"] = expanded
+
+
+def default_methods(cfg: Mapping[str, Any]) -> list[str]:
+    """The methods of a config that lists none: the registry's built-in methods of the default
+    study (:func:`nnrobustloss.methods.default_study_methods`; an example method is built only
+    when listed), then the config's ``custom_methods``."""
+    from nnrobustloss.methods import default_study_methods
+
+    return default_study_methods() + list(cfg.get("custom_methods") or {})
 
 
 def known_methods(cfg: Mapping[str, Any]) -> list[str]:

@@ -32,7 +32,12 @@ import pandas as pd
 from nnrobustloss.config import deep_update
 from nnrobustloss.errors import ConfigError
 from nnrobustloss.methods import get_method
-from nnrobustloss.warmup import WARMUP_METHOD, trial_epochs, uses_shared_warmup, warmup_epochs
+from nnrobustloss.warmup import (
+    WARMUP_METHOD,
+    config_warmup_epochs,
+    trial_epochs,
+    uses_shared_warmup,
+)
 
 GPU_RULES = ("tune_warmup", "tune_worker", "train", "predict")
 #: The method column of the cost plan's rows of the shared warm-ups (``tune_warmup`` jobs).
@@ -78,8 +83,7 @@ def work_seconds(config: Mapping[str, Any], rule: str, method: str,
         w = tuning_workers(config, method) if workers is None else workers
         return -(-config["tuning"]["n_trials"] // w) * trial_seconds(config, method)
     if rule == "tune_warmup":  # whatever ``method``: the warm-up's own trainer
-        return warmup_epochs(config["tuning"]["epochs"], config["coteaching"]) * \
-            epoch_seconds(config, WARMUP_METHOD, "tuning")
+        return config_warmup_epochs(config) * epoch_seconds(config, WARMUP_METHOD, "tuning")
     if rule == "train":
         return config["training"]["epochs"] * epoch_seconds(config, method, "training")
     if rule == "predict":
@@ -230,7 +234,7 @@ def cost_plan(config: Mapping[str, Any]) -> pd.DataFrame:
         if any(uses_shared_warmup(config, m) for m in tuned):
             warm = work_seconds(config, "tune_warmup", WARMUP_METHOD)
             rows.append({"task": task, "method": WARMUP_ROW, "tune_jobs": n_folds,
-                         "tune_epochs": n_folds * warmup_epochs(tu["epochs"], config["coteaching"]),
+                         "tune_epochs": n_folds * config_warmup_epochs(config),
                          "tune_gpu_h": n_folds * warm / 3600, "train_jobs": 0, "train_epochs": 0,
                          "train_gpu_h": 0.0, "predict_jobs": 0, "predict_gpu_h": 0.0,
                          "gpu_h": n_folds * warm / 3600, "reserved_gpu_h": n_folds * runtime_minutes(

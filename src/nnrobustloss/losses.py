@@ -77,6 +77,7 @@ __all__ = [
     "APL2Loss",
     "CEDiceLoss",
     "HRLLoss",
+    "GCELoss",
     "InvalidHyperParameter",
     "MaskedCompoundLoss",
     "SVLSLoss",
@@ -489,6 +490,21 @@ class APL2Loss(MaskedCompoundLoss):
     def terms(self, logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """Per-voxel RCE + NGCE (one softmax) and the hard label as Dice target."""
         return rce(logits, target, self.delta) + ngce(logits, target, self.w), target
+
+
+class GCELoss(MaskedCompoundLoss):
+    """GCE (Zhang & Sabuncu 2018) + Dice: mean(GCE_q) + Dice against the hard label; ``q`` in
+    (0, 1] (q -> 0 gives CE, q = 1 the MAE 1 - p_y). The example method of README, "Adding a
+    loss"."""
+
+    def __init__(self, q: float, soft_dice_kwargs: Mapping[str, Any] | None = None,
+                 weight_dice: float = 1.0) -> None:
+        super().__init__(soft_dice_kwargs, weight_dice)
+        self.q = _check_w(q)
+
+    def terms(self, logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-voxel GCE_q and the hard label as Dice target."""
+        return gce(logits, target, self.q), target
 
 
 class SVLSLoss(MaskedCompoundLoss):

@@ -1,9 +1,11 @@
 """The method registry: the one place that knows a method (docs/README.md).
 
-``METHODS`` lists the nine methods of the study in the paper's order. Each entry is a
-:class:`MethodSpec`: its id (paths, config), display name (tables), trainer class, whether it
-trains on the reference labels, its search space, how many peer networks it trains and whether
-its tuning trials share the co-teaching warm-up. Everything else is derived from these fields:
+``METHODS`` lists the nine methods of the study in the paper's order, then the example method
+GCE (README, "Adding a loss"; ``in_default_study=False``: built only when a config lists it).
+Each entry is a :class:`MethodSpec`: its id (paths, config), display name (tables), trainer
+class, whether it trains on the reference labels, its search space, how many peer networks it
+trains, whether its tuning trials share the co-teaching warm-up, and the config options its
+trainer reads. Everything else is derived from these fields:
 a method is tuned when it has a search space, the Snakemake DAG, the cost plan, the trainers'
 accepted method and the predictor's trainer lookup all read the registry. Adding a method is one
 trainer class and one entry here (README, "Adding a loss").
@@ -18,6 +20,16 @@ trainer class and one entry here (README, "Adding a loss").
 | StoCoT | ``a``, ``b`` in [0.5, 8], log scale (the Beta(a, b) threshold distribution) |
 | SVLS | ``sigma`` in [0.2, 2] |
 | HRL | ``a``, ``b`` (log), ``w``, ``sigma`` |
+| GCE (example) | ``q`` in (0, 1] (sampled from [1e-3, 1]; default 0.7, Zhang and Sabuncu's) |
+
+``options`` holds one :class:`MethodOption` per setting of its trainer that the user sets in a
+config section, not tuned (docs/methods.md): the co-teaching schedule (``coteaching.delay``,
+``gradual``, ``max_fraction``), the peers' update schedule (``coteaching.peer_updates``, which
+changes no result), the StoCoT thresholds (``coteaching.stocot_thresholds``) and the SVLS
+kernel and Dice target (``svls.kernel``, ``svls.hard_dice``). The config schema's sections of
+these keys agree with the declarations (tests/test_one_source.py), the trainer reads them from
+``settings.options`` (``{"section.key": value}``, validated by :func:`resolve_options`), and the
+pipeline passes them on without naming any (:func:`config_options`).
 
 Defaults (:func:`default_params`, used when a method is trained without tuning) are the
 midpoint of each range, the geometric midpoint for log-scale parameters (a = b = 2), and
@@ -33,6 +45,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import math
+import numbers
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -40,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from nnrobustloss.errors import ConfigError
+from nnrobustloss.schedule import MAX_SCHEDULE_FRACTION, PAPER_DELAY, PAPER_GRADUAL
 
 
 @dataclass(frozen=True)
@@ -81,6 +95,122 @@ class FloatParam:
         return v
 
 
+OPTION_KINDS = ("int", "float", "bool", "choice")
+"""Kinds of :class:`MethodOption` values (JSON schema types integer, number, boolean, enum)."""
+
+
+@dataclass(frozen=True)
+class MethodOption:
+    """One setting of a method's trainer, the config key ``<section>.<key>``.
+
+    ``kind``: one of :data:`OPTION_KINDS`; ``choices``: the allowed values of a ``choice``;
+    ``minimum``/``maximum``: the range of an ``int`` or ``float`` (``exclusive_minimum``: the
+    minimum itself is not allowed); ``results``: whether the value changes a training's
+    numbers (False: it only schedules the same updates, so it is no job's param, a run may
+    continue with another value, and the config passes it as a run option); ``doc``: one line
+    for the config schema.
+    """
+
+    section: str
+    key: str
+    kind: str
+    default: Any
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive_minimum: bool = False
+    results: bool = True
+    doc: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in OPTION_KINDS or (self.kind == "choice") != bool(self.choices):
+            raise ConfigError(f"option {self.name}: kind {self.kind!r} with choices "
+                              f"{self.choices!r}; kinds: {', '.join(OPTION_KINDS)} (choices "
+                              "only for 'choice').")
+        self.check(self.default)
+
+    @property
+    def name(self) -> str:
+        """``section.key``, the option's config key and its name in ``settings.options``."""
+        return f"{self.section}.{self.key}"
+
+    def _range(self) -> str:
+        low = "" if self.minimum is None else \
+            f"{'>' if self.exclusive_minimum else '>='} {self.minimum}"
+        high = "" if self.maximum is None else f"<= {self.maximum}"
+        return " and ".join(x for x in (low, high) if x)
+
+    def check(self, value: Any) -> Any:
+        """``value`` normalised (an int, float, bool or str); ConfigError naming the key
+        (``svls.kernel='box': use one of islam, gaussian.``) when it is of the wrong type or
+        outside the allowed values."""
+        if self.kind == "choice":
+            if value not in self.choices:
+                raise ConfigError(f"{self.name}={value!r}: use one of "
+                                  f"{', '.join(self.choices)}.")
+            return str(value)
+        if self.kind == "bool":
+            if not isinstance(value, bool) and type(value).__name__ != "bool_":  # numpy's
+                raise ConfigError(f"{self.name}={value!r}: must be true or false.")
+            return bool(value)
+        wanted = numbers.Integral if self.kind == "int" else numbers.Real
+        if isinstance(value, bool) or not isinstance(value, wanted) or \
+                not math.isfinite(float(value)) or \
+                (self.minimum is not None and (value <= self.minimum if self.exclusive_minimum
+                                               else value < self.minimum)) or \
+                (self.maximum is not None and value > self.maximum):
+            what = "an integer" if self.kind == "int" else "a number"
+            where = f" {self._range()}" if self._range() else ""
+            raise ConfigError(f"{self.name}={value!r}: must be {what}{where}.")
+        return int(value) if self.kind == "int" else float(value)
+
+    def schema(self) -> dict[str, Any]:
+        """The option's JSON schema node, as the config schema writes it."""
+        node: dict[str, Any] = {"type": {"int": "integer", "float": "number", "bool": "boolean",
+                                         "choice": "string"}[self.kind]}
+        if self.choices:
+            node["enum"] = list(self.choices)
+        if self.minimum is not None:
+            node["exclusiveMinimum" if self.exclusive_minimum else "minimum"] = self.minimum
+        if self.maximum is not None:
+            node["maximum"] = self.maximum
+        node["default"] = self.default
+        return node
+
+
+PEER_UPDATE_MODES = ("sequential", "joint")
+"""Schedules of a two-peer step (``coteaching.peer_updates``): the same updates with one or both
+forward graphs in memory (:mod:`nnrobustloss.trainers.coteaching`)."""
+
+COTEACHING_OPTIONS = (
+    MethodOption("coteaching", "delay", "int", PAPER_DELAY, minimum=0,
+                 doc="epochs of plain training before the selection starts (the paper's)"),
+    MethodOption("coteaching", "gradual", "int", PAPER_GRADUAL, minimum=0,
+                 doc="epochs over which the selection ramps up (the paper's)"),
+    MethodOption("coteaching", "max_fraction", "float", MAX_SCHEDULE_FRACTION, minimum=0,
+                 maximum=1, exclusive_minimum=True,
+                 doc="cap of delay and of gradual as a share of a run's epochs"),
+    MethodOption("coteaching", "peer_updates", "choice", "sequential",
+                 choices=PEER_UPDATE_MODES, results=False,
+                 doc="sequential: one peer's forward graph in memory at a time (one extra "
+                     "no-grad forward); joint: both graphs at once; the same updates"),
+)
+"""The options of every two-peer trainer (:class:`~nnrobustloss.trainers.CoTeachingTrainer`)."""
+STOCOT_OPTIONS = (
+    MethodOption("coteaching", "stocot_thresholds", "choice", "random",
+                 choices=("random", "tiled"),
+                 doc="random: one Beta threshold per voxel and step; tiled: the authors' grid"),
+)
+"""The StoCoT selection's options (``nnrobustloss.selection.STOCOT_MODES``)."""
+SVLS_OPTIONS = (
+    MethodOption("svls", "kernel", "choice", "islam", choices=("islam", "gaussian"),
+                 doc="islam: the SVLS authors' kernel; gaussian: a plain normalised Gaussian"),
+    MethodOption("svls", "hard_dice", "bool", False,
+                 doc="true: Dice against the hard label instead of the soft target"),
+)
+"""The SVLS targets' options (``nnrobustloss.losses.SVLS_KERNELS``)."""
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     """A method of the study.
@@ -93,7 +223,9 @@ class MethodSpec:
     ``shares_warmup``: its tuning trials may start from the shared co-teaching warm-up
     (:mod:`nnrobustloss.warmup`; only methods that train both peers hyper-parameter-free with
     plain CE + Dice before the delay); ``table2``: the report's per-class Table 2 shows it (the
-    paper's SVLS and HRL).
+    paper's SVLS and HRL); ``options``: the config options its trainer reads
+    (:class:`MethodOption`, in ``settings.options``); ``in_default_study``: a config without
+    ``methods`` builds it (False for an example method that is built only when listed).
     """
 
     id: str
@@ -104,8 +236,13 @@ class MethodSpec:
     peers: int = 1
     shares_warmup: bool = False
     table2: bool = False
+    options: tuple[MethodOption, ...] = field(default_factory=tuple)
+    in_default_study: bool = True
 
     def __post_init__(self) -> None:
+        names = [o.name for o in self.options]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"method {self.id}: an option is declared twice ({names}).")
         if self.peers not in (1, 2):
             raise ConfigError(f"method {self.id}: peers={self.peers!r}; a method trains 1 or 2 "
                               "networks.")
@@ -142,6 +279,11 @@ class MethodSpec:
         """Sample every hyper-parameter from an Optuna trial; ``{}`` for methods without any."""
         return {p.name: p.suggest(trial) for p in self.search_space}
 
+    def option(self, name: str) -> MethodOption | None:
+        """The declared option ``name`` (``section.key``), or None when the trainer reads no such
+        option."""
+        return next((o for o in self.options if o.name == name), None)
+
 
 _SINGLE = "nnrobustloss.trainers.single"
 _TWO = "nnrobustloss.trainers.coteaching"
@@ -150,6 +292,7 @@ _R = FloatParam("forget_rate", 0.0, 0.1)
 _A = FloatParam("a", 0.5, 8.0, log=True)
 _B = FloatParam("b", 0.5, 8.0, log=True)
 _SIGMA = FloatParam("sigma", 0.2, 2.0)
+_Q = FloatParam("q", 1e-3, 1.0, default=0.7)  # Zhang & Sabuncu's q = 0.7
 
 METHODS: dict[str, MethodSpec] = {
     m.id: m for m in (
@@ -159,15 +302,18 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec("APL1", "APL1", f"{_SINGLE}:nnUNetTrainer_APL1"),
         MethodSpec("APL2", "APL2", f"{_SINGLE}:nnUNetTrainer_APL2", search_space=(_W,)),
         MethodSpec("CoT", "CoT", f"{_TWO}:nnUNetTrainer_CoT", search_space=(_R,), peers=2,
-                   shares_warmup=True),
+                   shares_warmup=True, options=COTEACHING_OPTIONS),
         MethodSpec("CoTPlus", "CoT+", f"{_TWO}:nnUNetTrainer_CoTPlus", search_space=(_R,),
-                   peers=2, shares_warmup=True),
+                   peers=2, shares_warmup=True, options=COTEACHING_OPTIONS),
         MethodSpec("StoCoT", "StoCoT", f"{_TWO}:nnUNetTrainer_StoCoT", search_space=(_A, _B),
-                   peers=2, shares_warmup=True),
+                   peers=2, shares_warmup=True, options=COTEACHING_OPTIONS + STOCOT_OPTIONS),
         MethodSpec("SVLS", "SVLS", f"{_SINGLE}:nnUNetTrainer_SVLS", search_space=(_SIGMA,),
-                   table2=True),
+                   table2=True, options=SVLS_OPTIONS),
         MethodSpec("HRL", "HRL", f"{_TWO}:nnUNetTrainer_HRL", search_space=(_A, _B, _W, _SIGMA),
-                   peers=2, table2=True),
+                   peers=2, table2=True, options=COTEACHING_OPTIONS + STOCOT_OPTIONS + SVLS_OPTIONS),
+        # the example of README "Adding a loss": built only when a config lists it
+        MethodSpec("GCE", "GCE", f"{_SINGLE}:nnUNetTrainer_GCE", search_space=(_Q,),
+                   in_default_study=False),
     )
 }
 
@@ -206,6 +352,76 @@ def resolve_params(method: str | MethodSpec,
         if p.name in params:
             out[p.name] = p.check(params[p.name], spec.id)
     return out
+
+
+# --- method options --------------------------------------------------------------------------
+
+def declared_options() -> dict[str, dict[str, MethodOption]]:
+    """Every option that a registered method declares, ``{section: {key: option}}`` in registry
+    order: the config's option sections (``coteaching``, ``svls``), which the config schema
+    spells out (a test keeps it equal). An option declared by several methods is one option."""
+    out: dict[str, dict[str, MethodOption]] = {}
+    for spec in METHODS.values():
+        for opt in spec.options:
+            known = out.setdefault(opt.section, {}).setdefault(opt.key, opt)
+            if known != opt:
+                raise ConfigError(f"option {opt.name}: methods declare it differently "
+                                  f"({known} and {opt}); declare it once and share it.")
+    return out
+
+
+def flat_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``options`` as ``{"section.key": value}``: config-shaped sections (``{"svls": {"kernel":
+    "gaussian"}}``) are flattened, ``"section.key"`` entries kept; ConfigError for any other
+    entry."""
+    out: dict[str, Any] = {}
+    for name, value in (options or {}).items():
+        if isinstance(value, Mapping):
+            out.update({f"{name}.{key}": v for key, v in value.items()})
+        elif isinstance(name, str) and "." in name:
+            out[name] = value
+        else:
+            raise ConfigError(f"option {name!r}: give a config section ({{'svls': {{'kernel': "
+                              "...}}}) or a 'section.key' name.")
+    return out
+
+
+def resolve_options(method: str | MethodSpec,
+                    options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The options of ``method``'s trainer, ``{"section.key": value}`` in declaration order:
+    every option the spec declares, from ``options`` (config sections or ``section.key``
+    names, :func:`flat_options`) or its default, each checked (:meth:`MethodOption.check`).
+    Options of other methods are left out, as the config's sections hold them for all methods;
+    a name that no method declares raises ConfigError naming the known keys."""
+    spec = method if isinstance(method, MethodSpec) else get_method(method)
+    given = flat_options(options)
+    known = {o.name for sec in declared_options().values() for o in sec.values()} | \
+        {o.name for o in spec.options}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise ConfigError(f"option(s) {', '.join(unknown)}: unknown; the methods' options are "
+                          f"{', '.join(sorted(known))}.")
+    return {o.name: o.check(given.get(o.name, o.default)) for o in spec.options}
+
+
+def config_options(config: Mapping[str, Any], results: bool) -> dict[str, dict[str, Any]]:
+    """The validated ``config``'s values of the declared options (:func:`declared_options`)
+    that change results (``results=True``: a job's params, so that Snakemake reruns it when one
+    changes) or that do not (``results=False``: run options), ``{section: {key: value}}`` in the
+    config's order; a section without such options is left out, a key the config lacks too."""
+    out: dict[str, dict[str, Any]] = {}
+    for section, opts in declared_options().items():
+        values = {key: value for key, value in (config.get(section) or {}).items()
+                  if key in opts and opts[key].results == results}
+        if values:
+            out[section] = values
+    return out
+
+
+def default_study_methods() -> list[str]:
+    """Ids of the built-in methods that a config without ``methods`` builds (registry order):
+    all but those with ``in_default_study=False`` (an example method, built when listed)."""
+    return [m for m in builtin_methods() if METHODS[m].in_default_study]
 
 
 def methods_of_trainer(trainer: type) -> list[str]:
@@ -297,11 +513,12 @@ def custom_spec(method: str, definition: Mapping[str, Any]) -> MethodSpec:
     if method in builtin_methods():
         raise ConfigError(f"config key custom_methods.{method}: {method} is a built-in method; "
                           "give the custom method another id.")
+    peers = int(definition.get("peers", 1))
     spec = MethodSpec(method, str(definition.get("display") or method),
                       _check_trainer_path(method, definition.get("trainer")),
                       search_space=_search_space(method, definition.get("search_space")),
-                      peers=int(definition.get("peers", 1)),
-                      table2=bool(definition.get("table2", False)))
+                      peers=peers, table2=bool(definition.get("table2", False)),
+                      options=COTEACHING_OPTIONS if peers == 2 else ())
     cls = _import_trainer(spec.trainer_class, _custom_key(method, "trainer"))
     from nnrobustloss.trainers.coteaching import CoTeachingTrainer
 

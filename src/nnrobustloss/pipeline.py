@@ -27,7 +27,7 @@ from nnrobustloss import layout
 from nnrobustloss.config import evaluation_regions
 from nnrobustloss.errors import ConfigError, InputDataError
 from nnrobustloss.fileio import atomic_path, read_json, remove_temporaries, stage_lock, write_json
-from nnrobustloss.methods import get_method
+from nnrobustloss.methods import config_options, declared_options, get_method
 from nnrobustloss.metric_registry import ONE_EMPTY_RULE
 from nnrobustloss.planning import PLANS_IDENTIFIER
 
@@ -202,9 +202,9 @@ def _training_kwargs(config: Mapping[str, Any], task: str, method: str, fold: in
         "dataset": layout.dataset_name(ds, task, reference=spec.uses_reference),
         "epochs": budget["epochs"], "iterations_per_epoch": budget["iterations_per_epoch"],
         "val_iterations_per_epoch": budget["val_iterations_per_epoch"],
-        # peer_updates schedules the same updates (memory vs one forward): not a result setting
-        "coteaching": {k: v for k, v in config["coteaching"].items() if k != "peer_updates"},
-        "svls": dict(config["svls"]),
+        # the declared method options that change results, by config section (the methods'
+        # options that only schedule the same updates are run options)
+        **config_options(config, results=True),
         "seed": replicate_seed(config["seed"], replicate),
         "configuration": config["planning"]["configuration"],
     }
@@ -214,24 +214,25 @@ def _training_kwargs(config: Mapping[str, Any], task: str, method: str, fold: in
 # stage's run function takes: the warm-up checkpoints only at its end (its last epoch is the
 # warm-up), prediction has no epochs.
 RUN_OPTIONS: dict[str, tuple[str, ...]] = {
-    "tune": ("device", "checkpoint_minutes", "peer_updates", "augmentation_workers"),
-    "warmup": ("device", "peer_updates", "augmentation_workers"),
-    "train": ("device", "checkpoint_minutes", "peer_updates", "augmentation_workers"),
+    "tune": ("device", "checkpoint_minutes", "schedule_options", "augmentation_workers"),
+    "warmup": ("device", "schedule_options", "augmentation_workers"),
+    "train": ("device", "checkpoint_minutes", "schedule_options", "augmentation_workers"),
     "predict": ("device",),
 }
 
 
 def run_options(config: Mapping[str, Any], stage: str) -> dict[str, Any]:
     """Keyword arguments of ``run_<stage>`` that come from the config but change no result
-    (``device``, ``checkpoint_minutes``, ``coteaching.peer_updates``,
-    ``training.augmentation_workers``; see :data:`RUN_OPTIONS`). The one place that reads them
-    for the Snakemake scripts and the command line; changing them reruns nothing (the number of
-    seeded augmentation workers does not change the batches, see
+    (``device``, ``checkpoint_minutes``, ``training.augmentation_workers`` and
+    ``schedule_options``: the method options declared with ``results=False``, by config
+    section, :func:`nnrobustloss.methods.config_options`; see :data:`RUN_OPTIONS`). The one
+    place that reads them for the Snakemake scripts and the command line; changing them reruns
+    nothing (the number of seeded augmentation workers does not change the batches, see
     :mod:`nnrobustloss.trainers.augmentation`)."""
     if stage not in RUN_OPTIONS:
         raise ValueError(f"no run options for stage {stage!r}; stages: {sorted(RUN_OPTIONS)}")
     values = {"device": config["device"], "checkpoint_minutes": config["checkpoint_minutes"],
-              "peer_updates": config["coteaching"].get("peer_updates"),
+              "schedule_options": config_options(config, results=False),
               "augmentation_workers": config["training"].get("augmentation_workers", "auto")}
     return {key: values[key] for key in RUN_OPTIONS[stage]}
 
@@ -249,16 +250,19 @@ def limit_cpu_threads(device: str, threads: int | None) -> None:
 
 
 def train_kwargs(kw: Mapping[str, Any], results_dir: str | os.PathLike[str],
-                peer_updates: str | None = None) -> dict[str, Any]:
-    """Keyword arguments of :func:`nnrobustloss.training.train` from training kwargs and the
-    two-peer schedule ``coteaching.peer_updates`` (None: the default)."""
-    co = dict(kw["coteaching"], **({"peer_updates": peer_updates} if peer_updates else {}))
+                schedule_options: Mapping[str, Mapping[str, Any]] | None = None
+                ) -> dict[str, Any]:
+    """Keyword arguments of :func:`nnrobustloss.training.train` from training kwargs (their
+    method options, by config section) and the run's ``schedule_options`` (method options that
+    change no result, by section; None: their defaults)."""
+    sections = {sec: dict(kw[sec]) for sec in declared_options() if sec in kw}
+    for sec, values in (schedule_options or {}).items():
+        sections.setdefault(sec, {}).update(values)
     return {"preprocessed_dataset_dir": layout.preprocessed_dataset_dir(results_dir, kw["dataset"]),
             "method": kw["method"], "fold": kw["fold"], "epochs": kw["epochs"],
             "iterations_per_epoch": kw["iterations_per_epoch"],
             "val_iterations_per_epoch": kw["val_iterations_per_epoch"],
-            "coteaching": co, "svls": kw["svls"], "seed": kw["seed"],
-            "configuration": kw["configuration"]}
+            "options": sections, "seed": kw["seed"], "configuration": kw["configuration"]}
 
 
 # --- tune ----------------------------------------------------------------------------------
@@ -275,11 +279,10 @@ def tune_params(config: Mapping[str, Any], task: str, method: str, fold: int) ->
 def warmup_params(config: Mapping[str, Any], task: str, fold: int) -> dict[str, Any]:
     """Settings of the shared co-teaching warm-up of a task x fold (:mod:`nnrobustloss.warmup`):
     the tuning trials' training settings with the warm-up's trainer and its epoch count."""
-    from nnrobustloss.warmup import WARMUP_METHOD, warmup_epochs
+    from nnrobustloss.warmup import WARMUP_METHOD, config_warmup_epochs
 
-    tu = config["tuning"]
-    kw = _training_kwargs(config, task, WARMUP_METHOD, fold, tu)
-    kw["warmup_epochs"] = warmup_epochs(tu["epochs"], config["coteaching"])
+    kw = _training_kwargs(config, task, WARMUP_METHOD, fold, config["tuning"])
+    kw["warmup_epochs"] = config_warmup_epochs(config)
     return kw
 
 
@@ -297,18 +300,19 @@ def warmup_checkpoint(config: Mapping[str, Any], task: str, method: str,
 
 def run_warmup(params: Mapping[str, Any], results_dir: str | os.PathLike[str],
                checkpoint: str | os.PathLike[str], device: str = "auto",
-               threads: int | None = None, peer_updates: str | None = None,
+               threads: int | None = None,
+               schedule_options: Mapping[str, Mapping[str, Any]] | None = None,
                augmentation_workers: int | str = "auto") -> Path:
     """Train the shared warm-up of a task x fold into the folder of ``checkpoint`` (a
     :func:`warmup_checkpoint` path); a killed run continues from its latest checkpoint; one run
-    per task x fold at a time (a lock). ``peer_updates``: ``coteaching.peer_updates`` (not a
-    result setting: the trials may use another); ``augmentation_workers``:
+    per task x fold at a time (a lock). ``schedule_options``: method options that change no
+    result (the trials may use others, :func:`run_options`); ``augmentation_workers``:
     ``training.augmentation_workers``."""
     from nnrobustloss.warmup import WARMUP_METHOD, train_warmup
 
     p = dict(params)
     limit_cpu_threads(device, threads)
-    call = train_kwargs(p, results_dir, peer_updates)
+    call = train_kwargs(p, results_dir, schedule_options)
     if call.pop("method") != WARMUP_METHOD:
         raise ConfigError(f"warm-up params name method {p['method']}, not {WARMUP_METHOD}.")
     latest = Path(checkpoint).with_name(layout.CHECKPOINT_LATEST)  # its killed writes, GBs each
@@ -321,12 +325,13 @@ def run_tune_worker(params: Mapping[str, Any], worker: int, workers: int,
                     results_dir: str | os.PathLike[str], marker: str | os.PathLike[str],
                     url_env: str = "NNROBUSTLOSS_OPTUNA_URL", device: str = "auto",
                     threads: int | None = None, checkpoint_minutes: float = 0.0,
-                    peer_updates: str | None = None,
+                    schedule_options: Mapping[str, Mapping[str, Any]] | None = None,
                     warmup: str | os.PathLike[str] | None = None,
                     augmentation_workers: int | str = "auto") -> None:
     """Run one worker's quota of a study; write the worker's marker JSON when done.
-    ``checkpoint_minutes``: see :func:`nnrobustloss.training.train`; ``peer_updates``:
-    ``coteaching.peer_updates``; ``augmentation_workers``: ``training.augmentation_workers``.
+    ``checkpoint_minutes``: see :func:`nnrobustloss.training.train`; ``schedule_options``: the
+    method options that change no result (:func:`run_options`); ``augmentation_workers``:
+    ``training.augmentation_workers``.
     None is a result setting, so none is in ``params``.
 
     ``warmup``: the shared warm-up checkpoint (:func:`warmup_checkpoint`) every trial starts
@@ -336,7 +341,7 @@ def run_tune_worker(params: Mapping[str, Any], worker: int, workers: int,
     p = dict(params)
     register_methods(p)
     limit_cpu_threads(device, threads)
-    call = train_kwargs(p, results_dir, peer_updates)
+    call = train_kwargs(p, results_dir, schedule_options)
     call["device"] = device
     call["checkpoint_minutes"] = checkpoint_minutes
     call["augmentation_workers"] = augmentation_workers
@@ -387,14 +392,15 @@ def run_train(params: Mapping[str, Any], results_dir: str | os.PathLike[str],
               best_params_json: str | os.PathLike[str] | None = None,
               hparams: Mapping[str, Any] | None = None, device: str = "auto",
               threads: int | None = None, checkpoint_minutes: float = 0.0,
-              peer_updates: str | None = None,
+              schedule_options: Mapping[str, Mapping[str, Any]] | None = None,
               augmentation_workers: int | str = "auto") -> Path:
     """Train the final model of a (task, method, fold, replicate), resuming from its latest
     checkpoint (written as ``checkpoint_minutes`` says, see :func:`nnrobustloss.training.train`).
 
     Hyper-parameters: ``hparams`` if given, else the ``params`` of ``best_params_json``, else the
-    method's defaults (methods without any). ``peer_updates``: ``coteaching.peer_updates``;
-    ``augmentation_workers``: ``training.augmentation_workers``.
+    method's defaults (methods without any). ``schedule_options``: the method options that
+    change no result (:func:`run_options`); ``augmentation_workers``:
+    ``training.augmentation_workers``.
     """
     from nnrobustloss.training import train
 
@@ -415,7 +421,7 @@ def run_train(params: Mapping[str, Any], results_dir: str | os.PathLike[str],
         return train(output_dir=out, params=hparams, device=device, continue_training=True,
                      checkpoint_minutes=checkpoint_minutes,
                      augmentation_workers=augmentation_workers,
-                     **train_kwargs(p, results_dir, peer_updates))
+                     **train_kwargs(p, results_dir, schedule_options))
 
 
 # --- predict -------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ The paper's schedule is ``delay`` = ``gradual`` = 20 epochs (:data:`PAPER_DELAY`
 :data:`PAPER_GRADUAL`, the config's defaults), in its 50-epoch tuning trials and its 200-epoch
 final trainings alike; :func:`scaled_schedule` caps each at ``max_fraction`` (default
 :data:`MAX_SCHEDULE_FRACTION`) of a shorter run, and :func:`ramp` is the selection's strength in
-an epoch. The values reach these functions validated (the config schema, then
+an epoch; :func:`run_schedule` reads a two-peer trainer's options (``settings.options``) and
+gives the schedule of its run. The values reach these functions validated (the config schema, then
 :class:`nnrobustloss.trainers.settings.TrainerSettings`); the functions keep their own
 argument checks as the contract of a public function.
 """
@@ -14,6 +15,8 @@ argument checks as the contract of a public function.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 from nnrobustloss.errors import ConfigError
 
@@ -66,3 +69,14 @@ def scaled_schedule(delay: int, gradual: int, epochs: int,
                           f">= 0 and epochs={epochs!r} >= 1; fix the config")
     cap = math.floor(float(max_fraction) * epochs + 1e-9)
     return min(int(delay), cap), min(int(gradual), cap)
+
+
+def run_schedule(options: Mapping[str, Any], epochs: int) -> tuple[int, int]:
+    """The (delay, gradual) of a two-peer run of ``epochs`` epochs from its method options
+    ``{"coteaching.delay": ..., "coteaching.gradual": ..., "coteaching.max_fraction": ...}``
+    (a trainer's ``settings.options``; a missing one takes its default: :data:`PAPER_DELAY`,
+    :data:`PAPER_GRADUAL`, :data:`MAX_SCHEDULE_FRACTION`), scaled by :func:`scaled_schedule`.
+    The co-teaching trainers and the shared warm-up read the schedule here."""
+    return scaled_schedule(int(options.get("coteaching.delay", PAPER_DELAY)),
+                           int(options.get("coteaching.gradual", PAPER_GRADUAL)), int(epochs),
+                           options.get("coteaching.max_fraction", MAX_SCHEDULE_FRACTION))

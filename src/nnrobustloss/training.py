@@ -18,14 +18,15 @@ GPU the same batches give statistically, not bitwise, equal trainings.
 
 Adding a new loss
 -----------------
-A new method is a loss, one trainer class and one registry entry (README, "Adding a loss"):
+A new method is a loss, one trainer class and one registry entry, plus its own test (README,
+"Adding a loss"):
 
 1. Write the per-resolution loss as an ``nn.Module`` with ``forward(logits, target, mask=None)``
    in :mod:`nnrobustloss.losses` (logits ``[B, K, *sp]``, integer target ``[B, 1, *sp]``; see
    ``MaskedCompoundLoss``, whose subclasses only implement ``terms``).
 2. Subclass :class:`~nnrobustloss.trainers.base.RobustTrainer` (no ``__init__``: the base
    defines nnU-Net's) and build the loss in ``_build_loss``; hyper-parameters come from
-   ``self.settings.params``::
+   ``self.settings.params``, the method's config options from ``self.settings.options``::
 
        class nnUNetTrainer_MyLoss(RobustTrainer):
            def _build_loss(self):
@@ -33,11 +34,13 @@ A new method is a loss, one trainer class and one registry entry (README, "Addin
                    MyLoss(self.settings.params["t"], soft_dice_kwargs=self._soft_dice_kwargs()))
 
    For a two-peer method subclass ``CoTeachingTrainer`` and implement ``select_level``.
-3. Register it in :data:`nnrobustloss.methods.METHODS` with its search space:
+3. Register it in :data:`nnrobustloss.methods.METHODS` with its search space and options:
    ``MethodSpec("MyLoss", "My loss", "nnrobustloss.trainers.single:nnUNetTrainer_MyLoss",
-   search_space=(FloatParam("t", 0.1, 1.0),))`` (``peers=2`` for a two-peer method). The
-   config's ``methods`` then accepts ``MyLoss``; tuning, training, prediction, the cost plan and
-   the report find everything they need in the registry.
+   search_space=(FloatParam("t", 0.1, 1.0),))`` (``peers=2`` for a two-peer method,
+   ``options=(MethodOption(...), ...)`` for settings its trainer reads from the config). The
+   config's ``methods`` then accepts ``MyLoss``; tuning, training (which passes the declared
+   options without naming them), prediction, the cost plan and the report find everything
+   they need in the registry.
 """
 
 from __future__ import annotations
@@ -55,16 +58,14 @@ import torch
 from nnrobustloss.errors import ConfigError, InputDataError
 from nnrobustloss.fileio import read_json
 from nnrobustloss.layout import CHECKPOINT_FINAL, CHECKPOINT_LATEST
-from nnrobustloss.methods import get_method
+from nnrobustloss.methods import MethodSpec, flat_options, get_method
 from nnrobustloss.planning import nnunet_paths
-from nnrobustloss.schedule import MAX_SCHEDULE_FRACTION, scaled_schedule
 from nnrobustloss.trainers.base import EpochCallback
 from nnrobustloss.trainers.resume import CHECKPOINT_KEY
 from nnrobustloss.trainers.settings import TrainerSettings
 
 NNUNET_DEFAULTS = {"epochs": 1000, "iterations_per_epoch": 250, "val_iterations_per_epoch": 50}
-#: settings that schedule the same updates differently: a run may continue with another value
-SCHEDULE_ONLY_SETTINGS = frozenset({"coteaching_peer_updates"})
+_MISSING = object()  # an option that one settings dict lacks differs from any value
 
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -90,47 +91,25 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 def build_settings(method: str, params: Mapping[str, Any] | None = None,
                    epochs: int | None = None, iterations_per_epoch: int | None = None,
                    val_iterations_per_epoch: int | None = None,
-                   coteaching: Mapping[str, Any] | None = None,
-                   svls: Mapping[str, Any] | None = None, seed: int = 0) -> TrainerSettings:
+                   options: Mapping[str, Any] | None = None, seed: int = 0,
+                   **option_sections: Mapping[str, Any]) -> TrainerSettings:
     """:class:`TrainerSettings` (validated); None means nnU-Net's (or the paper's) default.
 
-    ``coteaching`` keys: delay, gradual (the paper's schedule in epochs), max_fraction (cap of
-    each as a share of ``epochs``, see :func:`nnrobustloss.schedule.scaled_schedule`; the
-    settings hold the scaled schedule of this run), stocot_thresholds, peer_updates
-    ("sequential" or "joint", see :class:`TrainerSettings`); ``svls`` keys: kernel,
-    hard_dice. Unknown keys raise ConfigError.
+    ``options``: the method options, config-shaped (``{"<section>": {"<key>": value}}``) or
+    by name (``{"<section>.<key>": value}``); a section may also be given as a keyword, as the
+    config writes it (``<section>={"<key>": value}``). The settings hold the options that the
+    method declares (``MethodSpec.options``), completed with their defaults; a key that no
+    method declares raises ConfigError.
     """
-    co = dict(coteaching or {})
-    sv = dict(svls or {})
-    for name, given, known in (("coteaching", co, {"delay", "gradual", "max_fraction",
-                                                     "stocot_thresholds", "peer_updates"}),
-                               ("svls", sv, {"kernel", "hard_dice"})):
-        extra = sorted(set(given) - known)
-        if extra:
-            raise ConfigError(f"{name}: unknown key(s) {', '.join(extra)}; known: "
-                              f"{', '.join(sorted(known))}.")
-    defaults = TrainerSettings(method=method)
-    num_epochs = NNUNET_DEFAULTS["epochs"] if epochs is None else epochs
-    delay, gradual = co.get("delay", defaults.coteaching_delay), \
-        co.get("gradual", defaults.coteaching_gradual)
-    if isinstance(num_epochs, int) and num_epochs >= 1 and isinstance(delay, int) \
-            and isinstance(gradual, int):  # bad values are reported by TrainerSettings
-        delay, gradual = scaled_schedule(delay, gradual, num_epochs,
-                                         co.get("max_fraction", MAX_SCHEDULE_FRACTION))
     return TrainerSettings(
         method=method,
         params=dict(params or {}),
-        num_epochs=num_epochs,
+        num_epochs=NNUNET_DEFAULTS["epochs"] if epochs is None else epochs,
         num_iterations_per_epoch=NNUNET_DEFAULTS["iterations_per_epoch"]
         if iterations_per_epoch is None else iterations_per_epoch,
         num_val_iterations_per_epoch=NNUNET_DEFAULTS["val_iterations_per_epoch"]
         if val_iterations_per_epoch is None else val_iterations_per_epoch,
-        coteaching_delay=delay,
-        coteaching_gradual=gradual,
-        stocot_thresholds=co.get("stocot_thresholds", defaults.stocot_thresholds),
-        coteaching_peer_updates=co.get("peer_updates", defaults.coteaching_peer_updates),
-        svls_kernel=sv.get("kernel", defaults.svls_kernel),
-        svls_hard_dice=sv.get("hard_dice", defaults.svls_hard_dice),
+        options={**flat_options(options), **flat_options(option_sections)},
         seed=seed,
     )
 
@@ -150,19 +129,31 @@ def _check_preprocessed(pre: Path, plans_identifier: str, configuration: str,
     return plans, dataset_json
 
 
-def _settings_diff(old: Mapping[str, Any], new: Mapping[str, Any],
-                   ignore: tuple[str, ...] = ()) -> list[str]:
+def _settings_diff(old: Mapping[str, Any], new: Mapping[str, Any], spec: MethodSpec,
+                   ignore: tuple[str, ...] = (), shared_options_only: bool = False) -> list[str]:
     """Sorted keys whose values differ between two ``TrainerSettings.to_dict()`` dicts, except
-    ``ignore`` and :data:`SCHEDULE_ONLY_SETTINGS`."""
-    skip = SCHEDULE_ONLY_SETTINGS | set(ignore)
-    return sorted(k for k in set(old) | set(new) if k not in skip and old.get(k) != new.get(k))
+    ``ignore`` and the options of ``spec`` that change no result (``MethodOption.results``);
+    options are compared one by one (named ``section.key``), with ``shared_options_only`` only
+    those that both dicts hold (a warm-up of another method of the family)."""
+    skip = set(ignore) | {"options"} | {o.name for o in spec.options if not o.results}
+    diff = {k for k in set(old) | set(new) if k not in skip and old.get(k) != new.get(k)}
+    old_opts, new_opts = dict(old.get("options") or {}), dict(new.get("options") or {})
+    names = set(old_opts) & set(new_opts) if shared_options_only else set(old_opts) | set(new_opts)
+    diff |= {n for n in names - skip if old_opts.get(n, _MISSING) != new_opts.get(n, _MISSING)}
+    return sorted(diff)
 
 
 def _check_resume_settings(out: Path, settings: TrainerSettings) -> None:
     path = out / "settings.json"
     if not path.is_file():
         return
-    diff = _settings_diff(read_json(path), settings.to_dict())
+    old = read_json(path)
+    if "options" not in old:  # written before the methods declared their options
+        raise ConfigError(f"{path}: the unfinished run in {out} was started by an older "
+                          "nnrobustloss (its settings have no 'options'); it cannot be "
+                          f"continued by this version. Delete {out} to start over, or finish "
+                          "it with the older version.")
+    diff = _settings_diff(old, settings.to_dict(), get_method(settings.method))
     if diff:
         raise ConfigError(f"{path}: the unfinished run in {out} used different settings "
                           f"({', '.join(diff)}). Delete {out} to start over with the new "
@@ -174,9 +165,13 @@ def _check_start_checkpoint(path: Path, settings: TrainerSettings) -> list[dict[
     progress rows.
 
     The run must be of a method that shares the warm-up, the checkpoint's settings must equal
-    this run's except method and hyper-parameters, and it must not have trained past the
-    co-teaching delay (where the hyper-parameters start to matter). ConfigError otherwise.
+    this run's except method, hyper-parameters and the options only one of the two methods
+    reads, and it must not have trained past the run's warm-up
+    (:func:`nnrobustloss.warmup.shared_epochs`, where the hyper-parameters start to matter).
+    ConfigError otherwise.
     """
+    from nnrobustloss.warmup import shared_epochs
+
     spec = get_method(settings.method)
     if not spec.shares_warmup:
         raise ConfigError(f"{path}: method {spec.id} cannot start from a shared warm-up (only "
@@ -189,14 +184,16 @@ def _check_start_checkpoint(path: Path, settings: TrainerSettings) -> list[dict[
     if not extra or "network_weights_peer_b" not in ckpt:
         raise ConfigError(f"{path}: not a checkpoint of a co-teaching trainer of nnRobustLoss. "
                           "Delete it and rerun its tune_warmup job.")
-    diff = _settings_diff(extra["settings"], settings.to_dict(), ignore=("method", "params"))
+    diff = _settings_diff(extra["settings"], settings.to_dict(), spec, ignore=("method", "params"),
+                          shared_options_only=True)
     if diff:
         raise ConfigError(f"{path}: the warm-up was trained with different settings "
                           f"({', '.join(diff)}) than this run. Delete it and rerun its "
                           "tune_warmup job.")
-    if int(ckpt["current_epoch"]) > settings.coteaching_delay:
-        raise ConfigError(f"{path}: the warm-up ran {ckpt['current_epoch']} epochs, past the "
-                          f"co-teaching delay ({settings.coteaching_delay}), where the method's "
+    limit = shared_epochs(settings)
+    if int(ckpt["current_epoch"]) > limit:
+        raise ConfigError(f"{path}: the warm-up ran {ckpt['current_epoch']} epochs, past this "
+                          f"run's shared warm-up ({limit} epochs), where the method's "
                           "hyper-parameters matter. Delete it and rerun its tune_warmup job.")
     return [dict(r) for r in extra["progress_history"]]
 
@@ -205,21 +202,24 @@ def train(preprocessed_dataset_dir: str | os.PathLike[str], method: str, fold: i
           output_dir: str | os.PathLike[str], params: Mapping[str, Any] | None = None,
           epochs: int | None = None, iterations_per_epoch: int | None = None,
           val_iterations_per_epoch: int | None = None,
-          coteaching: Mapping[str, Any] | None = None, svls: Mapping[str, Any] | None = None,
+          options: Mapping[str, Any] | None = None,
           seed: int = 0, device: str | torch.device = "auto",
           plans_identifier: str = "nnUNetPlans", configuration: str = "3d_fullres",
           epoch_callback: EpochCallback | None = None,
           continue_training: bool = True, checkpoint_minutes: float = 0.0,
           start_from: str | os.PathLike[str] | None = None,
-          augmentation_workers: int | str = "auto") -> Path:
+          augmentation_workers: int | str = "auto",
+          **option_sections: Mapping[str, Any]) -> Path:
     """Train ``method`` on ``fold`` of ``preprocessed_dataset_dir``; return ``output_dir``.
 
     ``preprocessed_dataset_dir``: nnU-Net preprocessed dataset folder (``<plans_identifier>.json``,
     ``dataset.json``, ``splits_final.json``, the configuration's data). ``params``: the method's
     hyper-parameters (missing ones take :func:`nnrobustloss.methods.default_params`). Epoch and
-    iteration counts default to nnU-Net's (1000, 250, 50). ``coteaching`` = {delay, gradual,
-    max_fraction, stocot_thresholds, peer_updates}, ``svls`` = {kernel, hard_dice} (defaults 20,
-    20, 0.4, random, sequential, islam, False).
+    iteration counts default to nnU-Net's (1000, 250, 50). ``options``: the method's options
+    (``MethodSpec.options``; config sections ``{"<section>": {"<key>": value}}`` or
+    ``<section>.<key>`` names), also accepted as keywords named by their section, as the config
+    writes them; missing ones take their
+    declared defaults (see :func:`build_settings`).
     ``epoch_callback(epoch, metrics)`` runs after every epoch's checkpoint; ``metrics`` is the
     progress.csv row (``train_pseudo_dice_ema`` is the tuning objective); an exception it raises
     stops training and propagates. Returns at once when ``checkpoint_final.pth`` exists; resumes
@@ -249,7 +249,7 @@ def train(preprocessed_dataset_dir: str | os.PathLike[str], method: str, fold: i
         raise InputDataError(f"{pre}: preprocessed dataset folder not found. Run the plan stage "
                              "first.")
     settings = build_settings(spec.id, params, epochs, iterations_per_epoch,
-                              val_iterations_per_epoch, coteaching, svls, seed)
+                              val_iterations_per_epoch, options, seed, **option_sections)
     plans, dataset_json = _check_preprocessed(pre, plans_identifier, configuration, fold)
     latest = out / CHECKPOINT_LATEST
     resume = continue_training and latest.is_file()

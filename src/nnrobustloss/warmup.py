@@ -32,10 +32,12 @@ from typing import TYPE_CHECKING, Any
 from nnrobustloss.errors import ConfigError, NNRobustLossError
 from nnrobustloss.layout import CHECKPOINT_LATEST, WARMUP_CHECKPOINT
 from nnrobustloss.methods import get_method
-from nnrobustloss.schedule import MAX_SCHEDULE_FRACTION, PAPER_DELAY, PAPER_GRADUAL, scaled_schedule
+from nnrobustloss.schedule import run_schedule
 
 if TYPE_CHECKING:
     import torch
+
+    from nnrobustloss.trainers.settings import TrainerSettings
 
 
 WARMUP_METHOD = "CoT"
@@ -47,16 +49,32 @@ class _WarmupDone(Exception):
 
 
 def warmup_epochs(epochs: int, coteaching: Mapping[str, Any]) -> int:
-    """Epochs of the shared warm-up of a tuning trial of ``epochs`` epochs: the trial's scaled
-    co-teaching delay, or 0 (nothing to share) when the delay is 0 or covers the whole trial.
+    """Epochs of the shared warm-up of a tuning trial of ``epochs`` epochs with the config
+    section ``coteaching`` ({delay, gradual, max_fraction}): the trial's scaled co-teaching
+    delay, or 0 (nothing to share) when the delay is 0 or covers the whole trial.
 
-    The delay is :func:`nnrobustloss.schedule.scaled_schedule`'s (torch-free: the Snakefile and
-    the cost plan call this).
+    The delay is :func:`nnrobustloss.schedule.run_schedule`'s, as the trainers scale it
+    (torch-free: the Snakefile and the cost plan call this).
     """
-    delay, _ = scaled_schedule(int(coteaching.get("delay", PAPER_DELAY)),
-                               int(coteaching.get("gradual", PAPER_GRADUAL)), int(epochs),
-                               coteaching.get("max_fraction", MAX_SCHEDULE_FRACTION))
+    return _warmup_of({f"coteaching.{k}": v for k, v in coteaching.items()}, int(epochs))
+
+
+def _warmup_of(options: Mapping[str, Any], epochs: int) -> int:
+    """:func:`warmup_epochs` from method options by name (``coteaching.delay``, ...)."""
+    delay, _ = run_schedule(options, epochs)
     return delay if 0 < delay < epochs else 0
+
+
+def config_warmup_epochs(config: Mapping[str, Any]) -> int:
+    """:func:`warmup_epochs` of the validated ``config``'s tuning trials (``tuning.epochs``)."""
+    return warmup_epochs(config["tuning"]["epochs"], config["coteaching"])
+
+
+def shared_epochs(settings: TrainerSettings) -> int:
+    """The epochs of a run with ``settings`` (a method that shares the warm-up) that do not
+    depend on its hyper-parameters: its scaled co-teaching delay. A warm-up checkpoint past it
+    cannot start the run."""
+    return run_schedule(settings.options, settings.num_epochs)[0]
 
 
 def uses_shared_warmup(config: Mapping[str, Any], method: str) -> bool:
@@ -66,7 +84,7 @@ def uses_shared_warmup(config: Mapping[str, Any], method: str) -> bool:
     tu = config["tuning"]
     return bool(tu["enabled"] and tu.get("shared_warmup", True)
                 and get_method(method).shares_warmup
-                and warmup_epochs(tu["epochs"], config["coteaching"]) > 0)
+                and config_warmup_epochs(config) > 0)
 
 
 def trial_epochs(config: Mapping[str, Any], method: str) -> int:
@@ -74,7 +92,7 @@ def trial_epochs(config: Mapping[str, Any], method: str) -> int:
     ``tuning.epochs``, less the shared warm-up's when the trial starts from it."""
     epochs = int(config["tuning"]["epochs"])
     if uses_shared_warmup(config, method):
-        return epochs - warmup_epochs(epochs, config["coteaching"])
+        return epochs - config_warmup_epochs(config)
     return epochs
 
 
@@ -87,15 +105,16 @@ def _epochs_done(checkpoint: Path) -> int:
 
 def train_warmup(output_dir: str | os.PathLike[str], *, preprocessed_dataset_dir:
                  str | os.PathLike[str], fold: int, epochs: int, iterations_per_epoch: int,
-                 val_iterations_per_epoch: int, coteaching: Mapping[str, Any],
-                 svls: Mapping[str, Any] | None = None, seed: int = 0,
-                 device: str | torch.device = "auto", configuration: str = "3d_fullres",
-                 plans_identifier: str = "nnUNetPlans",
-                 augmentation_workers: int | str = "auto") -> Path:
+                 val_iterations_per_epoch: int, options: Mapping[str, Any] | None = None,
+                 seed: int = 0, device: str | torch.device = "auto",
+                 configuration: str = "3d_fullres", plans_identifier: str = "nnUNetPlans",
+                 augmentation_workers: int | str = "auto",
+                 **option_sections: Mapping[str, Any]) -> Path:
     """Train the shared warm-up of tuning trials of ``epochs`` epochs into ``output_dir``; return
     ``<output_dir>/checkpoint_warmup.pth``.
 
-    The arguments are those of the trials' :func:`nnrobustloss.training.train`. Trains
+    The arguments are those of the trials' :func:`nnrobustloss.training.train` (``options`` and
+    ``option_sections`` too: the method options, e.g. ``coteaching={"delay": 20}``). Trains
     :func:`warmup_epochs` epochs with the :data:`WARMUP_METHOD` trainer and moves that epoch's
     ``checkpoint_latest.pth`` to ``checkpoint_warmup.pth`` in one rename (never half-written).
     Returns at once when the checkpoint exists; a killed warm-up continues from its latest
@@ -103,9 +122,11 @@ def train_warmup(output_dir: str | os.PathLike[str], *, preprocessed_dataset_dir
     (``checkpoint_minutes`` 0: its last epoch's checkpoint is the warm-up). ConfigError when there is no
     warm-up to train (delay 0 or not shorter than the trial).
     """
+    from nnrobustloss.methods import flat_options
     from nnrobustloss.training import train
 
-    n = warmup_epochs(epochs, coteaching)
+    flat = {**flat_options(options), **flat_options(option_sections)}
+    n = _warmup_of(flat, int(epochs))
     if n == 0:
         raise ConfigError(f"coteaching.delay: a {epochs}-epoch tuning trial has no shared "
                           "warm-up (its scaled delay is 0 or the whole trial); set "
@@ -123,8 +144,8 @@ def train_warmup(output_dir: str | os.PathLike[str], *, preprocessed_dataset_dir
         try:
             train(preprocessed_dataset_dir, WARMUP_METHOD, fold, out, epochs=epochs,
                   iterations_per_epoch=iterations_per_epoch,
-                  val_iterations_per_epoch=val_iterations_per_epoch, coteaching=coteaching,
-                  svls=svls, seed=seed, device=device, plans_identifier=plans_identifier,
+                  val_iterations_per_epoch=val_iterations_per_epoch, options=flat,
+                  seed=seed, device=device, plans_identifier=plans_identifier,
                   configuration=configuration, epoch_callback=stop, continue_training=True,
                   augmentation_workers=augmentation_workers)
         except _WarmupDone:

@@ -19,6 +19,11 @@ non-zero weight, the keep-mask for each peer comes from its **partner**, compute
 Each peer's loss is nnU-Net's deep-supervision sum of the per-level masked loss (CE over kept
 voxels, Dice with the mask as ``loss_mask``).
 
+Options (``MethodSpec.options``, read from ``settings.options``): the schedule
+``coteaching.delay``/``gradual``/``max_fraction``, scaled to the run's epochs when the settings
+are applied (:func:`~nnrobustloss.schedule.run_schedule`); ``coteaching.peer_updates``; StoCoT
+and HRL also ``coteaching.stocot_thresholds``, HRL ``svls.kernel`` and ``svls.hard_dice``.
+
 Memory (``coteaching.peer_updates``): "sequential" (default) keeps one peer's forward graph at a
 time: A's forward with grad, B's under ``no_grad``, both masks, A's update, then B's forward with
 grad and B's update; the updates are the same as "joint" (both graphs at once, one forward
@@ -42,7 +47,7 @@ from torch import GradScaler, Tensor, nn
 
 from nnrobustloss.errors import ConfigError
 from nnrobustloss.losses import CEDiceLoss, HRLLoss, per_voxel_ce
-from nnrobustloss.schedule import ramp
+from nnrobustloss.schedule import ramp, run_schedule
 from nnrobustloss.selection import (
     cot_plus_mask,
     label_probability,
@@ -67,11 +72,14 @@ class CoTeachingTrainer(RobustTrainer):
     network_b: nn.Module | None = None
     optimizer_b: torch.optim.Optimizer | None = None
     lr_scheduler_b: Any = None
+    schedule: tuple[int, int] = (0, 0)
+    """(delay, gradual) of this run: the options' schedule scaled to its epochs."""
 
     def _apply_settings(self) -> None:
-        """As the base, plus peer B's grad scaler (CUDA only) and the selection generator,
-        seeded with ``seed + 7919``."""
+        """As the base, plus the co-teaching schedule of this run (:attr:`schedule`), peer B's
+        grad scaler (CUDA only) and the selection generator, seeded with ``seed + 7919``."""
         super()._apply_settings()
+        self.schedule = run_schedule(self.settings.options, self.settings.num_epochs)
         if self.is_ddp:
             raise ConfigError("co-teaching trainers do not support DDP (multi-GPU) training; "
                               "train on one device.")
@@ -113,9 +121,8 @@ class CoTeachingTrainer(RobustTrainer):
 
     # ------------------------------------------------------------------ selection
     def ramp_value(self) -> float:
-        """ramp(e) of the current epoch with the configured delay and gradual epochs."""
-        s = self.settings
-        return ramp(self.current_epoch, s.coteaching_delay, s.coteaching_gradual)
+        """ramp(e) of the current epoch with this run's delay and gradual epochs."""
+        return ramp(self.current_epoch, *self.schedule)
 
     def select_level(self, logits_a: Tensor, logits_b: Tensor,
                      target: Tensor) -> tuple[Tensor, Tensor]:
@@ -152,14 +159,14 @@ class CoTeachingTrainer(RobustTrainer):
     def train_step(self, batch: dict) -> dict:
         """One co-teaching step: partner masks from both peers' outputs, two masked updates.
 
-        ``coteaching_peer_updates`` chooses the schedule of the same updates (see
+        ``coteaching.peer_updates`` chooses the schedule of the same updates (see
         :meth:`_sequential_step` and :meth:`_joint_step`).
         """
         data, target = self._batch_to_device(batch)
         targets = target if isinstance(target, list) else [target]
         self.optimizer.zero_grad(set_to_none=True)
         self.optimizer_b.zero_grad(set_to_none=True)
-        step = self._joint_step if self.settings.coteaching_peer_updates == "joint" \
+        step = self._joint_step if self.settings.options["coteaching.peer_updates"] == "joint" \
             else self._sequential_step
         out_a0, loss_a, loss_b, masks_a, masks_b = step(data, targets)
         self._accumulate_pseudo_dice([out_a0], targets)
@@ -301,7 +308,7 @@ class nnUNetTrainer_CoTPlus(nnUNetTrainer_CoT):
     def select_level(self, logits_a: Tensor, logits_b: Tensor,
                      target: Tensor) -> tuple[Tensor, Tensor]:
         r = self.forget_rate()
-        e, delay = self.current_epoch, self.settings.coteaching_delay
+        e, delay = self.current_epoch, self.schedule[0]
         pred_a, pred_b = logits_a.argmax(1), logits_b.argmax(1)
         mask_a = cot_plus_mask(per_voxel_ce(logits_b, target), pred_b, pred_a, r, e, delay)
         mask_b = cot_plus_mask(per_voxel_ce(logits_a, target), pred_a, pred_b, r, e, delay)
@@ -317,7 +324,7 @@ class nnUNetTrainer_StoCoT(CoTeachingTrainer):
         s = self.settings
         rv = self.ramp_value()
         a, b = s.params["a"], s.params["b"]
-        g, mode = self.selection_generator, s.stocot_thresholds
+        g, mode = self.selection_generator, s.options["coteaching.stocot_thresholds"]
         mask_a = stocot_mask(label_probability(logits_b, target), rv, a, b, g, mode)
         mask_b = stocot_mask(label_probability(logits_a, target), rv, a, b, g, mode)
         return mask_a, mask_b
@@ -331,7 +338,8 @@ class nnUNetTrainer_HRL(nnUNetTrainer_StoCoT):
         self._require_no_ignore_label()
         s = self.settings
         return self._wrap_deep_supervision(HRLLoss(
-            s.params["w"], s.params["sigma"], kernel=s.svls_kernel, hard_dice=s.svls_hard_dice,
+            s.params["w"], s.params["sigma"], kernel=s.options["svls.kernel"],
+            hard_dice=s.options["svls.hard_dice"],
             soft_dice_kwargs=self._soft_dice_kwargs()))
 
 

@@ -14,14 +14,9 @@ from typing import Any
 import numpy as np
 
 from nnrobustloss.errors import ConfigError
-from nnrobustloss.losses import SVLS_KERNELS
-from nnrobustloss.methods import resolve_params
-from nnrobustloss.schedule import PAPER_DELAY, PAPER_GRADUAL
-from nnrobustloss.selection import STOCOT_MODES
+from nnrobustloss.methods import PEER_UPDATE_MODES, resolve_options, resolve_params
 
-PEER_UPDATE_MODES = ("sequential", "joint")
-"""Schedules of a two-peer step (``coteaching.peer_updates``): the same updates with one or both
-forward graphs in memory (:mod:`nnrobustloss.trainers.coteaching`)."""
+__all__ = ["PEER_UPDATE_MODES", "TrainerSettings"]  # PEER_UPDATE_MODES: its former home
 
 
 def _integer(value: Any, key: str) -> int:
@@ -38,25 +33,18 @@ def _count(value: Any, key: str, minimum: int) -> int:
     return int(value)
 
 
-def _choice(value: Any, key: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ConfigError(f"{key}={value!r}: use one of {', '.join(choices)}.")
-    return str(value)
-
-
 @dataclass(frozen=True)
 class TrainerSettings:
     """Everything set from outside a trainer; validated at construction.
 
     ``params`` are the method's hyper-parameters, completed with the registry's defaults and
     range-checked against its search space (:func:`nnrobustloss.methods.resolve_params`);
-    epochs and iterations are counts >= 1; ``coteaching_delay`` and ``coteaching_gradual`` are
-    epochs >= 0 of the co-teaching ramp (already scaled to this run,
-    :func:`nnrobustloss.schedule.scaled_schedule`); ``stocot_thresholds`` is one of
-    :data:`nnrobustloss.selection.STOCOT_MODES`; ``coteaching_peer_updates`` one of
-    :data:`PEER_UPDATE_MODES`, two schedules of the same updates; ``svls_kernel`` one of
-    :data:`nnrobustloss.losses.SVLS_KERNELS`; ``seed`` (an integer) seeds python, NumPy, torch
-    and the StoCoT generator. A bad value raises ConfigError naming its config key.
+    epochs and iterations are counts >= 1; ``options`` are the config options that the
+    method's spec declares (``MethodSpec.options``), ``{"section.key": value}`` (config-shaped
+    sections are accepted too), completed with their defaults and checked
+    (:func:`nnrobustloss.methods.resolve_options`; options of other methods are dropped);
+    ``seed`` (an integer) seeds python, NumPy, torch and the StoCoT generator. A bad value
+    raises ConfigError naming its config key.
     """
 
     method: str
@@ -64,12 +52,7 @@ class TrainerSettings:
     num_epochs: int = 1000
     num_iterations_per_epoch: int = 250
     num_val_iterations_per_epoch: int = 50
-    coteaching_delay: int = PAPER_DELAY
-    coteaching_gradual: int = PAPER_GRADUAL
-    stocot_thresholds: str = "random"
-    coteaching_peer_updates: str = "sequential"
-    svls_kernel: str = "islam"
-    svls_hard_dice: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -80,14 +63,7 @@ class TrainerSettings:
                                                "num_iterations_per_epoch", 1),
             "num_val_iterations_per_epoch": _count(self.num_val_iterations_per_epoch,
                                                    "num_val_iterations_per_epoch", 1),
-            "coteaching_delay": _count(self.coteaching_delay, "coteaching.delay", 0),
-            "coteaching_gradual": _count(self.coteaching_gradual, "coteaching.gradual", 0),
-            "stocot_thresholds": _choice(self.stocot_thresholds, "coteaching.stocot_thresholds",
-                                         STOCOT_MODES),
-            "coteaching_peer_updates": _choice(self.coteaching_peer_updates,
-                                               "coteaching.peer_updates", PEER_UPDATE_MODES),
-            "svls_kernel": _choice(self.svls_kernel, "svls.kernel", SVLS_KERNELS),
-            "svls_hard_dice": bool(self.svls_hard_dice),
+            "options": resolve_options(self.method, self.options),
             "seed": _integer(self.seed, "seed"),
         }
         for key, value in checked.items():  # frozen: store the normalised values

@@ -149,11 +149,13 @@ def test_training_killed_by_its_time_limit_resumes_on_the_retry(slurm, tmp_path:
     assert states[0] == "TIMEOUT" and states[-1] == "COMPLETED", states
     assert [r["TimeLimit"] for _, r in runs] == [f"00:0{2 * i}:00"
                                                  for i in range(1, len(runs) + 1)]
-    # the retry's own SLURM log: it continued from the killed attempt's checkpoint
-    retry_log = next((tmp_path / ".snakemake" / "slurm_logs").rglob(f"{runs[-1][0]}.log"))
-    resumed = re.search(r"continuing \S+ from checkpoint_latest\.pth at epoch (\d+)",
-                        retry_log.read_text())
-    assert resumed is not None and 0 < int(resumed.group(1)) < 90, retry_log.read_text()[-3000:]
+    # the job log (Snakemake keeps the last attempt's): it continued from the killed attempt's
+    # checkpoint
+    job_log = (tmp_path / "results" / "logs" / "train" / "Phantom" / "Baseline"
+               / "fold0.log").read_text()
+    assert f"SLURM_JOB_ID={runs[-1][0]}" in job_log.splitlines()[0]
+    resumed = re.search(r"continuing \S+ from checkpoint_latest\.pth at epoch (\d+)", job_log)
+    assert resumed is not None and 0 < int(resumed.group(1)) < 90, job_log[-3000:]
     out = tmp_path / "results" / "training" / "Phantom" / "Baseline" / "fold0"
     progress = pd.read_csv(out / "progress.csv")
     assert list(progress["epoch"]) == list(range(90))
@@ -164,33 +166,38 @@ def test_training_killed_by_its_time_limit_resumes_on_the_retry(slurm, tmp_path:
 
 def test_killed_snakemake_continues_where_it_stood(slurm, tmp_path: Path) -> None:
     """SIGKILL of the Snakemake process while its training runs on the cluster, then the same
-    command again (after --unlock) at once: the finished jobs are not redone, the new training
-    job waits for the one still running (one run per training) and then finds its model, the run
+    command again (after --unlock) at once: the jobs finished before the kill are not redone,
+    the resubmitted training does not start over (it waits for the job still running, or, when
+    the node's one GPU makes it wait until that job ended, continues from the checkpoint), the run
     completes, every epoch is in progress.csv once and nothing half-written is left."""
     cfg = {**REDUCED, "methods": ["Baseline"], "tuning": {"enabled": False},
            "training": {"epochs": 25, "iterations_per_epoch": 8, "val_iterations_per_epoch": 1}}
     overlay = _write(tmp_path / "kill.yaml", cfg)
     first, log = _start(tmp_path, slurm["profile"], overlay)
     progress = tmp_path / "results" / "training" / "Phantom" / "Baseline" / "fold0" / "progress.csv"
-    _wait_for(lambda: progress.is_file() and len(progress.read_text().splitlines()) >= 3,
+    _wait_for(lambda: progress.is_file() and len(progress.read_text().splitlines()) >= 4,
               first, log)
     first.send_signal(signal.SIGKILL)
     first.wait()
     jobid = _running_job(log, "train")
-    assert job_record(jobid)["JobState"] == "RUNNING"  # the job outlives its Snakemake
+    assert job_record(jobid)["JobState"] in ("RUNNING", "COMPLETED")  # it outlives Snakemake
     done_before = set(submissions(log.read_text()).values())
     assert {"convert", "splits", "plan", "noise_report", "train"} <= done_before
     again = run_study(tmp_path, slurm["profile"], overlay, args=("--unlock",))
     assert again.returncode == 0, again.stdout[-3000:]
     again = run_study(tmp_path, slurm["profile"], overlay)
     assert again.returncode == 0, again.stdout[-5000:]
-    rerun = pd.Series(list(submissions(again.stdout).values())).value_counts().to_dict()
+    resubmitted = submissions(again.stdout)
+    rerun = pd.Series(list(resubmitted.values())).value_counts().to_dict()
     assert not {"convert", "splits", "plan", "noise_report"} & set(rerun), rerun
     assert rerun.get("train") == 1 and rerun.get("predict") == 1, rerun
     assert job_record(jobid)["JobState"] == "COMPLETED"
-    train_log = (tmp_path / "results" / "logs" / "train" / "Phantom" / "Baseline"
-                 / "fold0.log").read_text()
-    assert "is already running" in train_log and "waiting for it to finish" in train_log
+    second = next(j for j, r in resubmitted.items() if r == "train")
+    text = (tmp_path / "results" / "logs" / "train" / "Phantom" / "Baseline"
+            / "fold0.log").read_text()  # the job log of the last training job
+    assert f"SLURM_JOB_ID={second}" in text.splitlines()[0]
+    resumed = re.search(r"continuing \S+ from checkpoint_latest\.pth at epoch (\d+)", text)
+    assert "waiting for it to finish" in text or (resumed and int(resumed.group(1)) >= 3), text
     results = tmp_path / "results"
     assert not list(results.rglob(".tmp-*")), list(results.rglob(".tmp-*"))
     assert list(pd.read_csv(progress)["epoch"]) == list(range(25))

@@ -127,19 +127,22 @@ def test_smoke_study_runs_through_the_scheduler(slurm, tmp_path: Path) -> None:
 
 def test_training_killed_by_its_time_limit_resumes_on_the_retry(slurm, tmp_path: Path) -> None:
     """A final training whose first attempt asks 2 minutes is killed by SLURM (TIMEOUT) in the
-    middle of its 90 epochs; the retry asks 4 minutes (the attempt-scaled runtime of
-    nnrobustloss.cost) and continues from checkpoint_latest: progress.csv holds every epoch once,
-    and the moving average runs on across the restart as in one uninterrupted run.
+    middle of its 150 epochs; the retry asks 4 minutes (the attempt-scaled runtime of
+    nnrobustloss.cost; a third attempt 6, on a slow machine) and continues from
+    checkpoint_latest: progress.csv holds every epoch once, and the moving average runs on
+    across the restart as in one uninterrupted run.
 
     (That a continued training equals the uninterrupted one weight for weight is tested without
     a scheduler: tests/test_workflow.py, tests/test_trainers.py, tests/test_augmentation.py.)"""
     cfg = {"methods": ["Baseline"], "folds": [0], "tuning": {"enabled": False},
-           "training": {"epochs": 90, "iterations_per_epoch": 10, "val_iterations_per_epoch": 1},
-           # estimated work 90 epochs x 26 s x 10/250 = 93.6 s, x 1.25 safety = 1.95 -> 2 min on
-           # the first attempt, 4 on the second; no overhead. The real training takes longer
-           # than 2 minutes, so the first attempt is killed in the middle.
+           "training": {"epochs": 150, "iterations_per_epoch": 10,
+                        "val_iterations_per_epoch": 1},
+           # estimated work 150 epochs x 15.9 s x 10/250 = 95.4 s, x 1.25 safety = 1.99 -> 2 min
+           # on the first attempt, 4 on the second; no overhead. The real training takes longer
+           # than 2 minutes (about 0.9 s per epoch on an idle 2-core machine, plus start-up),
+           # so the first attempt is killed in the middle.
            "cluster": {"job_overhead_minutes": 0, "safety_factor": 1.25,
-                       "seconds_per_epoch": {"cpu": 26}}}
+                       "seconds_per_epoch": {"cpu": 15.9}}}
     overlay = _write(tmp_path / "timeout.yaml", cfg)
     target = "results/training/Phantom/Baseline/fold0/checkpoint_final.pth"
     proc = run_study(tmp_path, slurm["profile"], overlay, args=(target,))
@@ -155,10 +158,10 @@ def test_training_killed_by_its_time_limit_resumes_on_the_retry(slurm, tmp_path:
                / "fold0.log").read_text()
     assert f"SLURM_JOB_ID={runs[-1][0]}" in job_log.splitlines()[0]
     resumed = re.search(r"continuing \S+ from checkpoint_latest\.pth at epoch (\d+)", job_log)
-    assert resumed is not None and 0 < int(resumed.group(1)) < 90, job_log[-3000:]
+    assert resumed is not None and 0 < int(resumed.group(1)) < 150, job_log[-3000:]
     out = tmp_path / "results" / "training" / "Phantom" / "Baseline" / "fold0"
     progress = pd.read_csv(out / "progress.csv")
-    assert list(progress["epoch"]) == list(range(90))
+    assert list(progress["epoch"]) == list(range(150))
     ema, value = progress["train_pseudo_dice_ema"], progress["train_pseudo_dice"]
     k = int(resumed.group(1))
     assert ema[k] == pytest.approx(0.9 * ema[k - 1] + 0.1 * value[k], abs=1e-12)

@@ -336,7 +336,8 @@ def test_rerun_one_method_and_fold(e2e_run: tuple[Path, str]) -> None:
     proc = snakemake(workdir, "-n", "--forcerun", "train", "--config", "methods=[APL2]",
                      "folds=[1]")
     counts = job_counts(proc.stdout)
-    assert counts == {"train": 1, "predict": 1, "evaluate": 1, "report": 1, "all": 1}
+    assert counts == {"train": 1, "predict": 1, "evaluate": 1, "nnunet_results": 1, "report": 1,
+                      "all": 1}
     assert "fold=1" in proc.stdout and "method=APL2" in proc.stdout
     only_tables = job_counts(snakemake(workdir, "-n", "--forcerun", "report").stdout)
     assert only_tables == {"report": 1, "all": 1}

@@ -30,8 +30,9 @@ import cluster  # noqa: E402
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 SUBMITTED = re.compile(r"submitted with SLURM jobid (\d+) \(log: (\S+)\)")
-#: what the tests add to the command line: faster status polling than the plugin's 40 s
-FAST_POLLING = ("--slurm-init-seconds-before-status-checks", "5")
+#: what the tests add to the command line: faster status polling than the plugin's 40 s, and
+#: the plugin's logs of successful jobs kept (it deletes them by default)
+FAST_POLLING = ("--slurm-init-seconds-before-status-checks", "5", "--slurm-keep-successful-logs")
 
 
 @pytest.fixture(scope="session")

@@ -195,8 +195,10 @@ def start(state: Path = DEFAULT_STATE, timeout: float = 90) -> dict[str, Any]:
         if key.exists():
             shutil.chown(key, "munge", "munge")
             key.chmod(0o400)
+        pid_file = Path("/run/munge/munged.pid")
+        pid_file.unlink(missing_ok=True)  # a killed munged's, not to be read as the new one's
         _run("runuser", "-u", "munge", "--", "munged")
-        _record(state, "munged", _read_pid(Path("/run/munge/munged.pid")))
+        _record(state, "munged", _read_pid(pid_file))
         if not _munge_works():
             raise ClusterError("munged started but `munge -n | unmunge` fails; see "
                                "/var/log/munge/munged.log.")

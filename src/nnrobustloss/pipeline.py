@@ -160,8 +160,8 @@ def run_plan(task: str, dataset_id: int, reference_dataset_id: int, planner: str
 def replicate_seed(seed: int, replicate: int) -> int:
     """The training seed of final-training replicate ``replicate`` (>= 0) of a study seeded with
     ``seed``: ``seed`` itself for replicate 0 (a one-replicate study trains as before), else a
-    hash of both in [0, 2**31) (SHA-256: distinct, stable across machines and Python runs, and
-    never the seed of another study's replicate 0 by construction of a simple offset)."""
+    hash of both in [0, 2**31) (SHA-256: stable across machines and Python runs; unlike
+    ``seed + replicate`` it does not make replicate 1 of seed 0 the replicate 0 of seed 1)."""
     import hashlib
 
     if replicate < 0:

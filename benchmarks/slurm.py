@@ -68,6 +68,10 @@ def _rule_seconds(results: Path, rule: str, log: str) -> float | None:
     wildcards = parts[i + 1] if len(parts) > i + 2 else ""
     stage = {"noise_report": "noise", "tune_worker": "tune", "tune_warmup": "tune"}.get(rule, rule)
     candidates = list((results / "benchmarks" / stage).rglob("*.tsv"))
+    if rule == "tune_worker":  # tune/ also holds select_best.tsv and the warm-ups' seed<s>.tsv
+        candidates = [p for p in candidates if p.name.startswith("worker")]
+    elif rule == "tune_warmup":
+        candidates = [p for p in candidates if p.name.startswith("seed")]
     values = dict(kv.split("=", 1) for kv in wildcards.split("_") if "=" in kv) if "=" in \
         wildcards else {}
     for path in candidates:
@@ -85,6 +89,7 @@ def main() -> None:
     ap.add_argument("--config", type=Path, nargs="*", default=[])
     ap.add_argument("--array-jobs", default="")
     args = ap.parse_args()
+    args.config = [p.resolve() for p in args.config]  # snakemake runs in the work folders
     info = cluster.start()
     shutil.rmtree(args.workdir, ignore_errors=True)
     local, slurm = args.workdir / "local", args.workdir / "slurm"

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from nnrobustloss.errors import InputDataError, OutputError, StageLockedError
+from nnrobustloss.errors import InputDataError, OutputError, StageLockedError, user_error
 
 
 def _tmp_sibling(path: Path, suffix_keep: bool = True) -> Path:
@@ -252,6 +252,42 @@ def write_image(image: sitk.Image, path: str | os.PathLike[str]) -> None:
             raise OutputError(f"{final}: writing stopped short ({written} bytes written, the file "
                               "is incomplete): the disk is full or a file size limit (ulimit -f) "
                               "was hit. Free space or raise the limit, then rerun.")
+
+
+def write_torch(obj: Any, path: str | os.PathLike[str]) -> None:
+    """Atomically ``torch.save`` ``obj`` to ``path``; the file is renamed into place only when
+    its zip directory reads back (complete).
+
+    ``torch.save`` reports a full disk or a file size limit as a C++ RuntimeError; writing
+    through a Python file object keeps the ``OSError`` behind it, which becomes the same one
+    line as every other stage's (:func:`nnrobustloss.errors.user_error`). Raises
+    :class:`OutputError` naming ``path``; nothing is left behind then.
+    """
+    import zipfile
+
+    import torch
+
+    final = Path(path)
+    with atomic_path(final) as tmp:
+        try:
+            with open(tmp, "wb") as fh:
+                torch.save(obj, fh)
+        except (OSError, RuntimeError) as e:
+            cause = e if isinstance(e, OSError) else e.__context__
+            if isinstance(cause, OSError):
+                raise user_error(OSError(cause.errno, cause.strerror, str(final))) from e
+            raise OutputError(f"{final}: cannot be written ({str(e).strip().splitlines()[0]}); "
+                              "check free space and permissions, then rerun.") from e
+        try:
+            with zipfile.ZipFile(tmp) as z:
+                complete = bool(z.namelist())
+        except (zipfile.BadZipFile, OSError):
+            complete = False
+        if not complete:
+            raise OutputError(f"{final}: writing stopped short ({tmp.stat().st_size} bytes "
+                              "written, the file is incomplete): the disk is full or a file "
+                              "size limit (ulimit -f) was hit. Free space or raise the limit, "
+                              "then rerun.")
 
 
 def array_to_image(array: np.ndarray, like: sitk.Image | None = None,

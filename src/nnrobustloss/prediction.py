@@ -60,7 +60,8 @@ def predict_cases(training_dir: str | os.PathLike[str], images_dir: str | os.Pat
                   case_ids: Sequence[str], out_dir: str | os.PathLike[str], *,
                   mirroring: bool = True, tile_step_size: float = 0.5,
                   average_peers: bool = False, save_probabilities: bool = False,
-                  calibration: CalibrationSpec | None = None, device: str = "auto") -> Path:
+                  calibration: CalibrationSpec | None = None, device: str = "auto",
+                  method: str | None = None, fold: int | None = None) -> Path:
     """Segment ``images_dir/<case>_0000.nii.gz`` for every case with the trained network.
 
     Uses nnU-Net's ``nnUNetPredictor`` (sliding window with Gaussian weighting, tile step
@@ -78,6 +79,10 @@ def predict_cases(training_dir: str | os.PathLike[str], images_dir: str | os.Pat
     an interruption predicts only the cases missing there, provided the staging folder was made
     by the same ``checkpoint_final.pth`` (SHA-256) and options (else it is discarded). When all
     cases are staged they are linked into ``out_dir`` at once and the staging folder is removed.
+
+    ``method`` and ``fold`` (the pipeline gives both): the checkpoint must be a readable
+    checkpoint of that method's training of that fold, with the plans and settings recorded
+    beside it (ConfigError naming it otherwise: another method's model never serves this one).
     """
     from nnrobustloss.trainers.inference import build_predictor
     from nnrobustloss.training import resolve_device
@@ -87,6 +92,8 @@ def predict_cases(training_dir: str | os.PathLike[str], images_dir: str | os.Pat
     if not checkpoint.is_file():
         raise InputDataError(f"{checkpoint}: not found. Run the train stage for this method and "
                              "fold first.")
+    if method is not None:
+        _check_model(checkpoint, method, fold)
     inputs = []
     for case in case_ids:
         img = images_dir / f"{case}_0000.nii.gz"
@@ -134,6 +141,25 @@ def predict_cases(training_dir: str | os.PathLike[str], images_dir: str | os.Pat
 
 
 STAGING_INFO = "staging.json"
+
+
+def _check_model(checkpoint: Path, method: str, fold: int | None) -> None:
+    """ConfigError/InputDataError naming ``checkpoint`` unless it is a readable final checkpoint
+    of ``method``'s training of ``fold`` with the plans and settings of its folder."""
+    from nnrobustloss.methods import get_method
+    from nnrobustloss.trainers.identity import check_identity, read_checkpoint
+
+    folder = checkpoint.parent
+    redo = f"the train stage trains {method} again"
+    ckpt = read_checkpoint(checkpoint, redo)
+    settings = folder / "settings.json"
+    plans = folder / "plans.json"
+    conf = (ckpt.get("init_args") or {}).get("configuration", "3d_fullres")
+    check_identity(ckpt, checkpoint, spec=get_method(method),
+                   plans=read_json(plans) if plans.is_file() else None, configuration=conf,
+                   fold=ckpt["init_args"]["fold"] if fold is None else fold,
+                   settings=read_json(settings) if settings.is_file() else None,
+                   todo=f"Delete {folder} and rerun; {redo}.")
 
 
 def _sha256(path: Path) -> str:

@@ -5,8 +5,9 @@ dataset, points it at explicit folders (no nnU-Net environment variables needed)
 settings, resumes from ``checkpoint_latest.pth`` when present and runs nnU-Net's training loop
 with nnU-Net's data loading, augmentation, deep supervision, optimiser and checkpoints. The fold
 split is nnU-Net's own ``do_split`` reading ``splits_final.json`` of the preprocessed dataset.
-A finished run (``checkpoint_final.pth`` present) returns at once; to retrain, delete the output
-folder. The pipeline's ``train`` stage (:func:`nnrobustloss.pipeline.run_train`, also behind
+A finished run (``checkpoint_final.pth`` present, readable and written by a training with the
+same settings, plans and fold) returns at once; to retrain, delete the output folder. The
+pipeline's ``train`` stage (:func:`nnrobustloss.pipeline.run_train`, also behind
 ``nnrobustloss train``) maps the config onto :func:`train`.
 
 Reproducibility: on the CPU a run is a deterministic function of its settings and of whether it
@@ -58,14 +59,14 @@ import torch
 from nnrobustloss.errors import ConfigError, InputDataError
 from nnrobustloss.fileio import read_json
 from nnrobustloss.layout import CHECKPOINT_FINAL, CHECKPOINT_LATEST
-from nnrobustloss.methods import MethodSpec, flat_options, get_method
+from nnrobustloss.methods import METHODS, flat_options, get_method
 from nnrobustloss.planning import nnunet_paths
 from nnrobustloss.trainers.base import EpochCallback
+from nnrobustloss.trainers.identity import check_identity, read_checkpoint, settings_diff
 from nnrobustloss.trainers.resume import CHECKPOINT_KEY
 from nnrobustloss.trainers.settings import TrainerSettings
 
 NNUNET_DEFAULTS = {"epochs": 1000, "iterations_per_epoch": 250, "val_iterations_per_epoch": 50}
-_MISSING = object()  # an option that one settings dict lacks differs from any value
 
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -129,20 +130,6 @@ def _check_preprocessed(pre: Path, plans_identifier: str, configuration: str,
     return plans, dataset_json
 
 
-def _settings_diff(old: Mapping[str, Any], new: Mapping[str, Any], spec: MethodSpec,
-                   ignore: tuple[str, ...] = (), shared_options_only: bool = False) -> list[str]:
-    """Sorted keys whose values differ between two ``TrainerSettings.to_dict()`` dicts, except
-    ``ignore`` and the options of ``spec`` that change no result (``MethodOption.results``);
-    options are compared one by one (named ``section.key``), with ``shared_options_only`` only
-    those that both dicts hold (a warm-up of another method of the family)."""
-    skip = set(ignore) | {"options"} | {o.name for o in spec.options if not o.results}
-    diff = {k for k in set(old) | set(new) if k not in skip and old.get(k) != new.get(k)}
-    old_opts, new_opts = dict(old.get("options") or {}), dict(new.get("options") or {})
-    names = set(old_opts) & set(new_opts) if shared_options_only else set(old_opts) | set(new_opts)
-    diff |= {n for n in names - skip if old_opts.get(n, _MISSING) != new_opts.get(n, _MISSING)}
-    return sorted(diff)
-
-
 def _check_resume_settings(out: Path, settings: TrainerSettings) -> None:
     path = out / "settings.json"
     if not path.is_file():
@@ -153,14 +140,15 @@ def _check_resume_settings(out: Path, settings: TrainerSettings) -> None:
                           "nnrobustloss (its settings have no 'options'); it cannot be "
                           f"continued by this version. Delete {out} to start over, or finish "
                           "it with the older version.")
-    diff = _settings_diff(old, settings.to_dict(), get_method(settings.method))
+    diff = settings_diff(old, settings.to_dict(), get_method(settings.method))
     if diff:
         raise ConfigError(f"{path}: the unfinished run in {out} used different settings "
                           f"({', '.join(diff)}). Delete {out} to start over with the new "
                           "settings, or rerun with the old ones.")
 
 
-def _check_start_checkpoint(path: Path, settings: TrainerSettings) -> list[dict[str, Any]]:
+def _check_start_checkpoint(path: Path, settings: TrainerSettings, plans: Mapping[str, Any],
+                            configuration: str, fold: int) -> list[dict[str, Any]]:
     """Check that checkpoint ``path`` (the shared warm-up) can start this run; return its
     progress rows.
 
@@ -179,17 +167,17 @@ def _check_start_checkpoint(path: Path, settings: TrainerSettings) -> list[dict[
     if not path.is_file():
         raise InputDataError(f"{path}: the shared warm-up checkpoint is missing. Run its "
                              "tune_warmup job first (snakemake builds it).")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    extra = ckpt.get(CHECKPOINT_KEY) if isinstance(ckpt, dict) else None
+    redo = "its tune_warmup job trains the warm-up again"
+    ckpt = read_checkpoint(path, redo)
+    extra = ckpt.get(CHECKPOINT_KEY)
     if not extra or "network_weights_peer_b" not in ckpt:
         raise ConfigError(f"{path}: not a checkpoint of a co-teaching trainer of nnRobustLoss. "
-                          "Delete it and rerun its tune_warmup job.")
-    diff = _settings_diff(extra["settings"], settings.to_dict(), spec, ignore=("method", "params"),
-                          shared_options_only=True)
-    if diff:
-        raise ConfigError(f"{path}: the warm-up was trained with different settings "
-                          f"({', '.join(diff)}) than this run. Delete it and rerun its "
-                          "tune_warmup job.")
+                          f"Delete it and rerun; {redo}.")
+    check_identity(ckpt, path, spec=spec, plans=plans, configuration=configuration, fold=fold,
+                   settings=settings.to_dict(), ignore=("method", "params"),
+                   shared_options_only=True,
+                   methods=tuple(m.id for m in METHODS.values() if m.shares_warmup),
+                   todo=f"Delete it and rerun; {redo}.")
     limit = shared_epochs(settings)
     if int(ckpt["current_epoch"]) > limit:
         raise ConfigError(f"{path}: the warm-up ran {ckpt['current_epoch']} epochs, past this "
@@ -222,8 +210,11 @@ def train(preprocessed_dataset_dir: str | os.PathLike[str], method: str, fold: i
     declared defaults (see :func:`build_settings`).
     ``epoch_callback(epoch, metrics)`` runs after every epoch's checkpoint; ``metrics`` is the
     progress.csv row (``train_pseudo_dice_ema`` is the tuning objective); an exception it raises
-    stops training and propagates. Returns at once when ``checkpoint_final.pth`` exists; resumes
-    from ``checkpoint_latest.pth`` when ``continue_training`` (else starts over).
+    stops training and propagates. Returns at once when ``checkpoint_final.pth`` exists and was
+    trained with these settings (ConfigError naming it otherwise: a finished model is never
+    silently kept for other settings); resumes from ``checkpoint_latest.pth`` when
+    ``continue_training`` (else starts over) after checking that it is readable and of this
+    training (:mod:`nnrobustloss.trainers.identity`).
     ``checkpoint_latest.pth`` is written after every epoch, or with ``checkpoint_minutes`` > 0 at
     most once per that many minutes (less I/O, more epochs lost to a kill; results unchanged).
     ``augmentation_workers``: seeded augmentation worker processes (0: in this process; "auto":
@@ -242,8 +233,6 @@ def train(preprocessed_dataset_dir: str | os.PathLike[str], method: str, fold: i
         raise ConfigError(f"checkpoint_minutes={checkpoint_minutes!r}: must be >= 0 (0: every "
                           "epoch).")
     out = Path(output_dir)
-    if (out / CHECKPOINT_FINAL).is_file():
-        return out
     pre = Path(preprocessed_dataset_dir)
     if not pre.is_dir():
         raise InputDataError(f"{pre}: preprocessed dataset folder not found. Run the plan stage "
@@ -251,12 +240,24 @@ def train(preprocessed_dataset_dir: str | os.PathLike[str], method: str, fold: i
     settings = build_settings(spec.id, params, epochs, iterations_per_epoch,
                               val_iterations_per_epoch, options, seed, **option_sections)
     plans, dataset_json = _check_preprocessed(pre, plans_identifier, configuration, fold)
-    latest = out / CHECKPOINT_LATEST
+    final, latest = out / CHECKPOINT_FINAL, out / CHECKPOINT_LATEST
+    if final.is_file():  # done, if it is this training
+        redo = f"all {settings.num_epochs} epochs are trained again"
+        check_identity(read_checkpoint(final, redo), final, spec=spec, plans=plans,
+                       configuration=configuration, fold=fold, settings=settings.to_dict(),
+                       todo=f"The finished model is kept: delete {out} and rerun to train this "
+                            f"one ({redo}), or rerun with the settings it was trained with.")
+        return out
     resume = continue_training and latest.is_file()
     start = Path(start_from) if start_from is not None and not resume else None
     if resume:
         _check_resume_settings(out, settings)
-    warmup_rows = _check_start_checkpoint(start, settings) if start is not None else []
+        redo = "the training starts again from epoch 0"
+        check_identity(read_checkpoint(latest, redo), latest, spec=spec, plans=plans,
+                       configuration=configuration, fold=fold, settings=settings.to_dict(),
+                       todo=f"Delete it and rerun; {redo}.")
+    warmup_rows = _check_start_checkpoint(start, settings, plans, configuration, fold) \
+        if start is not None else []
     trainer_cls = spec.load_trainer_class()
     plans["continue_training"] = resume  # nnU-Net 2.8.1 pops this key in __init__
     # nnU-Net's __init__ creates $nnUNet_results/<dataset>/<trainer>.../fold_<k> and its log

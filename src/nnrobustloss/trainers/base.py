@@ -59,11 +59,17 @@ from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast, nn
 from torch._dynamo import OptimizedModule
 
-from nnrobustloss.errors import ConfigError
-from nnrobustloss.fileio import atomic_path, write_json
+from nnrobustloss.errors import ConfigError, user_error
+from nnrobustloss.fileio import write_json, write_torch
 from nnrobustloss.methods import get_method, methods_of_trainer
+from nnrobustloss.trainers.identity import IDENTITY_KEY, checkpoint_identity
 from nnrobustloss.trainers.progress import ProgressRecorder, write_progress_csv
-from nnrobustloss.trainers.resume import CheckpointSchedule, ResumeState, seed_everything
+from nnrobustloss.trainers.resume import (
+    CHECKPOINT_KEY,
+    CheckpointSchedule,
+    ResumeState,
+    seed_everything,
+)
 from nnrobustloss.trainers.settings import TrainerSettings
 
 EpochCallback = Callable[[int, dict[str, Any]], None]
@@ -133,7 +139,12 @@ class RobustTrainer(nnUNetTrainer):
     def _plot_progress_throttled(self, output_folder: str) -> None:
         epoch = self.current_epoch
         if (epoch + 1) % PROGRESS_PLOT_EVERY == 0 or epoch >= self.num_epochs - 1:
-            self._plot_progress_png(output_folder)
+            png = Path(output_folder) / "progress.png"
+            try:
+                self._plot_progress_png(output_folder)
+            except OSError as e:  # nnU-Net writes it in place: never leave a cut one
+                png.unlink(missing_ok=True)
+                raise user_error(OSError(e.errno, e.strerror, str(png))) from e
 
     # ------------------------------------------------------------------ settings and paths
     def configure(self, settings: TrainerSettings,
@@ -388,7 +399,12 @@ class RobustTrainer(nnUNetTrainer):
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint_extras(self) -> dict[str, Any]:
         """Keys added to nnU-Net's checkpoint dict (subclasses extend)."""
-        return self.resume_state.extras(self.settings.to_dict(), self.progress.history)
+        extras = self.resume_state.extras(self.settings.to_dict(), self.progress.history)
+        init = self.my_init_kwargs
+        extras[CHECKPOINT_KEY][IDENTITY_KEY] = checkpoint_identity(
+            type(self).__name__, self.settings.to_dict(), init["plans"], init["configuration"],
+            init["fold"])
+        return extras
 
     def _load_checkpoint_extras(self, checkpoint: Mapping[str, Any]) -> None:
         history = self.resume_state.load(checkpoint)
@@ -417,8 +433,7 @@ class RobustTrainer(nnUNetTrainer):
             "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
         }
         checkpoint.update(self._checkpoint_extras())
-        with atomic_path(filename) as tmp:
-            torch.save(checkpoint, tmp)
+        write_torch(checkpoint, filename)
 
     def load_checkpoint(self, filename_or_checkpoint: str | os.PathLike[str] | dict) -> None:
         """nnU-Net's load (peer A, optimiser, logger, epoch) plus the extras of this package."""
@@ -428,11 +443,18 @@ class RobustTrainer(nnUNetTrainer):
                 path = os.path.join(d, "checkpoint.pth")
                 torch.save(checkpoint, path)
                 super().load_checkpoint(path)
-        else:
-            path = str(filename_or_checkpoint)
+            self._load_checkpoint_extras(checkpoint)
+            return
+        path = str(filename_or_checkpoint)
+        try:
             super().load_checkpoint(path)
             checkpoint = torch.load(path, map_location=self.device, weights_only=False)
-        self._load_checkpoint_extras(checkpoint)
+            self._load_checkpoint_extras(checkpoint)
+        except (RuntimeError, KeyError, ValueError) as e:  # a network or optimiser of another shape
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"{path}: its weights do not fit this training's network ({first}). "
+                              "Delete it and rerun (the training starts again from epoch 0).") \
+                from e
 
 
 __all__ = ["RobustTrainer", "unwrap"]

@@ -1,0 +1,279 @@
+# ruff: noqa: F811  (test parameters named like the imported fixture)
+"""Faults in the training stages (issue 22): checkpoints that say what they are, checked writes.
+
+A finished 1-epoch Baseline training of the phantom task of tests/conftest.py is broken one
+thing at a time in a copy (a zero-byte or cut checkpoint, another method's checkpoint, other
+plans, other settings, a file size limit) and the stage is run again: through the Python API
+for the error class and message, and through the ``nnrobustloss`` command for the one line a
+user sees.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import PHANTOM_TEST_CPU_PLAN, PHANTOM_TEST_TASK
+
+from nnrobustloss import layout
+from nnrobustloss.errors import ConfigError, InputDataError, OutputError
+
+EPOCHS = dict(iterations_per_epoch=2, val_iterations_per_epoch=1)
+LAUNCHER = ("import sys; from nnrobustloss.cli import main; "
+            "sys.argv = ['nnrobustloss', *sys.argv[1:]]; sys.exit(main())")
+
+
+@pytest.fixture(scope="module")
+def trained(request, tmp_path_factory):
+    """The phantom fixture's paths and a finished 1-epoch Baseline training of fold 0 (its
+    folder also holds a ``checkpoint_latest.pth`` copy of epoch 0, kept aside)."""
+    from conftest import deterministic_cpu_training
+
+    from nnrobustloss.training import train
+
+    info = request.getfixturevalue("preprocessed_phantom")
+    with deterministic_cpu_training():
+        out = layout.training_dir(info["results_dir"], "PhantomTest", "Baseline", 0)
+        train(info["preprocessed_dir"], "Baseline", 0, out, epochs=1, device="cpu", **EPOCHS)
+        yield {**info, "model": out}
+
+
+def _copy_model(trained: dict, tmp_path: Path, method: str = "Baseline") -> Path:
+    """A copy of the finished training in a fresh folder named like ``method``'s training."""
+    dst = layout.training_dir(tmp_path, "PhantomTest", method, 0)
+    shutil.copytree(trained["model"], dst)
+    return dst
+
+
+def _as_unfinished(model: Path) -> Path:
+    """Turn a finished training folder into an interrupted one (its final checkpoint becomes
+    the latest, as after a kill in the last epoch); return the latest checkpoint."""
+    latest = model / layout.CHECKPOINT_LATEST
+    (model / layout.CHECKPOINT_FINAL).rename(latest)
+    return latest
+
+
+def _train(trained: dict, out: Path, method: str = "Baseline", epochs: int = 1, **kw):
+    from nnrobustloss.training import train
+
+    return train(kw.pop("pre", trained["preprocessed_dir"]), method, 0, out, epochs=epochs,
+                 device="cpu", **EPOCHS, **kw)
+
+
+# --- 1. checkpoints are read and identified before their weights are used -------------------
+
+@pytest.mark.parametrize("damage", ["empty", "cut"])
+def test_unreadable_latest_checkpoint_is_one_error_naming_it(trained, tmp_path, damage) -> None:
+    latest = _as_unfinished(_copy_model(trained, tmp_path))
+    data = latest.read_bytes()
+    latest.write_bytes(b"" if damage == "empty" else data[: len(data) // 2])
+    with pytest.raises(InputDataError) as e:
+        _train(trained, latest.parent)
+    msg = str(e.value)
+    assert msg.startswith(f"{latest}: unreadable checkpoint (") and "Delete it and rerun" in msg
+    assert "starts again from epoch 0" in msg and "\n" not in msg
+
+
+def test_latest_checkpoint_of_another_method_is_not_resumed(trained, tmp_path) -> None:
+    latest = _as_unfinished(_copy_model(trained, tmp_path, method="APL1"))
+    (latest.parent / "settings.json").unlink()  # only the checkpoint is foreign
+    with pytest.raises(ConfigError) as e:
+        _train(trained, latest.parent, method="APL1")
+    assert str(e.value).startswith(f"{latest}: written by another training (it belongs to "
+                                   "method Baseline (nnUNetTrainer_Baseline), not APL1)")
+
+
+def test_latest_checkpoint_of_another_fold_is_not_resumed(trained, tmp_path) -> None:
+    from nnrobustloss.training import train
+
+    latest = _as_unfinished(_copy_model(trained, tmp_path))
+    (latest.parent / "settings.json").unlink()
+    with pytest.raises(ConfigError, match=r"fold 0, not 1"):
+        train(trained["preprocessed_dir"], "Baseline", 1, latest.parent, epochs=1,
+              device="cpu", **EPOCHS)
+
+
+def test_latest_checkpoint_of_other_plans_is_not_resumed(trained, tmp_path) -> None:
+    pre = tmp_path / "pre"
+    shutil.copytree(trained["preprocessed_dir"], pre, symlinks=True)
+    plans_file = pre / "nnUNetPlans.json"
+    plans = json.loads(plans_file.read_text())
+    arch = plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]
+    arch["features_per_stage"] = [f * 2 for f in arch["features_per_stage"]]
+    plans_file.write_text(json.dumps(plans))
+    latest = _as_unfinished(_copy_model(trained, tmp_path))
+    with pytest.raises(ConfigError, match=r"other plans \(nnUNetPlans as planned when it was "
+                                          r"trained; the network no longer matches"):
+        _train(trained, latest.parent, pre=pre)
+
+
+def test_finished_training_with_other_settings_is_refused_not_kept(trained, tmp_path) -> None:
+    model = _copy_model(trained, tmp_path)
+    final = model / layout.CHECKPOINT_FINAL
+    before = final.stat().st_mtime_ns
+    assert _train(trained, model) == model  # the same settings: done, nothing trained
+    with pytest.raises(ConfigError) as e:
+        _train(trained, model, epochs=3)
+    msg = str(e.value)
+    assert msg.startswith(f"{final}: written by another training (other settings: "
+                          "num_epochs (1 -> 3))")
+    assert f"The finished model is kept: delete {model} and rerun" in msg
+    assert final.stat().st_mtime_ns == before
+
+
+def test_cut_final_checkpoint_is_noticed_by_train_and_predict(trained, tmp_path) -> None:
+    from nnrobustloss.prediction import predict_cases
+
+    model = _copy_model(trained, tmp_path)
+    final = model / layout.CHECKPOINT_FINAL
+    final.write_bytes(final.read_bytes()[:1000])
+    with pytest.raises(InputDataError, match=r"unreadable checkpoint \(1000 bytes"):
+        _train(trained, model)
+    with pytest.raises(InputDataError, match=r"unreadable checkpoint .* the train stage trains "
+                                             r"Baseline again"):
+        predict_cases(model, Path(trained["raw_dir"]) / "imagesTr", ["Phantom_000"],
+                      tmp_path / "pred", device="cpu", method="Baseline", fold=0)
+    assert not (tmp_path / "pred").exists()
+
+
+def test_prediction_refuses_another_methods_model(trained, tmp_path) -> None:
+    from nnrobustloss.prediction import predict_cases
+
+    model = _copy_model(trained, tmp_path, method="APL2")
+    cases = sorted(p.name.removesuffix("_0000.nii.gz")
+                   for p in (Path(trained["raw_dir"]) / "imagesTr").glob("*_0000.nii.gz"))[:1]
+    with pytest.raises(ConfigError, match=r"belongs to method Baseline .*not APL2\). Delete"):
+        predict_cases(model, Path(trained["raw_dir"]) / "imagesTr", cases, tmp_path / "pred",
+                      device="cpu", method="APL2", fold=0)
+    with pytest.raises(ConfigError, match=r"fold 0, not 2"):
+        predict_cases(model, Path(trained["raw_dir"]) / "imagesTr", cases, tmp_path / "pred",
+                      device="cpu", method="Baseline", fold=2)
+    assert not (tmp_path / "pred").exists() and not layout.partial_dir(tmp_path / "pred").exists()
+
+
+def test_checkpoint_records_its_identity(trained) -> None:
+    import torch
+
+    from nnrobustloss.trainers.identity import identity_of, plans_digest
+
+    ckpt = torch.load(trained["model"] / layout.CHECKPOINT_FINAL, map_location="cpu",
+                      weights_only=False, mmap=True)
+    ident = ckpt["nnrobustloss"]["identity"]
+    plans = json.loads((Path(trained["preprocessed_dir"]) / "nnUNetPlans.json").read_text())
+    assert ident == identity_of(ckpt)
+    assert {k: ident[k] for k in ("trainer", "method", "epochs", "seed", "plans_identifier",
+                                  "configuration", "fold")} == {
+        "trainer": "nnUNetTrainer_Baseline", "method": "Baseline", "epochs": 1, "seed": 0,
+        "plans_identifier": "nnUNetPlans", "configuration": "3d_fullres", "fold": 0}
+    assert ident["plans_sha256"] == plans_digest(plans, "3d_fullres")
+    # a checkpoint written before the identity existed is identified by its other keys
+    del ckpt["nnrobustloss"]["identity"]
+    assert identity_of(ckpt) == ident
+
+
+# --- 3. checked writes ----------------------------------------------------------------------
+
+_SAVE_UNDER_LIMIT = """
+import resource, sys, torch
+from nnrobustloss.errors import NNRobustLossError
+from nnrobustloss.fileio import write_torch
+resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))
+try:
+    write_torch({"w": torch.zeros(100000)}, sys.argv[1])
+except NNRobustLossError as e:
+    print(type(e).__name__, e)
+"""
+
+
+def test_torch_save_under_a_file_size_limit_is_one_line_and_leaves_nothing(tmp_path) -> None:
+    target = tmp_path / "checkpoint_latest.pth"
+    proc = subprocess.run([sys.executable, "-c", _SAVE_UNDER_LIMIT, str(target)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == (f"OutputError {target}: File too large; a file size limit "
+                                   "was hit (ulimit -f); raise it and rerun.")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_short_torch_file_is_never_committed(tmp_path, monkeypatch) -> None:
+    """A writer that stops short without an error (as a full network file system can) leaves
+    an incomplete zip: it is refused before the rename."""
+    import torch
+
+    from nnrobustloss import fileio
+
+    real = torch.save
+
+    def short_save(obj, fh, *a, **k):
+        real(obj, fh, *a, **k)
+        fh.truncate(fh.tell() // 2)
+
+    monkeypatch.setattr(torch, "save", short_save)
+    with pytest.raises(OutputError, match=r"writing stopped short .* incomplete"):
+        fileio.write_torch({"w": torch.zeros(1000)}, tmp_path / "c.pth")
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- the one line a user sees -----------------------------------------------------------------
+
+def _study_config(trained: dict, results: Path) -> Path:
+    cfg = {"results_dir": str(results), "tasks": {"PhantomTest": PHANTOM_TEST_TASK},
+           "methods": ["Baseline", "APL1"], "folds": [0], "device": "cpu",
+           "planning": {"planner": "cpu", "cpu_plan": PHANTOM_TEST_CPU_PLAN,
+                        "num_processes": 1},
+           "training": {"epochs": 1, **EPOCHS}}
+    path = results.parent / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _cli(config: Path, *args: str, limit_fsize: int | None = None
+         ) -> subprocess.CompletedProcess[str]:
+    def limit() -> None:
+        if limit_fsize is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit_fsize, limit_fsize))
+
+    return subprocess.run([sys.executable, "-c", LAUNCHER, *args, "--configfile", str(config)],
+                          capture_output=True, text=True, timeout=600, preexec_fn=limit,
+                          cwd=config.parent)
+
+
+def _error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("[")]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def study(trained, tmp_path) -> tuple[Path, Path]:
+    """A copy of the phantom results folder (converted, split, planned, Baseline trained) and
+    a config that runs on it; returns (config, results folder)."""
+    results = tmp_path / "results"
+    shutil.copytree(trained["results_dir"], results, symlinks=True,
+                    ignore=shutil.ignore_patterns("ResumeTest", "nnunet_results"))
+    return _study_config(trained, results), results
+
+
+def test_cli_cut_checkpoint_and_file_size_limit_are_one_line(study) -> None:
+    config, results = study
+    model = layout.training_dir(results, "PhantomTest", "Baseline", 0)
+    final = model / layout.CHECKPOINT_FINAL
+    final.write_bytes(final.read_bytes()[:5000])
+    line = _error_line(_cli(config, "train", "--task", "PhantomTest", "--method", "Baseline",
+                            "--fold", "0"))
+    assert line.startswith(f"error: {final}: unreadable checkpoint (5000 bytes;")
+    print(line)
+    shutil.rmtree(model)
+    line = _error_line(_cli(config, "train", "--task", "PhantomTest", "--method", "Baseline",
+                            "--fold", "0", limit_fsize=100_000))
+    print(line)
+    assert line.startswith(f"error: {model}/") and line.endswith(
+        ": File too large; a file size limit was hit (ulimit -f); raise it and rerun.")
+    assert not [p for p in model.rglob(".tmp-*")] if model.exists() else True

@@ -277,3 +277,141 @@ def test_cli_cut_checkpoint_and_file_size_limit_are_one_line(study) -> None:
     assert line.startswith(f"error: {model}/") and line.endswith(
         ": File too large; a file size limit was hit (ulimit -f); raise it and rerun.")
     assert not [p for p in model.rglob(".tmp-*")] if model.exists() else True
+
+
+# --- 2. studies that survive their storage --------------------------------------------------
+
+def _journal_study(path: Path, n: int):
+    """A journal study with ``n`` completed trials (no training: values set directly)."""
+    import optuna
+
+    from nnrobustloss.tuning import open_storage
+
+    study = optuna.create_study(study_name="T.APL2.fold0", direction="maximize",
+                                storage=open_storage("journal", str(path)))
+    for i in range(n):
+        study.enqueue_trial({"w": 0.1 * (i + 1)})
+        study.optimize(lambda t: t.suggest_float("w", 1e-3, 1.0), n_trials=1)
+    return study
+
+
+@pytest.mark.parametrize("keep", [1, 10, -1])
+def test_cut_last_journal_record_is_removed_and_the_finished_trials_kept(tmp_path, keep,
+                                                                         capsys) -> None:
+    """A kill in the middle of Optuna's one-write append leaves a prefix of the last record:
+    cut after its first byte, in its middle, or one byte short of its line end."""
+    import optuna
+
+    from nnrobustloss.tuning import open_storage
+
+    path = tmp_path / "study.journal"
+    _journal_study(path, 3)
+    whole = path.read_bytes()
+    # append the record of a 4th trial's start, then cut it as a kill would
+    record = b'{"op_code":4,"worker_id":"x","study_id":0,"datetime_start":"2026-01-01T00:00:00"}\n'
+    path.write_bytes(whole + record[: keep if keep > 0 else len(record) + keep])
+    study = optuna.load_study(study_name="T.APL2.fold0", storage=open_storage("journal", str(path)))
+    assert path.read_bytes() == whole
+    assert [t.params["w"] for t in study.trials] == pytest.approx([0.1, 0.2, 0.3])
+    assert "removed its cut last record" in capsys.readouterr().err
+    study.optimize(lambda t: t.suggest_float("w", 1e-3, 1.0), n_trials=1)  # appends cleanly
+    again = optuna.load_study(study_name="T.APL2.fold0", storage=open_storage("journal", str(path)))
+    assert len(again.trials) == 4 and all(t.state.name == "COMPLETE" for t in again.trials)
+
+
+def test_garbled_journal_is_one_error_naming_it(tmp_path) -> None:
+    from nnrobustloss.tuning import open_storage
+
+    path = tmp_path / "study.journal"
+    _journal_study(path, 2)
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:2] + [b"\x00garbage\n"] + lines[2:]))
+    with pytest.raises(InputDataError, match=rf"^{path}: line 3 of {len(lines) + 1} is not an "
+                                             r"Optuna journal record \(the file is corrupt\)"):
+        open_storage("journal", str(path))
+
+
+@pytest.mark.parametrize("damage", ["garbage", "cut"])
+def test_corrupt_sqlite_study_is_one_error_naming_it(tmp_path, damage) -> None:
+    import optuna
+
+    from nnrobustloss.tuning import open_storage, storage_url
+
+    url = storage_url("sqlite", tmp_path)
+    study = optuna.create_study(study_name="s", storage=open_storage("sqlite", url))
+    study.optimize(lambda t: t.suggest_float("w", 0, 1), n_trials=3)
+    db = tmp_path / "study.sqlite3"
+    data = db.read_bytes()
+    db.write_bytes(b"not a database at all" * 100 if damage == "garbage" else data[: len(data) // 3])
+    with pytest.raises(InputDataError, match=rf"^{db}: not an intact SQLite database"):
+        open_storage("sqlite", url)
+
+
+@pytest.mark.parametrize(("content", "problem"), [
+    ({"study": "T.APL2.fold0", "params": {}}, r"'params' does not match the search space of APL2 "
+                                              r"\(missing w\)"),
+    ({"study": "T.APL2.fold0"}, r"not a best_params.json \(no 'params' object\)"),
+    ({"study": "T.APL2.fold0", "params": {"w": 7.0}}, r"params.w=7.0 is outside the search "
+                                                      r"space of APL2"),
+    ({"study": "T.APL2.fold0", "params": {"w": 0.5, "q": 1}}, r"'params' .* APL2 \(unknown q\)"),
+    ({"study": "T.APL2.fold1", "params": {"w": 0.5}}, r"written for study 'T.APL2.fold1', not "
+                                                      r"'T.APL2.fold0'"),
+])
+def test_best_params_are_checked_against_study_and_search_space(tmp_path, content,
+                                                                problem) -> None:
+    from nnrobustloss.tuning import read_best_params
+
+    path = tmp_path / "best_params.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(InputDataError, match=rf"^{path}: {problem}.* select_best job writes it"):
+        read_best_params(path, "T", "APL2", 0)
+    path.write_text(json.dumps({"study": "T.APL2.fold0", "params": {"w": 0.25}}))
+    assert read_best_params(path, "T", "APL2", 0) == {"w": 0.25}
+
+
+# --- 5. inputs checked before anything is created -------------------------------------------
+
+def test_tune_before_plan_creates_no_study(trained, tmp_path) -> None:
+    from nnrobustloss.config import load_config
+    from nnrobustloss.pipeline import run_tune_worker, tune_params
+
+    results = tmp_path / "results"
+    cfg = load_config(_study_config(trained, results))
+    with pytest.raises(InputDataError, match=r"preprocessed dataset folder not found. Run the "
+                                             r"plan stage first"):
+        run_tune_worker(tune_params(cfg, "PhantomTest", "APL2", 0), 0, 1, results,
+                        tmp_path / "marker.json")
+    assert not (results / "tuning").exists() and not (tmp_path / "marker.json").exists()
+
+
+def test_plan_of_two_stages_is_refused_by_schema_and_planner() -> None:
+    from nnrobustloss.config import validate_config
+    from nnrobustloss.planning import apply_cpu_plan
+
+    plan = {"patch_size": [16, 32, 32], "batch_size": 2, "features_per_stage": [8, 16]}
+    with pytest.raises(ConfigError, match=r"planning.cpu_plan.features_per_stage: \[8, 16\] is "
+                                          r"too short"):
+        validate_config({**yaml.safe_load((Path(__file__).parents[1] / "config" / "config.yaml").read_text()),
+                         "planning": {"planner": "cpu", "cpu_plan": plan}})
+    with pytest.raises(ConfigError, match=r"2 stages; a network needs at least 3 .* 0/0"):
+        apply_cpu_plan({"configurations": {"3d_fullres": {}}}, "3d_fullres", plan)
+
+
+def test_nan_loss_stops_training_with_one_line_and_no_model(trained, tmp_path,
+                                                            monkeypatch) -> None:
+    from nnrobustloss.errors import NNRobustLossError
+    from nnrobustloss.trainers.single import nnUNetTrainer_Baseline
+
+    real = nnUNetTrainer_Baseline._build_loss
+
+    def nan_loss(self):
+        loss = real(self)
+        return lambda output, target: loss(output, target) * float("nan")
+
+    monkeypatch.setattr(nnUNetTrainer_Baseline, "_build_loss", nan_loss)
+    out = tmp_path / "fold0"
+    with pytest.raises(NNRobustLossError) as e:
+        _train(trained, out, epochs=2)
+    assert str(e.value).startswith(f"{out}: the Baseline loss became NaN or infinite in epoch 0 "
+                                   "(fold 0); training stopped before writing a model.")
+    assert not list(out.glob("checkpoint_*.pth"))

@@ -117,10 +117,13 @@ def run(args: argparse.Namespace) -> None:
         best = layout.best_params_json(r, task, settings["method"], args.fold)
         from nnrobustloss.training import parse_params
 
-        source = args.params if args.params is not None else (str(best) if best.is_file() else None)
-        out = stages.run_train(settings, results_dir=r,
-                               hparams=parse_params(source) if source else None,
-                               **stages.run_options(cfg, "train"))
+        if args.params is not None:
+            out = stages.run_train(settings, results_dir=r, hparams=parse_params(args.params),
+                                   **stages.run_options(cfg, "train"))
+        else:
+            out = stages.run_train(settings, results_dir=r,
+                                   best_params_json=best if best.is_file() else None,
+                                   **stages.run_options(cfg, "train"))
         print(f"trained: {out / layout.CHECKPOINT_FINAL}")
     elif s == "predict":
         settings = stages.predict_params(cfg, task, args.method, args.fold)

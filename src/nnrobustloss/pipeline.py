@@ -26,7 +26,7 @@ import pandas as pd
 from nnrobustloss import layout
 from nnrobustloss.config import evaluation_regions
 from nnrobustloss.errors import ConfigError, InputDataError
-from nnrobustloss.fileio import atomic_path, read_json, remove_temporaries, stage_lock, write_json
+from nnrobustloss.fileio import atomic_path, remove_temporaries, stage_lock, write_json
 from nnrobustloss.methods import config_options, declared_options, get_method
 from nnrobustloss.metric_registry import ONE_EMPTY_RULE
 from nnrobustloss.planning import PLANS_IDENTIFIER
@@ -336,12 +336,16 @@ def run_tune_worker(params: Mapping[str, Any], worker: int, workers: int,
 
     ``warmup``: the shared warm-up checkpoint (:func:`warmup_checkpoint`) every trial starts
     from; None trains every trial from scratch (the same results, more epochs)."""
+    from nnrobustloss.training import check_preprocessed
     from nnrobustloss.tuning import run_worker, training_objective
 
     p = dict(params)
     register_methods(p)
     limit_cpu_threads(device, threads)
     call = train_kwargs(p, results_dir, schedule_options)
+    # before the study exists: no study, trial or folder for a task that is not planned yet
+    check_preprocessed(call["preprocessed_dataset_dir"], PLANS_IDENTIFIER, call["configuration"],
+                       call["fold"])
     call["device"] = device
     call["checkpoint_minutes"] = checkpoint_minutes
     call["augmentation_workers"] = augmentation_workers
@@ -408,7 +412,9 @@ def run_train(params: Mapping[str, Any], results_dir: str | os.PathLike[str],
     register_methods(p)
     limit_cpu_threads(device, threads)
     if hparams is None and best_params_json is not None:
-        hparams = read_json(best_params_json)["params"]
+        from nnrobustloss.tuning import read_best_params
+
+        hparams = read_best_params(best_params_json, p["task"], p["method"], p["fold"])
     out = layout.training_dir(results_dir, p["task"], p["method"], p["fold"],
                               p.get("replicate", 0))
     # One run per training: a second job of the same training (Snakemake restarted while the

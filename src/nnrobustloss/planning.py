@@ -74,6 +74,12 @@ def cpu_strides(patch_size: Sequence[int], n_stages: int) -> list[list[int]]:
     return strides
 
 
+MIN_STAGES = 3
+"""Fewest U-Net stages a plan may have: nnU-Net's deep-supervision weights (1/2^i over the
+outputs but the lowest, normalised) are 0/0 with fewer (the schema's ``minItems`` of
+``planning.cpu_plan.features_per_stage``)."""
+
+
 def apply_cpu_plan(plans: dict[str, Any], configuration: str, cpu_plan: Mapping[str, Any]) -> dict:
     """Return a copy of ``plans`` whose ``configuration`` uses the CPU-sized network and patch.
 
@@ -87,6 +93,11 @@ def apply_cpu_plan(plans: dict[str, Any], configuration: str, cpu_plan: Mapping[
     conf = out["configurations"][configuration]
     patch = [int(v) for v in cpu_plan["patch_size"]]
     feats = [int(v) for v in cpu_plan["features_per_stage"]]
+    if len(feats) < MIN_STAGES:
+        raise ConfigError(f"planning.cpu_plan.features_per_stage: {len(feats)} stages; a network "
+                          f"needs at least {MIN_STAGES} (nnU-Net's deep-supervision weights are "
+                          "0/0 with fewer, and every loss would be NaN). Give three or more "
+                          "entries, e.g. [8, 16, 32].")
     strides = cpu_strides(patch, len(feats))
     for axis, size in enumerate(patch):
         total = 1

@@ -115,8 +115,15 @@ def build_settings(method: str, params: Mapping[str, Any] | None = None,
     )
 
 
-def _check_preprocessed(pre: Path, plans_identifier: str, configuration: str,
-                        fold: int) -> tuple[dict, dict]:
+def check_preprocessed(pre: str | os.PathLike[str], plans_identifier: str = "nnUNetPlans",
+                       configuration: str = "3d_fullres", fold: int = 0) -> tuple[dict, dict]:
+    """The plans and ``dataset.json`` of preprocessed dataset folder ``pre``, after checking
+    that it exists (the plan stage ran), holds the configuration and that its
+    ``splits_final.json`` defines ``fold``; InputDataError/ConfigError naming the file."""
+    pre = Path(pre)
+    if not pre.is_dir():
+        raise InputDataError(f"{pre}: preprocessed dataset folder not found. Run the plan stage "
+                             "first.")
     plans = read_json(pre / f"{plans_identifier}.json")
     dataset_json = read_json(pre / "dataset.json")
     if configuration not in plans.get("configurations", {}):
@@ -234,12 +241,9 @@ def train(preprocessed_dataset_dir: str | os.PathLike[str], method: str, fold: i
                           "epoch).")
     out = Path(output_dir)
     pre = Path(preprocessed_dataset_dir)
-    if not pre.is_dir():
-        raise InputDataError(f"{pre}: preprocessed dataset folder not found. Run the plan stage "
-                             "first.")
     settings = build_settings(spec.id, params, epochs, iterations_per_epoch,
                               val_iterations_per_epoch, options, seed, **option_sections)
-    plans, dataset_json = _check_preprocessed(pre, plans_identifier, configuration, fold)
+    plans, dataset_json = check_preprocessed(pre, plans_identifier, configuration, fold)
     final, latest = out / CHECKPOINT_FINAL, out / CHECKPOINT_LATEST
     if final.is_file():  # done, if it is this training
         redo = f"all {settings.num_epochs} epochs are trained again"

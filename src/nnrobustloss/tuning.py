@@ -27,6 +27,7 @@ interrupted (single-threaded augmentation on the CPU; statistically the same oth
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -44,7 +45,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from nnrobustloss.errors import ConfigError, NNRobustLossError
+from nnrobustloss.errors import ConfigError, InputDataError, NNRobustLossError
 from nnrobustloss.fileio import atomic_path, write_json
 from nnrobustloss.methods import get_method
 from nnrobustloss.metric_registry import TRIALS_KEY_COLUMNS
@@ -125,20 +126,93 @@ def _rdb_failure(kind: str, locator: str, e: Exception) -> ConfigError:
                        "(tuning.postgresql_url_env) and that the server is running and reachable.")
 
 
+def repair_journal(path: str | os.PathLike[str]) -> int:
+    """Check an Optuna journal file and cut off a last record that a kill or a full disk left
+    without its line end; return the number of bytes removed (0: nothing to repair).
+
+    Runs under the journal's own lock (Optuna's ``JournalFileSymlinkLock``, the one every
+    worker's ``JournalFileBackend`` takes to append), so a record being written by a live
+    worker is never mistaken for a cut one. Without the repair Optuna skips the cut record on
+    reading but appends the next one to it, which makes the journal unreadable for good. Every
+    complete line must be a JSON record with an ``op_code``: InputDataError naming the file and
+    the line otherwise (a garbled journal is not repaired by guessing).
+    """
+    import json
+
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    p = Path(path)
+    if not p.is_file() or p.stat().st_size == 0:
+        return 0
+    lock = JournalFileSymlinkLock(str(p))
+    lock.acquire()
+    try:
+        data = p.read_bytes()
+        end = data.rfind(b"\n") + 1
+        lines = data[:end].splitlines()
+        for k, line in enumerate(lines, start=1):
+            try:
+                record = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                record = None
+            if not (isinstance(record, dict) and "op_code" in record):
+                raise InputDataError(
+                    f"{p}: line {k} of {len(lines)} is not an Optuna journal record (the file is "
+                    "corrupt). Restore it from a backup, or delete it to tune this study again "
+                    "(its finished trials are lost then).")
+        cut = len(data) - end
+        if cut:
+            os.truncate(p, end)
+            print(f"[tune] {p}: removed its cut last record ({cut} bytes, left by a killed "
+                  f"worker or a full disk); the {len(lines)} records before it are kept.",
+                  file=sys.stderr, flush=True)
+        return cut
+    finally:
+        lock.release()
+
+
+def check_sqlite(path: str | os.PathLike[str]) -> None:
+    """InputDataError naming ``path`` unless it is absent, empty or an intact SQLite database
+    (SQLite's ``PRAGMA quick_check``; read-only, nothing is written)."""
+    import sqlite3
+
+    p = Path(path)
+    if not p.is_file() or p.stat().st_size == 0:
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro",
+                                                uri=True)) as db:
+            result = db.execute("PRAGMA quick_check").fetchone()[0]
+    except sqlite3.DatabaseError as e:
+        result = str(e)
+    if result != "ok":
+        raise InputDataError(f"{p}: not an intact SQLite database ({result}). Restore it from a "
+                             "backup, or delete it to tune this study again (its finished trials "
+                             "are lost then).")
+
+
 def open_storage(kind: str, locator: str) -> optuna.storages.BaseStorage:
     """An Optuna storage for ``storage_url``'s locator; RDB storages get heartbeats and retries.
 
     A missing database driver or an unreachable database server raises ConfigError (one line,
-    without the URL's password)."""
+    without the URL's password). A journal's cut last record is removed first
+    (:func:`repair_journal`); a corrupt journal or SQLite file raises InputDataError naming it."""
     import sqlalchemy.exc
 
     if kind == "journal":
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
         Path(locator).parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(locator))
+        repair_journal(locator)
+        try:
+            return JournalStorage(JournalFileBackend(locator))
+        except (ValueError, KeyError, TypeError) as e:  # records Optuna cannot replay
+            raise InputDataError(f"{locator}: an Optuna journal that cannot be replayed ({e}). "
+                                 "Restore it from a backup, or delete it to tune this study "
+                                 "again (its finished trials are lost then).") from e
     if kind == "sqlite":
         sqlite_path(locator).parent.mkdir(parents=True, exist_ok=True)
+        check_sqlite(sqlite_path(locator))
     # Optuna 5 names the callback heartbeat_stale_trial_callback (failed_trial_callback and
     # RetryFailedTrialCallback are deprecated aliases); heartbeats are "experimental" since 2.9.
     for attempt in range(3):
@@ -448,6 +522,43 @@ def select_best(*, task: str, method: str, fold: int, n_trials: int,
               "trial": best.number, "n_finished": len(finished)}
     write_json(best_params_json, result)
     return result
+
+
+def read_best_params(path: str | os.PathLike[str], task: str, method: str,
+                     fold: int) -> dict[str, float]:
+    """The ``params`` of a :func:`select_best` ``best_params.json``, checked against the study
+    it must come from (``study`` is :func:`study_name` of task, method, fold) and the method's
+    search space: every hyper-parameter present, none unknown, each a number in its range.
+    InputDataError naming the file and what to do otherwise (an empty or partial file never
+    trains with the registry's defaults)."""
+    from nnrobustloss.fileio import read_json
+
+    p = Path(path)
+    obj = read_json(p)
+    spec = get_method(method)
+    expected = study_name(task, method, fold)
+    todo = ("Delete it and rerun; its select_best job writes it again from the study (the "
+            "trials are kept).")
+    if not isinstance(obj, dict) or not isinstance(obj.get("params"), dict):
+        raise InputDataError(f"{p}: not a best_params.json (no 'params' object). {todo}")
+    if obj.get("study") != expected:
+        raise InputDataError(f"{p}: written for study {obj.get('study')!r}, not {expected!r}. "
+                             f"{todo}")
+    params = obj["params"]
+    missing = [n for n in spec.param_names if n not in params]
+    unknown = sorted(set(params) - set(spec.param_names))
+    if missing or unknown:
+        what = "; ".join(x for x in (f"missing {', '.join(missing)}" if missing else "",
+                                     f"unknown {', '.join(unknown)}" if unknown else "") if x)
+        raise InputDataError(f"{p}: 'params' does not match the search space of {spec.id} "
+                             f"({what}). {todo}")
+    for param in spec.search_space:
+        v = params[param.name]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not \
+                param.low <= v <= param.high:
+            raise InputDataError(f"{p}: params.{param.name}={v!r} is outside the search space "
+                                 f"of {spec.id} [{param.low}, {param.high}]. {todo}")
+    return {k: float(v) for k, v in params.items()}
 
 
 def remove_trial_folders(study_dir: str | os.PathLike[str]) -> None:

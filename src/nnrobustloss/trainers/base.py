@@ -59,7 +59,7 @@ from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast, nn
 from torch._dynamo import OptimizedModule
 
-from nnrobustloss.errors import ConfigError, user_error
+from nnrobustloss.errors import ConfigError, NNRobustLossError, user_error
 from nnrobustloss.fileio import write_json, write_torch
 from nnrobustloss.methods import get_method, methods_of_trainer
 from nnrobustloss.trainers.identity import IDENTITY_KEY, checkpoint_identity
@@ -330,7 +330,16 @@ class RobustTrainer(nnUNetTrainer):
         self.progress.start_epoch()
 
     def on_train_epoch_end(self, train_outputs: list[dict]) -> None:
-        """Log the train loss (nnU-Net) and compute the epoch's training pseudo Dice."""
+        """Log the train loss (nnU-Net) and compute the epoch's training pseudo Dice; stop with
+        one line when the loss is NaN or infinite (before this epoch's checkpoint)."""
+        losses = np.array([np.mean(o["loss"]) for o in train_outputs], dtype=float)
+        if not np.all(np.isfinite(losses)):
+            raise NNRobustLossError(
+                f"{self.output_folder}: the {self.settings.method} loss became NaN or infinite in "
+                f"epoch {self.current_epoch} (fold {self.fold}); training stopped before writing a "
+                f"model. Likely cause: hyper-parameters the loss cannot train with "
+                f"({self.settings.params or 'none'}) or plans that cannot train (fewer than 3 "
+                "stages); fix them, delete this folder and rerun.")
         super().on_train_epoch_end(train_outputs)
         self.progress.finish_epoch(self.label_manager.foreground_labels)
 

@@ -415,3 +415,141 @@ def test_nan_loss_stops_training_with_one_line_and_no_model(trained, tmp_path,
     assert str(e.value).startswith(f"{out}: the Baseline loss became NaN or infinite in epoch 0 "
                                    "(fold 0); training stopped before writing a model.")
     assert not list(out.glob("checkpoint_*.pth"))
+
+
+# --- 3b. a prediction verifies what it wrote ------------------------------------------------
+
+def test_prediction_cut_short_by_a_full_disk_is_not_committed(trained, tmp_path,
+                                                              monkeypatch) -> None:
+    """nnU-Net's exporter does not report a short write (a full disk, calibration off)."""
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    from nnrobustloss.prediction import predict_cases
+
+    real = SimpleITKIO.write_seg
+
+    def short_write(self, seg, path, props):
+        real(self, seg, path, props)
+        Path(path).write_bytes(Path(path).read_bytes()[:100])
+
+    monkeypatch.setattr(SimpleITKIO, "write_seg", short_write)
+    cases = sorted(p.name.removesuffix("_0000.nii.gz")
+                   for p in (Path(trained["raw_dir"]) / "imagesTr").glob("*_0000.nii.gz"))[:1]
+    out = tmp_path / "pred"
+    with pytest.raises(OutputError, match=r"writing stopped short \(100 bytes written, the "
+                                          r"file is incomplete\): the disk is full"):
+        predict_cases(trained["model"], Path(trained["raw_dir"]) / "imagesTr", cases, out,
+                      mirroring=False, device="cpu", method="Baseline", fold=0)
+    assert not out.exists()
+    staged = layout.partial_dir(out)
+    assert sorted(p.name for p in staged.iterdir()) == ["staging.json"]
+
+
+# --- 4. kills before every commit leave the old or the new state, and no temporaries -------
+
+def _killed_run(args: list[str], kill_at: int) -> int:
+    """Run ``nnrobustloss *args`` in a forked child that SIGKILLs itself just before its
+    ``kill_at``-th commit (``os.replace``: every atomic write and folder switch of the package);
+    return the child's exit code (-9 when killed, else the command's status)."""
+    import multiprocessing
+    import os
+    import signal
+
+    def child() -> None:
+        real, seen = os.replace, [0]
+
+        def replace(src, dst, *a, **k):
+            seen[0] += 1
+            if seen[0] == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(src, dst, *a, **k)
+
+        os.replace = replace
+        sys.argv = ["nnrobustloss", *args]
+        from nnrobustloss.cli import main
+
+        os._exit(main())
+
+    proc = multiprocessing.get_context("fork").Process(target=child)
+    proc.start()
+    proc.join(600)
+    return proc.exitcode
+
+
+def _temporaries(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob(".tmp-*"))
+
+
+def _complete_checkpoints(folder: Path) -> None:
+    """Every visible checkpoint reads (a kill never shows a half-written one)."""
+    from nnrobustloss.trainers.identity import read_checkpoint
+
+    for ckpt in folder.rglob("checkpoint_*.pth"):
+        read_checkpoint(ckpt, "")
+
+
+def _kill_at_every_commit(args: list[str], folder: Path, check) -> int:
+    """Kill the stage before its 1st commit, rerun it and kill it before its 2nd, ... until a
+    run finishes; ``check(folder)`` after every kill; then no temporaries may be left. Returns
+    the number of runs that were killed."""
+    from conftest import deterministic_cpu_training
+
+    kills = 0
+    with deterministic_cpu_training():
+        while True:
+            code = _killed_run(args, kills + 1)
+            if code != -9:
+                assert code == 0, f"{args}: exit {code} after {kills} kills"
+                break
+            kills += 1
+            check(folder)
+            assert kills < 40
+    assert _temporaries(folder) == []
+    print(f"{args[0]}: killed before {kills} commits in turn, then finished")
+    return kills
+
+
+def test_kills_before_each_commit_of_train(study) -> None:
+    config, results = study
+    model = layout.training_dir(results, "PhantomTest", "Baseline", 0)
+    shutil.rmtree(model)
+    kills = _kill_at_every_commit(["train", "--task", "PhantomTest", "--method", "Baseline",
+                                   "--fold", "0", "--epochs", "2", "--configfile", str(config)],
+                                  model, _complete_checkpoints)
+    assert kills >= 4  # settings, progress rows, checkpoints of two epochs, the final one
+    from nnrobustloss.trainers.identity import read_checkpoint
+
+    assert read_checkpoint(model / layout.CHECKPOINT_FINAL, "")["current_epoch"] == 2
+    assert not (model / layout.CHECKPOINT_LATEST).exists()
+
+
+def test_kills_before_each_commit_of_tune(study) -> None:
+    config, results = study
+    cfg = yaml.safe_load(config.read_text())
+    cfg["tuning"] = {"n_trials": 2, "epochs": 1, **EPOCHS, "storage": "journal"}
+    config.write_text(yaml.safe_dump(cfg))
+    study_dir = layout.study_dir(results, "PhantomTest", "APL2", 0)
+    kills = _kill_at_every_commit(["tune", "--task", "PhantomTest", "--method", "APL2",
+                                   "--fold", "0", "--configfile", str(config)],
+                                  study_dir, _complete_checkpoints)
+    assert kills >= 3
+    best = json.loads((study_dir / "best_params.json").read_text())
+    assert best["n_finished"] == 2 and set(best["params"]) == {"w"}
+
+
+def test_kills_before_each_commit_of_predict(study) -> None:
+    import SimpleITK as sitk
+
+    config, results = study
+    out = layout.predictions_dir(results, "PhantomTest", "Baseline", 0)
+
+    def complete_cases(folder: Path) -> None:
+        for seg in folder.rglob("*.nii.gz"):
+            if ".tmp-" not in str(seg):
+                sitk.ReadImage(str(seg))  # a visible case reads whole
+
+    kills = _kill_at_every_commit(["predict", "--task", "PhantomTest", "--method", "Baseline",
+                                   "--fold", "0", "--configfile", str(config)],
+                                  out.parent, complete_cases)
+    assert kills >= 2 and not layout.partial_dir(out).exists()
+    assert len(list(out.glob("*.nii.gz"))) == 2

@@ -239,19 +239,35 @@ def write_image(image: sitk.Image, path: str | os.PathLike[str]) -> None:
         except RuntimeError as e:
             raise OutputError(f"{final}: cannot be written ({str(e).strip().splitlines()[-1]}); "
                               "check free space and permissions, then rerun.") from e
-        if tmp.name.endswith((".nii", ".nii.gz")):
-            problem = nifti_size_problem(tmp) if tmp.is_file() else "the file was not created"
-        else:
+        verify_written_image(tmp, final)
+
+
+def verify_written_image(path: str | os.PathLike[str],
+                         shown: str | os.PathLike[str] | None = None) -> None:
+    """OutputError naming ``shown`` (default ``path``) unless image file ``path`` was written
+    completely: a NIfTI file holds every byte its header announces, any other image reads back.
+    For writers that do not report a short write (SimpleITK, nnU-Net's exporters)."""
+    p = Path(path)
+    if p.name.endswith((".nii", ".nii.gz")):
+        problem = nifti_size_problem(p) if p.is_file() else "the file was not created"
+        if problem is None:  # a header cut short is not parsed by nifti_size_problem
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(p))
             try:
-                sitk.ReadImage(str(tmp))
-                problem = None
+                reader.ReadImageInformation()
             except RuntimeError:
-                problem = "it cannot be read back"
-        if problem:
-            written = tmp.stat().st_size if tmp.is_file() else 0
-            raise OutputError(f"{final}: writing stopped short ({written} bytes written, the file "
-                              "is incomplete): the disk is full or a file size limit (ulimit -f) "
-                              "was hit. Free space or raise the limit, then rerun.")
+                problem = "its header cannot be read back"
+    else:
+        try:
+            sitk.ReadImage(str(p))
+            problem = None
+        except RuntimeError:
+            problem = "it cannot be read back"
+    if problem:
+        written = p.stat().st_size if p.is_file() else 0
+        raise OutputError(f"{shown or p}: writing stopped short ({written} bytes written, the "
+                          "file is incomplete): the disk is full or a file size limit (ulimit -f) "
+                          "was hit. Free space or raise the limit, then rerun.")
 
 
 def write_torch(obj: Any, path: str | os.PathLike[str]) -> None:
@@ -447,18 +463,20 @@ def _remove_entry(entry: Path) -> None:
         entry.unlink(missing_ok=True)
 
 
-def remove_temporaries(folder: str | os.PathLike[str], name: str) -> list[Path]:
+def remove_temporaries(folder: str | os.PathLike[str], name: str | None) -> list[Path]:
     """Delete the temporary files and folders that killed writers of ``folder/name`` left there.
 
     Matches exactly the names this module and the planner give them (``.tmp-<pid>-<name>-<8>``
     of :func:`atomic_dir`, ``.tmp-<pid>-<8>-<name>`` of :func:`atomic_path`, ``.tmp-<pid>-<n>-
-    link-<name>`` of a link switch), so other outputs' temporaries are never touched. Call it
-    only while holding the stage's lock (:func:`stage_lock`). Returns what was removed.
+    link-<name>`` of a link switch), so other outputs' temporaries are never touched; ``name``
+    None matches every output's (for a folder that one job owns alone: a training's or a
+    trial's). Call it only while holding the stage's lock (:func:`stage_lock`) or owning the
+    folder. Returns what was removed.
     """
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    n = re.escape(name)
+    n = r"[^/]+" if name is None else re.escape(name)
     mine = re.compile(rf"\.tmp-\d+-(?:{n}-[A-Za-z0-9_]{{8}}|[A-Za-z0-9_]{{8}}-{n}|\d+-link-{n})")
     removed = [e for e in folder.iterdir() if mine.fullmatch(e.name)]
     for entry in removed:

@@ -346,6 +346,7 @@ def run_tune_worker(params: Mapping[str, Any], worker: int, workers: int,
     # before the study exists: no study, trial or folder for a task that is not planned yet
     check_preprocessed(call["preprocessed_dataset_dir"], PLANS_IDENTIFIER, call["configuration"],
                        call["fold"])
+    remove_temporaries(Path(marker).parent, Path(marker).name)  # of this worker killed earlier
     call["device"] = device
     call["checkpoint_minutes"] = checkpoint_minutes
     call["augmentation_workers"] = augmentation_workers
@@ -422,8 +423,7 @@ def run_train(params: Mapping[str, Any], results_dir: str | os.PathLike[str],
     # lives beside the folder, so that it never blocks on a stale temporary inside it.
     lock = out.with_name(f".{out.name}.lock")
     with stage_lock(lock, f"training of {p['task']}/{p['method']}/{out.name}", wait=True):
-        for name in (layout.CHECKPOINT_LATEST, layout.CHECKPOINT_FINAL, "progress.csv"):
-            remove_temporaries(out, name)  # what a killed run left (0.8-1.6 GB per checkpoint)
+        remove_temporaries(out, None)  # what a killed run left (0.8-1.6 GB per checkpoint)
         return train(output_dir=out, params=hparams, device=device, continue_training=True,
                      checkpoint_minutes=checkpoint_minutes,
                      augmentation_workers=augmentation_workers,

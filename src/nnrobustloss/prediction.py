@@ -27,12 +27,13 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnrobustloss import layout
-from nnrobustloss.errors import InputDataError
+from nnrobustloss.errors import InputDataError, OutputError
 from nnrobustloss.fileio import (
     atomic_dir,
     read_image,
     read_json,
     remove_temporaries,
+    verify_written_image,
     write_json,
 )
 from nnrobustloss.metrics import (
@@ -242,7 +243,12 @@ def _predict_case(predictors: Sequence[Any], files: list[str], out_truncated: Pa
         probs /= len(predictors)
         seg = first.label_manager.convert_probabilities_to_segmentation(probs).astype(seg.dtype)
     seg_file = Path(f"{out_truncated}{first.dataset_json['file_ending']}")
-    plans.image_reader_writer_class().write_seg(seg, str(seg_file), props)
+    try:
+        plans.image_reader_writer_class().write_seg(seg, str(seg_file), props)
+    except RuntimeError as e:  # SimpleITK's writer, when it notices
+        raise OutputError(f"{seg_file}: cannot be written ({str(e).strip().splitlines()[-1]}); "
+                          "check free space and permissions, then rerun.") from e
+    verify_written_image(seg_file)  # the writer does not report a short write (a full disk)
     if save_probabilities:
         np.savez_compressed(f"{out_truncated}.npz", probabilities=probs)
         with open(f"{out_truncated}.pkl", "wb") as fh:

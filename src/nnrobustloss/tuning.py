@@ -28,6 +28,7 @@ interrupted (single-threaded augmentation on the CPU; statistically the same oth
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import shutil
@@ -45,8 +46,8 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from nnrobustloss.errors import ConfigError, InputDataError, NNRobustLossError
-from nnrobustloss.fileio import atomic_path, write_json
+from nnrobustloss.errors import ConfigError, InputDataError, NNRobustLossError, user_error
+from nnrobustloss.fileio import atomic_path, remove_temporaries, write_json
 from nnrobustloss.methods import get_method
 from nnrobustloss.metric_registry import TRIALS_KEY_COLUMNS
 
@@ -390,6 +391,7 @@ def run_worker(*, task: str, method: str, fold: int, worker: int, workers: int, 
             if t.state == TrialState.FAIL and t.number not in awaited:
                 for ckpt in trial_dir(study_dir, t.number).glob("checkpoint_*.pth"):
                     ckpt.unlink()
+                remove_temporaries(trial_dir(study_dir, t.number), None)
     finished = study.get_trials(deepcopy=False, states=FINISHED_STATES)
     done = sum(1 for t in finished if _own(t, worker))
     # Never more than the study still needs: after a change of tuning.workers the other
@@ -404,6 +406,7 @@ def run_worker(*, task: str, method: str, fold: int, worker: int, workers: int, 
         folder = trial_dir(study_dir, trial.number)
         this = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
         resumed = adopt_interrupted_folder(study, this, study_dir)
+        remove_temporaries(folder, None)  # a trial's folder is its own: what a kill left there
         if resumed is not None:
             print(f"[tune {study.study_name}] trial {trial.number} continues interrupted trial "
                   f"{resumed} from its checkpoint", file=sys.stderr, flush=True)
@@ -425,12 +428,35 @@ def run_worker(*, task: str, method: str, fold: int, worker: int, workers: int, 
         return value
 
     # A failing trial (not pruned) is an error of the code or data: stop and show it.
+    _quiet_user_errors()
     for j in range(todo):
         study.sampler = make_sampler(trial_seed(seed + worker, done + j), n_startup_trials,
                                      workers)
-        study.optimize(objective, n_trials=1, catch=())
+        try:
+            study.optimize(objective, n_trials=1, catch=())
+        except OSError as e:
+            if e.filename is None and storage == "journal":  # Optuna's append to the journal
+                raise user_error(OSError(e.errno, e.strerror, str(storage_url(
+                    storage, study_dir, url_env)))) from e
+            raise
     return {"study": study.study_name, "worker": worker, "quota": quota,
             "finished_before": done, "ran": todo, "recovered": recovered}
+
+
+class _NoTracebackForUserErrors(logging.Filter):
+    """Drop the traceback Optuna logs with a failed trial when the error is one of ours (or a
+    file operation's): the command prints its one line; Optuna's own line stays."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], (NNRobustLossError, OSError)):
+            record.exc_info = None
+        return True
+
+
+def _quiet_user_errors() -> None:
+    log = logging.getLogger("optuna.study._optimize")
+    if not any(isinstance(f, _NoTracebackForUserErrors) for f in log.filters):
+        log.addFilter(_NoTracebackForUserErrors())
 
 
 def _remove_checkpoints(folder: Path) -> None:
@@ -495,6 +521,8 @@ def select_best(*, task: str, method: str, fold: int, n_trials: int,
     parameters as ``params_<name>``, its worker and timing. ``best_params.json`` holds
     ``{"params": {...}, "value": best EMA, "trial": number, "study": name, "n_finished": n}``.
     """
+    for out in map(Path, (trials_csv, best_params_json)):
+        remove_temporaries(out.parent, out.name)  # of a select_best killed earlier
     locator = storage_url(storage, study_dir, url_env)
     st = open_storage(storage, locator)
     name = study_name(task, method, fold)

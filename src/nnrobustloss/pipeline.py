@@ -84,10 +84,10 @@ def run_noise_report(task: str, dataset_id: int, regions: Mapping[str, Sequence[
                      results_dir: str | os.PathLike[str], out_csv: str | os.PathLike[str],
                      one_empty_rule: str = ONE_EMPTY_RULE) -> pd.DataFrame:
     """Write the task's label-noise report ``noise/<Task>.csv`` (tidy: ``task, case, region,
-    metric, value, worst_case``; see :func:`nnrobustloss.noise_report.measure_noise_levels`) and
+    metric, value, worst_case``; see :func:`nnrobustloss.noise.report.measure_noise_levels`) and
     print the means. ``one_empty_rule``: :data:`nnrobustloss.metric_registry.ONE_EMPTY_RULE`
     (in the settings so that a new rule reruns the report; another value is an error)."""
-    from nnrobustloss.noise_report import measure_noise_levels
+    from nnrobustloss.noise.report import measure_noise_levels
 
     if one_empty_rule != ONE_EMPTY_RULE:
         raise ConfigError(f"one_empty_rule {one_empty_rule!r}: this version of nnrobustloss "

@@ -205,7 +205,8 @@ class _BoundaryNoiseWriter:
 
     def __init__(self, task: str, noise: Mapping[str, Any], seed: int, n_cases: int,
                  ref_labels: Path, out_dir: Path) -> None:
-        from nnrobustloss.noise import DEFAULT_TARGET_DICE, BoundaryNoise
+        from nnrobustloss.noise.calibration import BoundaryNoise
+        from nnrobustloss.noise.inputs import DEFAULT_TARGET_DICE
 
         structures = None
         if noise.get("structures"):

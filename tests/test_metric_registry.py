@@ -14,7 +14,7 @@ import SimpleITK as sitk
 from nnrobustloss import metrics, report
 from nnrobustloss.config import config_schema
 from nnrobustloss.errors import ConfigError
-from nnrobustloss.metric_registry import (
+from nnrobustloss.metrics.registry import (
     CALIBRATION_METRIC_NAMES,
     METRICS,
     METRICS_CSV_COLUMNS,

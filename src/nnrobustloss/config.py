@@ -329,7 +329,7 @@ def _phantom_setting(source: Mapping[str, Any], key: str) -> Any:
 def evaluation_regions(task: Mapping[str, Any]) -> dict[str, list[int]]:
     """Regions evaluated for a task: each foreground class (unless ``include_classes`` is false)
     followed by the task's extra ``regions``, as ``{name: [label values]}`` in that order."""
-    from nnrobustloss.metrics import build_regions
+    from nnrobustloss.metrics.regions import build_regions
 
     labels = task["labels"] if task.get("include_classes", True) else {"background": 0}
     return build_regions(labels, task.get("regions") or {})

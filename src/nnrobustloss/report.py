@@ -10,7 +10,7 @@ Aggregation: per case the mean over classes (or regions), then the mean over the
 fold, then over folds: one value per training replicate; the tables show the mean over
 replicates (with the SD over replicates when there are several). No value is left out: where
 exactly one mask is empty, ASD is the worst case of
-:data:`nnrobustloss.metric_registry.ONE_EMPTY_RULE` and the captions count such values. A method
+:data:`nnrobustloss.metrics.registry.ONE_EMPTY_RULE` and the captions count such values. A method
 that lost a class in a fold (:mod:`nnrobustloss.lost`) is marked with † in Tables 1 and 2, with
 the folds and classes in the caption and its lost count k/N (folds x replicates) in Table 1;
 ``tables/folds.*`` holds the per-fold means. Beyond the paper, each method is compared with the
@@ -38,7 +38,7 @@ from nnrobustloss.errors import ConfigError, InputDataError
 from nnrobustloss.fileio import atomic_path, write_text
 from nnrobustloss.lost import fold_means, lost_classes, lost_counts, lost_note, with_defaults
 from nnrobustloss.methods import METHODS
-from nnrobustloss.metric_registry import (
+from nnrobustloss.metrics.registry import (
     METRICS,
     METRICS_CSV_COLUMNS,
     METRICS_CSV_DEFAULTS,
@@ -463,7 +463,7 @@ def _write_csv(df: pd.DataFrame, path: Path) -> None:
 
 def _worst_case_note(summary: pd.DataFrame) -> str:
     """The caption sentence counting the worst-case values of the surface metrics (exactly one
-    empty mask; :data:`nnrobustloss.metric_registry.ONE_EMPTY_RULE`); no value is left out."""
+    empty mask; :data:`nnrobustloss.metrics.registry.ONE_EMPTY_RULE`); no value is left out."""
     surface = summary[summary.metric.isin(("asd", "surface_dice"))]
     if surface.empty:
         return ""
@@ -1225,8 +1225,8 @@ RELIABILITY_NUMERIC = ("fold", "band_mm", "bin", "lower", "upper", "count", "con
 
 def read_reliability(paths: Sequence[str | os.PathLike[str]]) -> pd.DataFrame:
     """Read the evaluate stage's ``fold<k>_reliability.csv`` files (header-only ones when
-    calibration was off), columns :data:`nnrobustloss.metrics.RELIABILITY_COLUMNS`."""
-    from nnrobustloss.metrics import RELIABILITY_COLUMNS
+    calibration was off), columns :data:`nnrobustloss.metrics.calibration.RELIABILITY_COLUMNS`."""
+    from nnrobustloss.metrics.calibration import RELIABILITY_COLUMNS
 
     return _read_csvs(paths, RELIABILITY_COLUMNS, RELIABILITY_NUMERIC, "reliability")
 

@@ -588,7 +588,7 @@ def run_report(params: Mapping[str, Any], metrics_csvs: Sequence[str], noise_csv
     table, Figure 1; with the evaluate stage's ``reliability_csvs`` Table 3 and the reliability
     diagrams; with the final trainings' ``progress_csvs`` the training curves; with a noise
     sweep in ``params`` its table and figure."""
-    from nnrobustloss.report import build_report
+    from nnrobustloss.report.build import build_report
 
     register_methods(params)
     if not metrics_csvs:

@@ -36,11 +36,7 @@ from nnrobustloss.fileio import (
     write_image,
     write_json,
 )
-
-
-def dataset_name(dataset_id: int, task: str, reference: bool = False) -> str:
-    """nnU-Net dataset folder name, e.g. ``Dataset501_Phantom`` / ``Dataset502_PhantomRef``."""
-    return f"Dataset{int(dataset_id):03d}_{task}{'Ref' if reference else ''}"
+from nnrobustloss.layout import dataset_name
 
 
 @dataclass(frozen=True)

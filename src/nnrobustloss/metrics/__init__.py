@@ -23,82 +23,36 @@ nor SimpleITK. Code of this package imports from the defining submodule.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from nnrobustloss.lazy import lazy_exports
 
-_SUBMODULE: dict[str, str] = {
-    "CALIBRATION_METRICS": "registry",
-    "CALIBRATION_METRIC_NAMES": "registry",
-    "METRICS": "registry",
-    "METRICS_CSV_COLUMNS": "registry",
-    "METRICS_CSV_DEFAULTS": "registry",
-    "MetricSpec": "registry",
-    "NOISE_CSV_COLUMNS": "registry",
-    "ONE_EMPTY_RULE": "registry",
-    "SEGMENTATION_METRICS": "registry",
-    "TRIALS_CSV_COLUMNS": "registry",
-    "TRIALS_KEY_COLUMNS": "registry",
-    "VOXEL_SETS": "registry",
-    "calibration_name": "registry",
-    "KITS23_REGIONS": "regions",
-    "KITS23_TOLERANCES_MM": "regions",
-    "bbox": "regions",
-    "bbox_and_empty": "regions",
-    "build_regions": "regions",
-    "check_inputs": "regions",
-    "label_counts": "regions",
-    "padded": "regions",
-    "region_mask": "regions",
-    "tolerance_for": "regions",
-    "KD_NS_PER_TARGET": "surface",
-    "LATTICE_FIRST": "surface",
-    "LATTICE_OFFSETS": "surface",
-    "SLICE_MAX_PIXELS": "surface",
-    "SLICE_NS_PER_PIXEL": "surface",
-    "SLICE_NS_PER_POINT": "surface",
-    "SLICE_NS_PER_SLICE": "surface",
-    "asd_and_surface_dice": "surface",
-    "offsets_within": "surface",
-    "surface_distances": "surface",
-    "surfel_area_table": "surface",
-    "CSV_COLUMNS": "evaluation",
-    "GEOMETRY_ATOL": "evaluation",
-    "METRIC_NAMES": "evaluation",
-    "check_geometry": "evaluation",
-    "evaluate_case": "evaluation",
-    "evaluate_case_flagged": "evaluation",
-    "evaluate_folder": "evaluation",
-    "worst_case_asd": "evaluation",
-    "CALIBRATION_SUFFIX": "calibration",
-    "CalibrationStats": "calibration",
-    "DEFAULT_BAND_MM": "calibration",
-    "DEFAULT_BINS": "calibration",
-    "NLL_EPS": "calibration",
-    "RELIABILITY_COLUMNS": "calibration",
-    "brier": "calibration",
-    "calibration_band": "calibration",
-    "calibration_folder": "calibration",
-    "calibration_metric_names": "calibration",
-    "calibration_statistics": "calibration",
-    "ece": "calibration",
-    "ece_from_histogram": "calibration",
-    "mce": "calibration",
-    "mce_from_histogram": "calibration",
-    "nll": "calibration",
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "registry": (
+        "CALIBRATION_METRICS", "CALIBRATION_METRIC_NAMES", "METRICS", "METRICS_CSV_COLUMNS",
+        "METRICS_CSV_DEFAULTS", "MetricSpec", "NOISE_CSV_COLUMNS", "ONE_EMPTY_RULE",
+        "SEGMENTATION_METRICS", "TRIALS_CSV_COLUMNS", "TRIALS_KEY_COLUMNS", "VOXEL_SETS",
+        "calibration_name",
+    ),
+    "regions": (
+        "KITS23_REGIONS", "KITS23_TOLERANCES_MM", "bbox", "bbox_and_empty", "build_regions",
+        "check_inputs", "label_counts", "padded", "region_mask", "tolerance_for",
+    ),
+    "surface": (
+        "KD_NS_PER_TARGET", "LATTICE_FIRST", "LATTICE_OFFSETS", "SLICE_MAX_PIXELS",
+        "SLICE_NS_PER_PIXEL", "SLICE_NS_PER_POINT", "SLICE_NS_PER_SLICE", "asd_and_surface_dice",
+        "offsets_within", "surface_distances", "surfel_area_table",
+    ),
+    "evaluation": (
+        "CSV_COLUMNS", "GEOMETRY_ATOL", "METRIC_NAMES", "check_geometry", "evaluate_case",
+        "evaluate_case_flagged", "evaluate_folder", "worst_case_asd",
+    ),
+    "calibration": (
+        "CALIBRATION_SUFFIX", "CalibrationStats", "DEFAULT_BAND_MM", "DEFAULT_BINS", "NLL_EPS",
+        "RELIABILITY_COLUMNS", "brier", "calibration_band", "calibration_folder",
+        "calibration_metric_names", "calibration_statistics", "ece", "ece_from_histogram", "mce",
+        "mce_from_histogram", "nll",
+    ),
 }
-"""The defining submodule of every name this package re-exports."""
+"""The public names of each submodule, re-exported by this package."""
 
-__all__ = sorted(_SUBMODULE)
-
-
-def __getattr__(name: str) -> Any:
-    """Import a re-exported name from its submodule on first use (PEP 562)."""
-    if name not in _SUBMODULE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_SUBMODULE[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_SUBMODULE))
+__all__ = sorted(name for names in _EXPORTS.values() for name in names)
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

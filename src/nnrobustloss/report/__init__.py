@@ -25,99 +25,45 @@ pandas, scipy nor matplotlib. Code of this package imports from the defining sub
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from nnrobustloss.lazy import lazy_exports
 
-_SUBMODULE: dict[str, str] = {
-    "FIGURE_FORMATS": "outputs",
-    "REPORT_FIGURES": "outputs",
-    "REPORT_TABLES": "outputs",
-    "SWEEP_OUTPUT": "outputs",
-    "TABLE_FORMATS": "outputs",
-    "report_stems": "outputs",
-    "PROGRESS_CLASS_PREFIXES": "inputs",
-    "PROGRESS_NUMERIC": "inputs",
-    "RELIABILITY_NUMERIC": "inputs",
-    "read_csvs": "inputs",
-    "read_metrics": "inputs",
-    "read_noise": "inputs",
-    "read_progress": "inputs",
-    "read_reliability": "inputs",
-    "read_trials": "inputs",
-    "BASELINE_LEARNT_DICE": "lost",
-    "FOLD_KEY": "lost",
-    "LOST_DICE": "lost",
-    "fold_means": "lost",
-    "lost_classes": "lost",
-    "lost_counts": "lost",
-    "lost_note": "lost",
-    "with_defaults": "lost",
-    "ALPHA": "stats",
-    "BASELINE": "stats",
-    "NOISE_TABLE_METRICS": "stats",
-    "N_BOOTSTRAP": "stats",
-    "TABLE3_METRICS": "stats",
-    "bootstrap_ci": "stats",
-    "case_means": "stats",
-    "display_name": "stats",
-    "holm": "stats",
-    "reliability_curves": "stats",
-    "summarise": "stats",
-    "summarise_calibration": "stats",
-    "summarise_noise": "stats",
-    "summarise_regions": "stats",
-    "summarise_sweep": "stats",
-    "table2_methods": "stats",
-    "task_table_metrics": "stats",
-    "wilcoxon_p": "stats",
-    "zero_kept_classes": "stats",
-    "CAPTION_MEANS": "format",
-    "DAGGER": "format",
-    "MISSING": "format",
-    "SMOKE_PREFIX": "format",
-    "fmt": "format",
-    "fmt_pm": "format",
-    "latex_float": "format",
-    "latex_table": "format",
-    "markdown": "format",
-    "markdown_table_html": "format",
-    "md_table": "format",
-    "methods_table": "format",
-    "plain_tables": "format",
-    "smoke_note": "format",
-    "tex_escape": "format",
-    "tex_group_header": "format",
-    "tex_line": "format",
-    "with_note": "format",
-    "write_csv": "format",
-    "folds_table": "tables",
-    "noise_table": "tables",
-    "sweep_table": "tables",
-    "table1": "tables",
-    "table2": "tables",
-    "table3": "tables",
-    "METHOD_PALETTE": "figures",
-    "figure1": "figures",
-    "method_colours": "figures",
-    "reliability_figure": "figures",
-    "save_figure": "figures",
-    "sweep_figure": "figures",
-    "training_curves_figure": "figures",
-    "build_report": "build",
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "outputs": (
+        "FIGURE_FORMATS", "REPORT_FIGURES", "REPORT_TABLES", "SWEEP_OUTPUT", "TABLE_FORMATS",
+        "report_stems",
+    ),
+    "inputs": (
+        "PROGRESS_CLASS_PREFIXES", "PROGRESS_NUMERIC", "RELIABILITY_NUMERIC", "read_csvs",
+        "read_metrics", "read_noise", "read_progress", "read_reliability", "read_trials",
+    ),
+    "lost": (
+        "BASELINE_LEARNT_DICE", "FOLD_KEY", "LOST_DICE", "fold_means", "lost_classes",
+        "lost_counts", "lost_note", "with_defaults",
+    ),
+    "stats": (
+        "ALPHA", "BASELINE", "NOISE_TABLE_METRICS", "N_BOOTSTRAP", "TABLE3_METRICS", "bootstrap_ci",
+        "case_means", "display_name", "holm", "reliability_curves", "summarise",
+        "summarise_calibration", "summarise_noise", "summarise_regions", "summarise_sweep",
+        "table2_methods", "task_table_metrics", "wilcoxon_p", "zero_kept_classes",
+    ),
+    "format": (
+        "CAPTION_MEANS", "DAGGER", "MISSING", "SMOKE_PREFIX", "fmt", "fmt_pm", "latex_float",
+        "latex_table", "markdown", "markdown_table_html", "md_table", "methods_table",
+        "plain_tables", "smoke_note", "tex_escape", "tex_group_header", "tex_line", "with_note",
+        "write_csv",
+    ),
+    "tables": (
+        "folds_table", "noise_table", "sweep_table", "table1", "table2", "table3",
+    ),
+    "figures": (
+        "METHOD_PALETTE", "figure1", "method_colours", "reliability_figure", "save_figure",
+        "sweep_figure", "training_curves_figure",
+    ),
+    "build": (
+        "build_report",
+    ),
 }
-"""The defining submodule of every name this package re-exports."""
+"""The public names of each submodule, re-exported by this package."""
 
-__all__ = sorted(_SUBMODULE)
-
-
-def __getattr__(name: str) -> Any:
-    """Import a re-exported name from its submodule on first use (PEP 562)."""
-    if name not in _SUBMODULE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_SUBMODULE[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_SUBMODULE))
+__all__ = sorted(name for names in _EXPORTS.values() for name in names)
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

@@ -15,8 +15,8 @@ import pytest
 from scipy import stats
 
 from nnrobustloss import layout
-from nnrobustloss.lost import fold_means, lost_classes, lost_counts, lost_note
 from nnrobustloss.report import build_report
+from nnrobustloss.report.lost import fold_means, lost_classes, lost_counts, lost_note
 
 TASKS = {"Phantom": {"table_metrics": ["dice", "asd"]}}
 METHODS = ["Baseline", "APL1", "HRL", "SVLS"]

@@ -14,7 +14,7 @@ import SimpleITK as sitk
 from nnrobustloss import metrics, report
 from nnrobustloss.config import config_schema
 from nnrobustloss.errors import ConfigError
-from nnrobustloss.metric_registry import (
+from nnrobustloss.metrics.registry import (
     CALIBRATION_METRIC_NAMES,
     METRICS,
     METRICS_CSV_COLUMNS,
@@ -74,7 +74,7 @@ def _write(path: Path, labels: np.ndarray) -> None:
 
 
 def test_noise_csv_written_and_read_with_the_same_columns(tmp_path: Path) -> None:
-    from nnrobustloss.noise_report import measure_noise_levels
+    from nnrobustloss.noise.report import measure_noise_levels
 
     ref = np.zeros((4, 6, 6), dtype=np.uint8)
     ref[1:3, 2:4, 2:4] = 1  # 8 voxels

@@ -243,11 +243,11 @@ def test_label_dtypes_give_the_same_numbers(dtype) -> None:
 
 
 def test_area_table_equals_surface_distance() -> None:
-    from nnrobustloss.metrics import _area_table
+    from nnrobustloss.metrics.surface import surfel_area_table
 
     for sp in ((1.0, 1.0, 1.0), (5.0, 0.82, 0.82), (0.5, 0.6, 0.7)):
         np.testing.assert_array_equal(
-            _area_table(sp), sdist.lookup_tables.create_table_neighbour_code_to_surface_area(sp))
+            surfel_area_table(sp), sdist.lookup_tables.create_table_neighbour_code_to_surface_area(sp))
 
 
 @pytest.mark.parametrize("plan", [-1, 0, 1, 2], ids=["kd_tree", "slices_0", "slices_1", "slices_2"])
@@ -256,10 +256,10 @@ def test_far_speckle_kd_tree_and_distance_transform_paths(monkeypatch, plan) -> 
     # surfels lie beyond the lattice search, so the fallback decides the numbers. The plan
     # forces the KD-tree (-1) or the slice-by-slice feature transform along an axis; each
     # must equal surface-distance.
-    from nnrobustloss import metrics as m
+    from nnrobustloss.metrics import evaluation, surface
 
-    monkeypatch.setattr(m, "_far_plan", lambda points, target_points: plan)
-    monkeypatch.setattr(m, "LATTICE_OFFSETS", 20)
+    monkeypatch.setattr(surface, "_far_plan", lambda points, target_points: plan)
+    monkeypatch.setattr(evaluation, "LATTICE_OFFSETS", 20)
     rng = np.random.default_rng(5)
     ref = np.zeros((16, 40, 40), np.uint8)
     ref[6:10, 4:12, 4:12] = 2
@@ -280,7 +280,7 @@ def test_points_on_every_search_path_equal_surface_distance(monkeypatch, plan) -
     # 3 voxels thick on one face (resolved by the remaining offsets, in blocks next to the
     # target), a voxel 6 mm from the cube (next to a target block, beyond the search) and
     # one 20 mm away (no target block near: certainly far).
-    from nnrobustloss import metrics as m
+    from nnrobustloss.metrics import surface as m
 
     calls: dict[str, list] = {"search": [], "near": [], "far": []}
 
@@ -348,13 +348,14 @@ def test_regions_with_the_same_labels_share_distances_not_the_tolerance() -> Non
 
 def test_surfel_areas_equal_surface_distance() -> None:
     # the border code built axis by axis, in flat-index order, is surface-distance's
-    from nnrobustloss.metrics import _area_table, _offsets_within, _padded, _surfels
+    from nnrobustloss.metrics.regions import padded
+    from nnrobustloss.metrics.surface import _surfels, offsets_within, surfel_area_table
 
     rng = np.random.default_rng(3)
     mask = ndimage.gaussian_filter(rng.normal(size=(9, 13, 11)), 1.0) > 0.1
     sp = (2.0, 0.7, 0.9)
-    half = _offsets_within(np.asarray(sp))[2]
-    border, lin, areas = _surfels(_padded(mask), _area_table(sp), half)
+    half = offsets_within(np.asarray(sp))[2]
+    border, lin, areas = _surfels(padded(mask), surfel_area_table(sp), half)
     d = sdist.compute_surface_distances(mask, mask, sp)
     # surface-distance orders its surfels by distance: compare the sorted areas
     np.testing.assert_array_equal(np.sort(areas), np.sort(d["surfel_areas_gt"]))
@@ -364,7 +365,7 @@ def test_surfel_areas_equal_surface_distance() -> None:
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int16, np.int32, np.int64])
 def test_region_mask_equals_isin(dtype) -> None:
-    from nnrobustloss.metrics import _region_mask
+    from nnrobustloss.metrics.regions import region_mask
 
     info = np.iinfo(dtype)
     rng = np.random.default_rng(4)
@@ -374,16 +375,16 @@ def test_region_mask_equals_isin(dtype) -> None:
         vals = np.unique(np.asarray(values, dtype=np.int64))
         if vals.min() < info.min:
             continue
-        np.testing.assert_array_equal(_region_mask(labels, vals), np.isin(labels, vals))
+        np.testing.assert_array_equal(region_mask(labels, vals), np.isin(labels, vals))
 
 
 def test_label_counts_of_the_asked_values() -> None:
-    from nnrobustloss.metrics import _label_counts
+    from nnrobustloss.metrics.regions import label_counts
 
     labels = np.random.default_rng(6).integers(0, 12, size=(4, 5, 6)).astype(np.uint8)
     for values in (np.array([0, 2, 3]), np.arange(0, 14), np.array([5, 200])):
         exp = {int(v): int(np.count_nonzero(labels == v)) for v in values}
-        assert _label_counts(labels, values) == exp
+        assert label_counts(labels, values) == exp
 
 
 # ------------------------------------------------------------------ equality with surface-distance

@@ -1,5 +1,5 @@
 """Tests of the streamed boundary-noise calibration: the per-case step tables
-(nnrobustloss.noise_steps), BoundaryNoise, and the converter that streams the KiTS23 cases.
+(nnrobustloss.noise.steps), BoundaryNoise, and the converter that streams the KiTS23 cases.
 
 The regression values below are the noisy labels of the algorithm before streaming (all cases
 in memory, distance maps cached), computed on crops of real KiTS23 label maps: sha256 (first 16
@@ -20,10 +20,10 @@ import SimpleITK as sitk
 
 from nnrobustloss.datasets.convert import convert_task
 from nnrobustloss.noise import BoundaryNoise, corrupt_dataset_with_calibration
-from nnrobustloss.noise_dice import dice_from_counts, value_counts
-from nnrobustloss.noise_inputs import check_structures
-from nnrobustloss.noise_paint import CaseNoise
-from nnrobustloss.noise_steps import case_steps, crossing_scales
+from nnrobustloss.noise.dice import dice_from_counts, value_counts
+from nnrobustloss.noise.inputs import check_structures
+from nnrobustloss.noise.paint import CaseNoise
+from nnrobustloss.noise.steps import case_steps, crossing_scales
 
 KITS_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "kits23_labels"
 CASES = ("case_00021", "case_00239", "case_00289", "case_00402")  # sorted, as the converter

@@ -23,6 +23,7 @@ import jsonschema
 import yaml
 
 from nnrobustloss.errors import ConfigError
+from nnrobustloss.mappings import deep_update
 
 SCHEMA_RESOURCE = "schemas/config.schema.yaml"
 
@@ -329,7 +330,7 @@ def _phantom_setting(source: Mapping[str, Any], key: str) -> Any:
 def evaluation_regions(task: Mapping[str, Any]) -> dict[str, list[int]]:
     """Regions evaluated for a task: each foreground class (unless ``include_classes`` is false)
     followed by the task's extra ``regions``, as ``{name: [label values]}`` in that order."""
-    from nnrobustloss.metrics import build_regions
+    from nnrobustloss.metrics.regions import build_regions
 
     labels = task["labels"] if task.get("include_classes", True) else {"background": 0}
     return build_regions(labels, task.get("regions") or {})
@@ -355,13 +356,3 @@ def load_config(*paths: str | os.PathLike[str], overrides: Mapping[str, Any] | N
         merged = deep_update(merged, overrides)
     return validate_config(merged)
 
-
-def deep_update(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    """Recursive dict merge: mappings are merged key by key, everything else is replaced."""
-    out = copy.deepcopy(dict(base))
-    for k, v in update.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
-            out[k] = deep_update(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out

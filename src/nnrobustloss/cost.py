@@ -29,8 +29,8 @@ from typing import Any
 
 import pandas as pd
 
-from nnrobustloss.config import deep_update
 from nnrobustloss.errors import ConfigError
+from nnrobustloss.mappings import deep_update
 from nnrobustloss.methods import get_method
 from nnrobustloss.warmup import (
     WARMUP_METHOD,

@@ -13,8 +13,6 @@ import os
 import re
 from pathlib import Path
 
-from nnrobustloss.datasets.raw import dataset_name
-
 __all__ = ["CHECKPOINT_FINAL", "CHECKPOINT_LATEST", "WARMUP_CHECKPOINT", "best_params_json",
            "REPLICATE_SUFFIX_PATTERN", "REPLICATE_WILDCARD", "dataset_name", "figures_dir",
            "fold_name", "job_benchmark", "job_log", "metrics_csv", "NNUNET_RESULTS", "nnunet_fold_dir",
@@ -77,6 +75,11 @@ WARMUP_CHECKPOINT = "checkpoint_warmup.pth"
 
 
 # --- convert, noise report, splits -------------------------------------------------------
+
+def dataset_name(dataset_id: int, task: str, reference: bool = False) -> str:
+    """nnU-Net dataset folder name, e.g. ``Dataset501_Phantom`` / ``Dataset502_PhantomRef``."""
+    return f"Dataset{int(dataset_id):03d}_{task}{'Ref' if reference else ''}"
+
 
 def raw_manifest(results_dir: PathLike, task: str) -> Path:
     """``raw/<Task>.json``: the convert stage's manifest (its datasets and case ids)."""

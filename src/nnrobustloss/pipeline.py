@@ -28,7 +28,7 @@ from nnrobustloss.config import evaluation_regions
 from nnrobustloss.errors import ConfigError, InputDataError
 from nnrobustloss.fileio import atomic_path, remove_temporaries, stage_lock, write_json
 from nnrobustloss.methods import config_options, declared_options, get_method
-from nnrobustloss.metric_registry import ONE_EMPTY_RULE
+from nnrobustloss.metrics.registry import ONE_EMPTY_RULE
 from nnrobustloss.planning import PLANS_IDENTIFIER
 
 
@@ -84,10 +84,10 @@ def run_noise_report(task: str, dataset_id: int, regions: Mapping[str, Sequence[
                      results_dir: str | os.PathLike[str], out_csv: str | os.PathLike[str],
                      one_empty_rule: str = ONE_EMPTY_RULE) -> pd.DataFrame:
     """Write the task's label-noise report ``noise/<Task>.csv`` (tidy: ``task, case, region,
-    metric, value, worst_case``; see :func:`nnrobustloss.noise_report.measure_noise_levels`) and
-    print the means. ``one_empty_rule``: :data:`nnrobustloss.metric_registry.ONE_EMPTY_RULE`
+    metric, value, worst_case``; see :func:`nnrobustloss.noise.report.measure_noise_levels`) and
+    print the means. ``one_empty_rule``: :data:`nnrobustloss.metrics.registry.ONE_EMPTY_RULE`
     (in the settings so that a new rule reruns the report; another value is an error)."""
-    from nnrobustloss.noise_report import measure_noise_levels
+    from nnrobustloss.noise.report import measure_noise_levels
 
     if one_empty_rule != ONE_EMPTY_RULE:
         raise ConfigError(f"one_empty_rule {one_empty_rule!r}: this version of nnrobustloss "
@@ -486,7 +486,7 @@ def run_predict(params: Mapping[str, Any], results_dir: str | os.PathLike[str],
 def evaluate_params(config: Mapping[str, Any], task: str, method: str, fold: int,
                     replicate: int = 0) -> dict[str, Any]:
     """Settings of evaluation: the task's regions and surface-Dice tolerances, the rule for
-    exactly one empty mask (:data:`nnrobustloss.metric_registry.ONE_EMPTY_RULE`), calibration."""
+    exactly one empty mask (:data:`nnrobustloss.metrics.registry.ONE_EMPTY_RULE`), calibration."""
     t = _task(config, task)
     _check_replicate(config, replicate)
     return {"task": task, "method": get_method(method).id, "fold": int(fold),
@@ -502,11 +502,12 @@ def run_evaluate(params: Mapping[str, Any], results_dir: str | os.PathLike[str],
     """Evaluate a fold's predictions against the reference labels (``metrics/.../fold<k>.csv``).
 
     With ``params["calibration"]`` the CSV also holds the calibration rows (from the cases'
-    ``<case>_calibration.npz``, see :func:`nnrobustloss.metrics.calibration_folder`).
+    ``<case>_calibration.npz``, see :func:`nnrobustloss.metrics.calibration.calibration_folder`).
     ``reliability_csv`` (``metrics/.../fold<k>_reliability.csv``) gets the fold's
     reliability-diagram bins, header only when calibration is off.
     """
-    from nnrobustloss.metrics import RELIABILITY_COLUMNS, calibration_folder, evaluate_folder
+    from nnrobustloss.metrics.calibration import RELIABILITY_COLUMNS, calibration_folder
+    from nnrobustloss.metrics.evaluation import evaluate_folder
     from nnrobustloss.splits import fold_cases
 
     p = dict(params)
@@ -593,7 +594,7 @@ def run_report(params: Mapping[str, Any], metrics_csvs: Sequence[str], noise_csv
     table, Figure 1; with the evaluate stage's ``reliability_csvs`` Table 3 and the reliability
     diagrams; with the final trainings' ``progress_csvs`` the training curves; with a noise
     sweep in ``params`` its table and figure."""
-    from nnrobustloss.report import build_report
+    from nnrobustloss.report.build import build_report
 
     register_methods(params)
     if not metrics_csvs:

@@ -5,7 +5,7 @@ does them: the plans' preprocessor, ``predict_logits_from_preprocessed_data`` (s
 Gaussian weighting, test-time mirroring), ``convert_predicted_logits_to_segmentation_with_correct_shape``
 (resampling to the image grid, softmax, uncropping) and the plans' image writer. The softmax is
 computed only when something needs it: averaging co-teaching peers, saving probabilities, or
-calibration, whose statistics (:func:`nnrobustloss.metrics.calibration_statistics`, a few kB per
+calibration, whose statistics (:func:`nnrobustloss.metrics.calibration.calibration_statistics`, a few kB per
 case) are measured here against the reference labels while the probabilities are in memory, so
 that full probability volumes (GBs for a CT case) are never written unless asked for.
 A job is resumable per case: finished cases wait in ``<out>.partial/`` (see :func:`predict_cases`).
@@ -36,20 +36,20 @@ from nnrobustloss.fileio import (
     verify_written_image,
     write_json,
 )
-from nnrobustloss.metrics import (
+from nnrobustloss.metrics.calibration import (
     CALIBRATION_SUFFIX,
     DEFAULT_BAND_MM,
     DEFAULT_BINS,
-    _check_geometry,
     calibration_statistics,
 )
+from nnrobustloss.metrics.evaluation import check_geometry
 
 
 @dataclass(frozen=True)
 class CalibrationSpec:
     """Calibration measured at prediction time: against ``reference_dir/<case>.nii.gz``, per
     region ``{name: [label values]}``, with ``n_bins`` equal-width bins and a band of
-    ``band_mm`` mm (see :func:`nnrobustloss.metrics.calibration_statistics`)."""
+    ``band_mm`` mm (see :func:`nnrobustloss.metrics.calibration.calibration_statistics`)."""
 
     reference_dir: Path
     regions: Mapping[str, Sequence[int]]
@@ -72,7 +72,7 @@ def predict_cases(training_dir: str | os.PathLike[str], images_dir: str | os.Pat
     peers' softmax outputs. Writes ``out_dir/<case>.nii.gz``; with ``save_probabilities`` also
     nnU-Net's ``<case>.npz`` (``probabilities``: float32 [classes, z, y, x], the softmax used for
     the segmentation) and ``<case>.pkl`` (its properties); with ``calibration`` the case's
-    ``<case>_calibration.npz`` (:class:`nnrobustloss.metrics.CalibrationStats`). The folder
+    ``<case>_calibration.npz`` (:class:`nnrobustloss.metrics.calibration.CalibrationStats`). The folder
     appears only when every case is done.
 
     Resumable per case: each finished case is committed atomically to
@@ -263,7 +263,7 @@ def _write_calibration(probs: np.ndarray, seg: np.ndarray, seg_file: Path,
     case = out_truncated.name
     ref_file = calibration.reference_dir / f"{case}.nii.gz"
     ref_img, seg_img = read_image(ref_file), read_image(seg_file)
-    _check_geometry(seg_file, ref_file, seg_img, ref_img)
+    check_geometry(seg_file, ref_file, seg_img, ref_img)
     ref = sitk.GetArrayFromImage(ref_img)
     # nnU-Net returns the probabilities with the axes of the exported image array (z, y, x).
     if probs.shape[1:] != ref.shape or seg.shape != ref.shape:

@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nnrobustloss.errors import ConfigError
+
+if TYPE_CHECKING:
+    from nnrobustloss.trainers.settings import TrainerSettings
 
 PAPER_DELAY = 20
 """Epochs of plain training before the selection starts (``coteaching.delay``)."""
@@ -80,3 +83,10 @@ def run_schedule(options: Mapping[str, Any], epochs: int) -> tuple[int, int]:
     return scaled_schedule(int(options.get("coteaching.delay", PAPER_DELAY)),
                            int(options.get("coteaching.gradual", PAPER_GRADUAL)), int(epochs),
                            options.get("coteaching.max_fraction", MAX_SCHEDULE_FRACTION))
+
+
+def shared_epochs(settings: TrainerSettings) -> int:
+    """The epochs of a run with ``settings`` (a method that shares the warm-up) that do not
+    depend on its hyper-parameters: its scaled co-teaching delay. A warm-up checkpoint past it
+    cannot start the run."""
+    return run_schedule(settings.options, settings.num_epochs)[0]

@@ -162,10 +162,10 @@ def _check_start_checkpoint(path: Path, settings: TrainerSettings, plans: Mappin
     The run must be of a method that shares the warm-up, the checkpoint's settings must equal
     this run's except method, hyper-parameters and the options only one of the two methods
     reads, and it must not have trained past the run's warm-up
-    (:func:`nnrobustloss.warmup.shared_epochs`, where the hyper-parameters start to matter).
+    (:func:`nnrobustloss.schedule.shared_epochs`, where the hyper-parameters start to matter).
     ConfigError otherwise.
     """
-    from nnrobustloss.warmup import shared_epochs
+    from nnrobustloss.schedule import shared_epochs
 
     spec = get_method(settings.method)
     if not spec.shares_warmup:

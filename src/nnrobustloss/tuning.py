@@ -49,7 +49,7 @@ from optuna.trial import TrialState
 from nnrobustloss.errors import ConfigError, InputDataError, NNRobustLossError, user_error
 from nnrobustloss.fileio import atomic_path, remove_temporaries, write_json
 from nnrobustloss.methods import get_method
-from nnrobustloss.metric_registry import TRIALS_KEY_COLUMNS
+from nnrobustloss.metrics.registry import TRIALS_KEY_COLUMNS
 
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 STORAGES = ("sqlite", "journal", "postgresql")

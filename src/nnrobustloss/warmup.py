@@ -37,7 +37,6 @@ from nnrobustloss.schedule import run_schedule
 if TYPE_CHECKING:
     import torch
 
-    from nnrobustloss.trainers.settings import TrainerSettings
 
 
 WARMUP_METHOD = "CoT"
@@ -68,13 +67,6 @@ def _warmup_of(options: Mapping[str, Any], epochs: int) -> int:
 def config_warmup_epochs(config: Mapping[str, Any]) -> int:
     """:func:`warmup_epochs` of the validated ``config``'s tuning trials (``tuning.epochs``)."""
     return warmup_epochs(config["tuning"]["epochs"], config["coteaching"])
-
-
-def shared_epochs(settings: TrainerSettings) -> int:
-    """The epochs of a run with ``settings`` (a method that shares the warm-up) that do not
-    depend on its hyper-parameters: its scaled co-teaching delay. A warm-up checkpoint past it
-    cannot start the run."""
-    return run_schedule(settings.options, settings.num_epochs)[0]
 
 
 def uses_shared_warmup(config: Mapping[str, Any], method: str) -> bool:

@@ -3,7 +3,7 @@
 import os
 import re
 
-from nnrobustloss.report import FIGURE_FORMATS, TABLE_FORMATS, report_stems
+from nnrobustloss.report.outputs import FIGURE_FORMATS, TABLE_FORMATS, report_stems
 
 # Caption files of the report's entries (absolute: report() resolves relative paths against the
 # folder of the file that is being parsed when it is called, which differs between callers).
@@ -24,7 +24,7 @@ REPORT_LABELS = {
 
 
 def report_outputs():
-    """Every file of the report stage (nnrobustloss.report.report_stems knows which): the .html
+    """Every file of the report stage (nnrobustloss.report.outputs.report_stems knows which): the .html
     of each table and the .png of each figure are the report's entries, with a caption each."""
     tables, figures = report_stems(bool(stages.report_params(config)["sweep"]))
     tables_dir, figures_dir = layout.tables_dir(RESULTS), layout.figures_dir(RESULTS)

@@ -36,11 +36,7 @@ from nnrobustloss.fileio import (
     write_image,
     write_json,
 )
-
-
-def dataset_name(dataset_id: int, task: str, reference: bool = False) -> str:
-    """nnU-Net dataset folder name, e.g. ``Dataset501_Phantom`` / ``Dataset502_PhantomRef``."""
-    return f"Dataset{int(dataset_id):03d}_{task}{'Ref' if reference else ''}"
+from nnrobustloss.layout import dataset_name
 
 
 @dataclass(frozen=True)
@@ -205,7 +201,8 @@ class _BoundaryNoiseWriter:
 
     def __init__(self, task: str, noise: Mapping[str, Any], seed: int, n_cases: int,
                  ref_labels: Path, out_dir: Path) -> None:
-        from nnrobustloss.noise import DEFAULT_TARGET_DICE, BoundaryNoise
+        from nnrobustloss.noise.calibration import BoundaryNoise
+        from nnrobustloss.noise.inputs import DEFAULT_TARGET_DICE
 
         structures = None
         if noise.get("structures"):

@@ -1,7 +1,7 @@
 """The noise report: how far a dataset's noisy labels are from its reference labels.
 
 :func:`measure_noise_levels` reads the two label folders of a task (NIfTI files of the same
-names) and evaluates every case with :func:`nnrobustloss.metrics.evaluate_case`: Dice, ASD and
+names) and evaluates every case with :func:`nnrobustloss.metrics.evaluation.evaluate_case`: Dice, ASD and
 surface Dice per region. It measures any noisy labels, whether made by
 :mod:`nnrobustloss.noise` or given by the source; the pipeline's noise stage writes its frame to
 ``noise/<Task>.csv``.
@@ -18,15 +18,15 @@ import pandas as pd
 import SimpleITK as sitk
 
 from nnrobustloss.fileio import read_image
-from nnrobustloss.metric_registry import NOISE_CSV_COLUMNS
-from nnrobustloss.metrics import evaluate_case_flagged
+from nnrobustloss.metrics.evaluation import evaluate_case_flagged
+from nnrobustloss.metrics.registry import NOISE_CSV_COLUMNS
 
 
 def measure_noise_levels(noisy_dir: str | os.PathLike[str], reference_dir: str | os.PathLike[str],
                          regions: Mapping[str, Sequence[int]],
                          tolerance_mm: float | Mapping[str, float], task: str = "") -> pd.DataFrame:
     """Label noise of a dataset: each ``noisy_dir/<case>.nii.gz`` against
-    ``reference_dir/<case>.nii.gz``, per region, with :func:`nnrobustloss.metrics.evaluate_case`
+    ``reference_dir/<case>.nii.gz``, per region, with :func:`nnrobustloss.metrics.evaluation.evaluate_case`
     (Dice, ASD in mm with the image spacing, surface Dice at the tolerance).
 
     Returns a tidy frame with columns ``task, case, region, metric, value, worst_case`` (cases

@@ -3,7 +3,7 @@
 For every case ``i`` and structure ``j``, :class:`BoundaryNoise` draws once (from
 ``numpy.random.default_rng(seed)``) a direction ``dilate[i, j]`` and a radius factor in [0, 2);
 the radius is ``scale * factor`` mm, and only the common ``scale`` is calibrated so that the mean
-over cases of :func:`~nnrobustloss.noise_dice.dice_per_case` (noisy vs reference) equals the
+over cases of :func:`~nnrobustloss.noise.dice.dice_per_case` (noisy vs reference) equals the
 target. Holding the draws fixed (common random numbers) makes the mean Dice a non-increasing
 step function of the scale: it changes only where a radius crosses one of the voxel-centre
 distances of a structure's distance map. The search (:func:`_bracket_steps`) brackets the
@@ -17,7 +17,7 @@ A structure's boundary moves by whole voxel layers, so one step moves the mean D
 (the 4 cropped cases of tests/test_noise_streaming.py: steps at 0.9658 and 0.9547; the 3 cases
 of config/kits23_stages.yaml: 0.0018 off). So when the closer step is more than 0.001 off,
 :func:`_refine` resolves the step to single voxels: only the first n voxels (in a seeded order
-fixed by their positions, :class:`~nnrobustloss.noise_paint.PartialLayer`) of the one distance
+fixed by their positions, :class:`~nnrobustloss.noise.paint.PartialLayer`) of the one distance
 layer that the step adds or removes are moved, with n bisected. That single partial layer is
 the only departure from plain dilation/erosion, and it is reported in :class:`NoiseCalibration`.
 When it cannot be used (several structures cross at the same scale, or the layer does not
@@ -26,9 +26,9 @@ count of the partial layer: a structure of a few voxels) is more than :data:`DIC
 off, :class:`NoiseCalibrationError` is raised with both steps' mean Dice.
 
 Memory is bounded by one case: each case is reduced, as it is added, to its label counts and
-the exact step table of its label changes over the scale (:mod:`nnrobustloss.noise_steps`, a
+the exact step table of its label changes over the scale (:mod:`nnrobustloss.noise.steps`, a
 few kB), on which the search evaluates the mean Dice; the distance maps are computed again when
-the case is painted (:mod:`nnrobustloss.noise_paint`). Cases are loaded again only for a partial
+the case is painted (:mod:`nnrobustloss.noise.paint`). Cases are loaded again only for a partial
 layer (that one case) and when the scale passes half the tables' padding.
 """
 
@@ -41,8 +41,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nnrobustloss.errors import NNRobustLossError
-from nnrobustloss.noise_dice import dice_from_counts
-from nnrobustloss.noise_inputs import (
+from nnrobustloss.noise.dice import dice_from_counts
+from nnrobustloss.noise.inputs import (
     DEFAULT_TARGET_DICE,
     check_label,
     check_seed,
@@ -50,8 +50,8 @@ from nnrobustloss.noise_inputs import (
     check_structures,
     check_target,
 )
-from nnrobustloss.noise_paint import CaseNoise, PartialLayer
-from nnrobustloss.noise_steps import CaseSteps, case_steps
+from nnrobustloss.noise.paint import CaseNoise, PartialLayer
+from nnrobustloss.noise.steps import CaseSteps, case_steps
 
 DICE_TOLERANCE = 0.005
 """Largest accepted distance between the achieved mean Dice and the target."""
@@ -71,7 +71,7 @@ class NoiseCalibration:
 
     ``scale_mm`` is the calibrated scale: structure ``j`` of case ``i`` was dilated
     (``dilate[i, j]``) or eroded by ``scale_mm * radius_factors[i, j]`` mm, factors in [0, 2).
-    ``case_dice`` are the per-case :func:`~nnrobustloss.noise_dice.dice_per_case` values,
+    ``case_dice`` are the per-case :func:`~nnrobustloss.noise.dice.dice_per_case` values,
     ``mean_dice`` their mean; ``evaluations`` counts the calibration's evaluations of the mean
     Dice (a look-up in every case's step table, or a repaint of one case for a partial layer).
     ``partial_layer`` is None, or
@@ -117,7 +117,7 @@ class BoundaryNoise:
     ``BoundaryNoise(n_cases, target_dice, seed, structures)`` makes the random draws of
     :func:`~nnrobustloss.noise.corrupt_dataset`; ``add_case(k, label, spacing)`` for every case
     ``k`` in ``range(n_cases)`` keeps only a summary (label counts and the step table of
-    :mod:`nnrobustloss.noise_steps`, a few kB); ``calibrate(load)`` finds the scale;
+    :mod:`nnrobustloss.noise.steps`, a few kB); ``calibrate(load)`` finds the scale;
     ``paint(k, label, spacing)`` then returns case ``k``'s noisy labels. ``load(k)`` must give
     the case again as added: the calibration calls it only for the one case of a partial layer,
     and for every case when the scale passes half the step tables' padding (4 mm at first, so

@@ -1,6 +1,6 @@
 """A case's boundary noise as an exact step function of the radius scale, without its volume.
 
-The calibration (:mod:`nnrobustloss.noise_calibration`) evaluates the mean Dice over all cases
+The calibration (:mod:`nnrobustloss.noise.calibration`) evaluates the mean Dice over all cases
 at about ten radius scales. Keeping every case's volume and distance maps for that grows memory
 with the number of cases (about 30 GB for the 489 KiTS23 cases). :func:`case_steps` instead reduces
 one prepared case to what the Dice needs: the voxels that change label at a scale ``s`` and the

@@ -2,7 +2,7 @@
 
 Per metric name (as written in the ``metric`` column of the tidy CSVs) a :class:`MetricSpec`:
 display label, unit, display scale and direction. The segmentation metrics are those of
-:func:`nnrobustloss.metrics.evaluate_case` and of the config's ``tasks.<T>.table_metrics``; the
+:func:`nnrobustloss.metrics.evaluation.evaluate_case` and of the config's ``tasks.<T>.table_metrics``; the
 calibration metrics are ECE, MCE, Brier and NLL within the band around the region (plain names)
 and over all voxels (suffix ``_all``). This module imports nothing heavy: metrics, noise, tuning
 and report all read it.

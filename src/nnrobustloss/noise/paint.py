@@ -2,7 +2,7 @@
 
 :class:`CaseNoise` holds one case: its label counts and structure boxes, and for a given padding
 its crop with each structure's distance map; :meth:`CaseNoise.paint` corrupts the crop with given
-radii. :func:`corrupt_case` is this engine on its own; :mod:`nnrobustloss.noise_calibration`
+radii. :func:`corrupt_case` is this engine on its own; :mod:`nnrobustloss.noise.calibration`
 chooses the radii of every case so that the dataset reaches a target mean Dice.
 
 Structures are groups of label values processed from outer to inner, by default KiTS23's
@@ -43,8 +43,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from nnrobustloss.noise_dice import dice_from_counts, value_counts
-from nnrobustloss.noise_inputs import check_labels, check_spacings, check_structures
+from nnrobustloss.noise.dice import dice_from_counts, value_counts
+from nnrobustloss.noise.inputs import check_labels, check_spacings, check_structures
 
 # ----------------------------------------------------------------------------------- geometry
 

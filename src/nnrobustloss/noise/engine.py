@@ -1,29 +1,7 @@
-"""Synthetic boundary noise: random dilation or erosion per structure, calibrated to a mean Dice.
-
-The KiTS23 task of the study has a single reference annotation, so its noisy training labels
-are made here (paper section 4.1): for every case and every structure, a coin flip chooses a
-morphological dilation or erosion whose radius in mm is ``scale * U(0, 2)``. The draws are made
-once from ``numpy.random.default_rng(seed)``; only the common ``scale`` is then calibrated so
-that the mean over cases of :func:`dice_per_case` (noisy vs reference) equals the target
-(by default :data:`DEFAULT_TARGET_DICE`; within :data:`DICE_TOLERANCE`).
-
-This module is the public API; the work is done by modules with one job each:
-
-- :mod:`nnrobustloss.noise_inputs`: the defaults (target Dice, KiTS23 structures) and the
-  validation of the arguments;
-- :mod:`nnrobustloss.noise_dice`: :func:`dice_per_case` and its label counting;
-- :mod:`nnrobustloss.noise_paint`: the per-case engine (distance maps, dilation/erosion of nested
-  structures, :func:`corrupt_case`); its docstring says how a case is painted;
-- :mod:`nnrobustloss.noise_steps`: a case's label changes as an exact step table over the scale;
-- :mod:`nnrobustloss.noise_calibration`: the search for the scale (:class:`BoundaryNoise`,
-  streamed, memory bounded by one case), :class:`NoiseCalibration`,
-  :class:`NoiseCalibrationError`;
-- :mod:`nnrobustloss.noise_report`: the noise report of a converted dataset (file I/O).
-
-Imports run one way: ``noise_inputs``, ``noise_dice`` and ``noise_steps`` import none of the
-others; ``noise_paint`` imports the first two, ``noise_calibration`` all four, this module the
-calibration, dice, inputs and paint modules; ``noise_report`` none of them.
-"""
+"""The entry points of the boundary noise: :func:`corrupt_dataset` and
+:func:`corrupt_dataset_with_calibration` (see the package docstring of :mod:`nnrobustloss.noise`
+for the model and the modules that do the work: the calibration finds the scale, the painter
+paints each case with it)."""
 
 from __future__ import annotations
 
@@ -33,35 +11,15 @@ from dataclasses import replace
 
 import numpy as np
 
-from nnrobustloss.noise_calibration import (
-    DICE_TOLERANCE,
+from nnrobustloss.noise.calibration import (
     BoundaryNoise,
-    Loader,
     NoiseCalibration,
-    NoiseCalibrationError,
 )
-from nnrobustloss.noise_dice import dice_per_case
-from nnrobustloss.noise_inputs import (
+from nnrobustloss.noise.inputs import (
     DEFAULT_TARGET_DICE,
-    KITS23_STRUCTURES,
     check_labels,
     check_spacings,
 )
-from nnrobustloss.noise_paint import corrupt_case
-
-__all__ = [
-    "DEFAULT_TARGET_DICE",
-    "DICE_TOLERANCE",
-    "KITS23_STRUCTURES",
-    "BoundaryNoise",
-    "Loader",
-    "NoiseCalibration",
-    "NoiseCalibrationError",
-    "corrupt_case",
-    "corrupt_dataset",
-    "corrupt_dataset_with_calibration",
-    "dice_per_case",
-]
 
 
 def corrupt_dataset_with_calibration(
@@ -100,8 +58,8 @@ def corrupt_dataset(labels: Sequence[np.ndarray], spacings: Sequence[Sequence[fl
     from outer to inner, nested or disjoint
     (default KiTS23: ``[(1, 2, 3), (2, 3), (2,)]``; a plain label map: ``[(1,), (2,), ...]``);
     labels outside every group are not corrupted themselves but may be covered by a dilation.
-    See :mod:`nnrobustloss.noise_paint` for how nested structures are painted and
-    :mod:`nnrobustloss.noise_calibration` for how ``scale`` is found.
+    See :mod:`nnrobustloss.noise.paint` for how nested structures are painted and
+    :mod:`nnrobustloss.noise.calibration` for how ``scale`` is found.
 
     Returns new arrays with the inputs' shapes and dtypes; every value in a noisy case is a
     label of its reference case. The inputs are not modified; the result is a deterministic

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 
 import pandas as pd
 
-from nnrobustloss.metric_registry import METRICS_CSV_DEFAULTS
+from nnrobustloss.metrics.registry import METRICS_CSV_DEFAULTS
 
 LOST_DICE = 0.05
 """A class is lost in a fold when the method's held-out mean Dice is below this ..."""

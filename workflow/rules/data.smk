@@ -9,9 +9,9 @@ rule convert:
     params:
         settings=lambda w: stages.convert_params(config, w.task),
     log:
-        f"{RESULTS}/logs/convert/{{task}}.log",
+        str(layout.task_log(RESULTS, "convert", "{task}")),
     benchmark:
-        f"{RESULTS}/benchmarks/convert/{{task}}.tsv",
+        str(layout.task_benchmark(RESULTS, "convert", "{task}")),
     conda:
         f"../../{ENV}"
     script:
@@ -26,9 +26,9 @@ rule noise_report:
     params:
         settings=lambda w: stages.noise_params(config, w.task),
     log:
-        f"{RESULTS}/logs/noise/{{task}}.log",
+        str(layout.task_log(RESULTS, "noise", "{task}")),
     benchmark:
-        f"{RESULTS}/benchmarks/noise/{{task}}.tsv",
+        str(layout.task_benchmark(RESULTS, "noise", "{task}")),
     conda:
         f"../../{ENV}"
     script:
@@ -43,9 +43,9 @@ rule splits:
     params:
         settings=lambda w: stages.splits_params(config, w.task),
     log:
-        f"{RESULTS}/logs/splits/{{task}}.log",
+        str(layout.task_log(RESULTS, "splits", "{task}")),
     benchmark:
-        f"{RESULTS}/benchmarks/splits/{{task}}.tsv",
+        str(layout.task_benchmark(RESULTS, "splits", "{task}")),
     conda:
         f"../../{ENV}"
     script:

@@ -12,9 +12,9 @@ rule plan:
         settings=lambda w: stages.plan_params(config, w.task),
     threads: config["planning"]["num_processes"]
     log:
-        f"{RESULTS}/logs/plan/{{task}}.log",
+        str(layout.task_log(RESULTS, "plan", "{task}")),
     benchmark:
-        f"{RESULTS}/benchmarks/plan/{{task}}.tsv",
+        str(layout.task_benchmark(RESULTS, "plan", "{task}")),
     conda:
         f"../../{ENV}"
     script:

@@ -13,9 +13,9 @@ rule report:
     params:
         settings=stages.report_params(config),
     log:
-        f"{RESULTS}/logs/report.log",
+        str(layout.stage_log(RESULTS, "report")),
     benchmark:
-        f"{RESULTS}/benchmarks/report.tsv",
+        str(layout.stage_benchmark(RESULTS, "report")),
     conda:
         f"../../{ENV}"
     script:

@@ -18,9 +18,9 @@ rule tune_worker:
     resources:
         runtime=lambda w, attempt: runtime_minutes(config, "tune_worker", w.method, attempt),
     log:
-        f"{RESULTS}/logs/tune/{{task}}/{{method}}/fold{{fold}}/worker{{worker}}.log",
+        str(layout.tuning_log(RESULTS, "{task}", "{method}", "{fold}", "worker{worker}")),
     benchmark:
-        f"{RESULTS}/benchmarks/tune/{{task}}/{{method}}/fold{{fold}}/worker{{worker}}.tsv",
+        str(layout.tuning_benchmark(RESULTS, "{task}", "{method}", "{fold}", "worker{worker}")),
     conda:
         f"../../{ENV}"
     script:
@@ -36,9 +36,9 @@ rule select_best:
     params:
         settings=lambda w: stages.tune_params(config, w.task, w.method, int(w.fold)),
     log:
-        f"{RESULTS}/logs/tune/{{task}}/{{method}}/fold{{fold}}/select_best.log",
+        str(layout.tuning_log(RESULTS, "{task}", "{method}", "{fold}", "select_best")),
     benchmark:
-        f"{RESULTS}/benchmarks/tune/{{task}}/{{method}}/fold{{fold}}/select_best.tsv",
+        str(layout.tuning_benchmark(RESULTS, "{task}", "{method}", "{fold}", "select_best")),
     conda:
         f"../../{ENV}"
     script:
@@ -57,9 +57,9 @@ rule tune_warmup:
     resources:
         runtime=lambda w, attempt: runtime_minutes(config, "tune_warmup", WARMUP_METHOD, attempt),
     log:
-        f"{RESULTS}/logs/tune/{{task}}/warmup/fold{{fold}}/seed{{seed}}.log",
+        str(layout.tuning_log(RESULTS, "{task}", "warmup", "{fold}", "seed{seed}")),
     benchmark:
-        f"{RESULTS}/benchmarks/tune/{{task}}/warmup/fold{{fold}}/seed{{seed}}.tsv",
+        str(layout.tuning_benchmark(RESULTS, "{task}", "warmup", "{fold}", "seed{seed}")),
     conda:
         f"../../{ENV}"
     script:

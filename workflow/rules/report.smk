@@ -10,13 +10,13 @@ rule report:
         reliability=per_training(layout.reliability_csv),
     output:
         report_outputs(),
-    params:
-        settings=stages.report_params(config),
     log:
         str(layout.stage_log(RESULTS, "report")),
     benchmark:
-        str(layout.stage_benchmark(RESULTS, "report")),
+        str(layout.stage_benchmark(RESULTS, "report"))
     conda:
         f"../../{ENV}"
+    params:
+        settings=stages.report_params(config),
     script:
         "../scripts/report.py"

@@ -59,6 +59,7 @@ def test_schema_option_sections_equal_the_registry() -> None:
         for key, option in options.items():
             node = {k: v for k, v in props[key].items() if k != "description"}
             assert node == option.schema(), option.name
+            assert props[key].get("description") == option.doc, option.name
 
 
 def test_declared_choices_are_the_code_s() -> None:

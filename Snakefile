@@ -25,12 +25,10 @@ from nnrobustloss.cost import check_fits, runtime_minutes, tuned_methods, tuning
 from nnrobustloss.slurm_checks import check_slurm_run
 from nnrobustloss.warmup import WARMUP_METHOD
 
-
 # The embedded default; --configfile replaces it (pass it first to extend it instead).
 if not workflow.overwrite_configfiles:
 
     configfile: "config/config.yaml"
-
 
 
 config = validate_config(config)

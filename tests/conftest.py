@@ -16,6 +16,24 @@ SHARED_KITS = Path(__file__).resolve().parents[2] / "shared" / "data" / "kits23_
 os.environ.setdefault("nnUNet_compile", "false")
 
 
+def predict_and_evaluate(cfg: dict, results_dir: Path, task: str, method: str, fold: int,
+                         splits_json: Path):
+    """Predict fold ``fold`` of a finished training of ``method`` and evaluate it (the predict
+    and evaluate stages, on the CPU); the metrics CSV as a DataFrame."""
+    import pandas as pd
+
+    from nnrobustloss import layout
+    from nnrobustloss import pipeline as stages
+
+    pred_dir = layout.predictions_dir(results_dir, task, method, fold)
+    stages.run_predict(stages.predict_params(cfg, task, method, fold), results_dir=results_dir,
+                       splits_json=splits_json, out_dir=pred_dir, device="cpu")
+    metrics_csv = layout.metrics_csv(results_dir, task, method, fold)
+    stages.run_evaluate(stages.evaluate_params(cfg, task, method, fold), results_dir=results_dir,
+                        splits_json=splits_json, pred_dir=pred_dir, out_csv=metrics_csv)
+    return pd.read_csv(metrics_csv)
+
+
 @contextlib.contextmanager
 def deterministic_cpu_training() -> Iterator[None]:
     """Single-threaded nnU-Net data augmentation (``nnUNet_n_proc_DA=0``) and one torch thread,

@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import json
 
-import pandas as pd
 import pytest
 import torch
-from conftest import PHANTOM_TEST_CPU_PLAN, PHANTOM_TEST_TASK, deterministic_cpu_training
+from conftest import (
+    PHANTOM_TEST_CPU_PLAN,
+    PHANTOM_TEST_TASK,
+    deterministic_cpu_training,
+    predict_and_evaluate,
+)
 from torch import nn
 
 from nnrobustloss.errors import ConfigError
@@ -107,13 +111,7 @@ def test_a_toy_method_runs_through_every_stage(toy_registered, preprocessed_phan
     ckpt = torch.load(out / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert ckpt["trainer_name"] == "nnUNetTrainer_Toy"
 
-    pred_dir = layout.predictions_dir(r, "PhantomTest", "Toy", 0)
-    stages.run_predict(stages.predict_params(cfg, "PhantomTest", "Toy", 0), results_dir=r,
-                       splits_json=splits, out_dir=pred_dir, device="cpu")
-    metrics_csv = r / "metrics" / "PhantomTest" / "Toy" / "fold0.csv"
-    stages.run_evaluate(stages.evaluate_params(cfg, "PhantomTest", "Toy", 0), results_dir=r,
-                        splits_json=splits, pred_dir=pred_dir, out_csv=metrics_csv)
-    metrics = pd.read_csv(metrics_csv)
+    metrics = predict_and_evaluate(cfg, r, "PhantomTest", "Toy", 0, splits)
     assert set(metrics["method"]) == {"Toy"}
     held_out = json.loads(splits.read_text())[0]["val"]
     assert set(metrics["case"]) == set(held_out)

@@ -29,6 +29,14 @@ def default_config() -> dict[str, Any]:
     return yaml.safe_load(DEFAULT.read_text())
 
 
+def set_key(cfg: dict[str, Any], key: tuple[str | int, ...], value: Any) -> None:
+    """Set the nested key ``key`` (names and list indices) of ``cfg`` to ``value``."""
+    node: Any = cfg
+    for part in key[:-1]:
+        node = node[part]
+    node[key[-1]] = value
+
+
 def error_of(cfg: dict[str, Any]) -> str:
     with pytest.raises(ConfigError) as info:
         validate_config(cfg)
@@ -113,10 +121,7 @@ def test_unknown_key_in_a_source_is_named_with_its_index() -> None:
 ])
 def test_wrong_type(key: tuple[str, ...], value: Any, fragment: str) -> None:
     cfg = default_config()
-    node = cfg
-    for part in key[:-1]:
-        node = node[part]
-    node[key[-1]] = value
+    set_key(cfg, key, value)
     msg = error_of(cfg)
     assert fragment in msg, msg
 
@@ -135,10 +140,7 @@ def test_wrong_type(key: tuple[str, ...], value: Any, fragment: str) -> None:
 ])
 def test_out_of_range(key: tuple[str, ...], value: Any, fragment: str) -> None:
     cfg = default_config()
-    node = cfg
-    for part in key[:-1]:
-        node = node[part]
-    node[key[-1]] = value
+    set_key(cfg, key, value)
     msg = error_of(cfg)
     assert fragment in msg, msg
 
@@ -159,26 +161,9 @@ def test_out_of_range_in_a_source() -> None:
 ])
 def test_bad_enum(key: tuple[str, ...], value: str) -> None:
     cfg = default_config()
-    node = cfg
-    for part in key[:-1]:
-        node = node[part]
-    node[key[-1]] = value
+    set_key(cfg, key, value)
     msg = error_of(cfg)
     assert f"config key {'.'.join(key)}:" in msg and repr(value) in msg, msg
-
-
-def test_bad_source_type() -> None:
-    cfg = minimal()
-    cfg["tasks"]["T"]["sources"][0]["type"] = "dicom"
-    msg = error_of(cfg)
-    assert "tasks.T.sources[0].type" in msg and "'dicom'" in msg
-
-
-def test_unknown_method() -> None:
-    cfg = minimal()
-    cfg["methods"] = ["Baseline", "FocalLoss"]
-    msg = error_of(cfg)
-    assert "methods" in msg and "'FocalLoss'" in msg
 
 
 def test_fold_not_below_n_folds() -> None:
@@ -199,12 +184,6 @@ def test_folds_default_to_all_folds_of_n_folds() -> None:
     assert validate_config(minimal())["folds"] == [0, 1, 2]
 
 
-def test_duplicate_folds() -> None:
-    cfg = minimal()
-    cfg["folds"] = [1, 1]
-    assert "config key folds:" in error_of(cfg)
-
-
 def test_duplicate_dataset_ids_across_tasks() -> None:
     cfg = minimal()
     cfg["tasks"]["U"] = copy.deepcopy(cfg["tasks"]["T"])
@@ -212,19 +191,6 @@ def test_duplicate_dataset_ids_across_tasks() -> None:
     cfg["tasks"]["U"]["reference_dataset_id"] = 11
     msg = error_of(cfg)
     assert "tasks.U.reference_dataset_id" in msg and "11" in msg and "tasks.T" in msg
-
-
-def test_duplicate_dataset_ids_within_a_task() -> None:
-    cfg = minimal()
-    cfg["tasks"]["T"]["reference_dataset_id"] = 11
-    assert "tasks.T.reference_dataset_id" in error_of(cfg)
-
-
-def test_tolerance_dict_naming_an_unknown_region() -> None:
-    cfg = minimal()
-    cfg["tasks"]["T"]["tolerance_mm"] = {"a": 1.0, "b": 1.0, "c": 2.0}
-    msg = error_of(cfg)
-    assert "tasks.T.tolerance_mm.c" in msg and "a, b" in msg
 
 
 def test_tolerance_dict_missing_a_region_and_regions_accepted() -> None:
@@ -237,20 +203,6 @@ def test_tolerance_dict_missing_a_region_and_regions_accepted() -> None:
     assert validate_config(cfg)["tasks"]["T"]["tolerance_mm"]["ab"] == 1.5
 
 
-def test_region_named_like_a_class() -> None:
-    cfg = minimal()
-    cfg["tasks"]["T"]["regions"] = {"a": [1, 2]}
-    msg = error_of(cfg)
-    assert "config key tasks.T.regions.a:" in msg and "already used by a class" in msg
-
-
-def test_region_with_undeclared_label_values() -> None:
-    cfg = minimal()
-    cfg["tasks"]["T"]["regions"] = {"ab": [1, 2], "x": [2, 7]}
-    msg = error_of(cfg)
-    assert "config key tasks.T.regions.x:" in msg and "[7]" in msg and "[1, 2]" in msg
-
-
 def test_noise_structures_with_undeclared_label_values() -> None:
     cfg = minimal()
     cfg["tasks"]["T"]["noise"] = {"type": "boundary", "structures": [[1, 2], [3]]}
@@ -260,32 +212,44 @@ def test_noise_structures_with_undeclared_label_values() -> None:
     assert validate_config(cfg)["tasks"]["T"]["noise"]["structures"] == [[1, 2], [2]]
 
 
-def test_tolerance_must_be_positive() -> None:
+@pytest.mark.parametrize("key,value,fragments", [
+    pytest.param(("tasks", "T", "sources", 0, "type"), "dicom",
+                 ["tasks.T.sources[0].type", "'dicom'"], id="source-type"),
+    pytest.param(("methods",), ["Baseline", "FocalLoss"], ["methods", "'FocalLoss'"],
+                 id="unknown-method"),
+    pytest.param(("folds",), [1, 1], ["config key folds:"], id="duplicate-folds"),
+    pytest.param(("tasks", "T", "reference_dataset_id"), 11, ["tasks.T.reference_dataset_id"],
+                 id="duplicate-dataset-ids-within-a-task"),
+    pytest.param(("tasks", "T", "tolerance_mm"), {"a": 1.0, "b": 1.0, "c": 2.0},
+                 ["tasks.T.tolerance_mm.c", "a, b"], id="tolerance-of-an-unknown-region"),
+    pytest.param(("tasks", "T", "tolerance_mm"), 0, ["config key tasks.T.tolerance_mm:"],
+                 id="tolerance-not-positive"),
+    pytest.param(("tasks", "T", "regions"), {"a": [1, 2]},
+                 ["config key tasks.T.regions.a:", "already used by a class"],
+                 id="region-named-like-a-class"),
+    pytest.param(("tasks", "T", "regions"), {"ab": [1, 2], "x": [2, 7]},
+                 ["config key tasks.T.regions.x:", "[7]", "[1, 2]"],
+                 id="region-with-undeclared-label-values"),
+    pytest.param(("tasks", "T", "labels"), {"background": 0, "a": 1, "b": 1},
+                 ["tasks.T.labels", "unique"], id="labels-not-unique"),
+    pytest.param(("tasks", "T", "labels"), {"background": 1, "a": 2},
+                 ["tasks.T.labels.background"], id="background-not-0"),
+    pytest.param(("tasks", "T", "labels"), {"a": 1}, ["tasks.T.labels", "background"],
+                 id="no-background"),
+    pytest.param(("tasks", "T", "sources"), [{"type": "phantom", "n_cases": 4, "n_noisy_cases": 5}],
+                 ["tasks.T.sources[0].n_noisy_cases"], id="phantom-noisy-cases-above-cases"),
+    pytest.param(("planning",), {"planner": "cpu"}, ["planning.cpu_plan"],
+                 id="cpu-planner-needs-cpu-plan"),
+    pytest.param(("seed",), "x", ["config.schema.yaml"], id="message-points-to-the-schema"),
+])
+def test_invalid_setting_of_the_minimal_config(key: tuple[str | int, ...], value: Any,
+                                               fragments: list[str]) -> None:
+    """``key`` set to ``value`` in :func:`minimal`: a ConfigError whose message holds every
+    fragment (the key's path, the offending value or what it should be)."""
     cfg = minimal()
-    cfg["tasks"]["T"]["tolerance_mm"] = 0
-    assert "config key tasks.T.tolerance_mm:" in error_of(cfg)
-
-
-def test_labels_background_and_unique_values() -> None:
-    cfg = minimal()
-    cfg["tasks"]["T"]["labels"] = {"background": 0, "a": 1, "b": 1}
-    assert "tasks.T.labels" in error_of(cfg) and "unique" in error_of(cfg)
-    cfg["tasks"]["T"]["labels"] = {"background": 1, "a": 2}
-    assert "tasks.T.labels.background" in error_of(cfg)
-    cfg["tasks"]["T"]["labels"] = {"a": 1}
-    assert "tasks.T.labels" in error_of(cfg) and "background" in error_of(cfg)
-
-
-def test_phantom_noisy_cases_above_cases() -> None:
-    cfg = minimal()
-    cfg["tasks"]["T"]["sources"] = [{"type": "phantom", "n_cases": 4, "n_noisy_cases": 5}]
-    assert "tasks.T.sources[0].n_noisy_cases" in error_of(cfg)
-
-
-def test_cpu_planner_needs_cpu_plan() -> None:
-    cfg = minimal()
-    cfg["planning"] = {"planner": "cpu"}
-    assert "planning.cpu_plan" in error_of(cfg)
+    set_key(cfg, key, value)
+    msg = error_of(cfg)
+    assert all(f in msg for f in fragments), (fragments, msg)
 
 
 @pytest.mark.parametrize("name", ["My-Task", "1Task", "Task_1"])
@@ -301,12 +265,6 @@ def test_missing_required_keys() -> None:
     del cfg["tasks"]["T"]["sources"]
     msg = error_of(cfg)
     assert "config key tasks.T:" in msg and "sources" in msg
-
-
-def test_message_points_to_the_schema() -> None:
-    cfg = minimal()
-    cfg["seed"] = "x"
-    assert "config.schema.yaml" in error_of(cfg)
 
 
 # --- defaults ------------------------------------------------------------------------------

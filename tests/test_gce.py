@@ -9,7 +9,12 @@ import math
 import pandas as pd
 import pytest
 import torch
-from conftest import PHANTOM_TEST_CPU_PLAN, PHANTOM_TEST_TASK, deterministic_cpu_training
+from conftest import (
+    PHANTOM_TEST_CPU_PLAN,
+    PHANTOM_TEST_TASK,
+    deterministic_cpu_training,
+    predict_and_evaluate,
+)
 
 from nnrobustloss.config import validate_config
 from nnrobustloss.errors import ConfigError
@@ -67,7 +72,6 @@ def test_gce_is_an_example_outside_the_default_study(tmp_path):
 
 @pytest.mark.slow
 def test_gce_trains_predicts_and_evaluates(preprocessed_phantom):
-    from nnrobustloss import layout
     from nnrobustloss import pipeline as stages
 
     r = preprocessed_phantom["results_dir"]
@@ -92,13 +96,7 @@ def test_gce_trains_predicts_and_evaluates(preprocessed_phantom):
     progress = pd.read_csv(out / "progress.csv")
     assert list(progress["epoch"]) == [0, 1] and progress["train_loss"].notna().all()
 
-    pred_dir = layout.predictions_dir(r, "PhantomTest", "GCE", 0)
-    stages.run_predict(stages.predict_params(cfg, "PhantomTest", "GCE", 0), results_dir=r,
-                       splits_json=splits, out_dir=pred_dir, device="cpu")
-    metrics_csv = r / "metrics" / "PhantomTest" / "GCE" / "fold0.csv"
-    stages.run_evaluate(stages.evaluate_params(cfg, "PhantomTest", "GCE", 0), results_dir=r,
-                        splits_json=splits, pred_dir=pred_dir, out_csv=metrics_csv)
-    metrics = pd.read_csv(metrics_csv)
+    metrics = predict_and_evaluate(cfg, r, "PhantomTest", "GCE", 0, splits)
     held_out = json.loads(splits.read_text())[0]["val"]
     assert set(metrics["method"]) == {"GCE"} and set(metrics["case"]) == set(held_out)
     dice = metrics[metrics["metric"] == "dice"]["value"]

@@ -1,4 +1,4 @@
-"""Each choice list and default has one home in the code; the config schema agrees with it.
+"""Each choice list, default and path has one home in the code; the config schema agrees with it.
 
 The schema (``nnrobustloss/schemas/config.schema.yaml``) is what users read and what validates a
 config, so it spells the choices out; these tests keep it equal to the lists the code uses.
@@ -59,6 +59,7 @@ def test_schema_option_sections_equal_the_registry() -> None:
         for key, option in options.items():
             node = {k: v for k, v in props[key].items() if k != "description"}
             assert node == option.schema(), option.name
+            assert props[key].get("description") == option.doc, option.name
 
 
 def test_declared_choices_are_the_code_s() -> None:
@@ -96,3 +97,39 @@ def test_phantom_defaults_have_one_home(tmp_path) -> None:
             "sources": [{"type": "phantom", "n_noisy_cases": PHANTOM_DEFAULTS["n_cases"] + 1}]}
     with pytest.raises(ConfigError, match="n_noisy_cases: larger than n_cases"):
         validate_config({"tasks": {"T": task}})
+
+
+def test_every_rule_s_log_and_benchmark_path_comes_from_layout() -> None:
+    """A ``log:`` or ``benchmark:`` of a rule is a call of an ``nnrobustloss.layout`` function
+    (job_log, task_log, tuning_log, stage_log and their benchmarks), like its outputs."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    files = [root / "Snakefile", *sorted((root / "workflow" / "rules").glob("*.smk"))]
+    found, offenders = 0, []
+    for path in files:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for i, line in enumerate(lines):
+            if re.fullmatch(r"\s+(log|benchmark):", line):
+                found += 1
+                if not lines[i + 1].strip().startswith("str(layout."):
+                    offenders.append(f"{path.name}:{i + 2}: {lines[i + 1].strip()}")
+    assert found >= 20
+    assert not offenders, offenders
+
+
+def test_log_and_benchmark_paths() -> None:
+    """The layout's job log and benchmark paths, as the rules' patterns use them."""
+    from nnrobustloss import layout
+
+    r = "results"
+    assert str(layout.task_log(r, "convert", "{task}")) == "results/logs/convert/{task}.log"
+    assert str(layout.task_benchmark(r, "plan", "{task}")) == "results/benchmarks/plan/{task}.tsv"
+    assert str(layout.tuning_log(r, "{task}", "{method}", "{fold}", "worker{worker}")) == \
+        "results/logs/tune/{task}/{method}/fold{fold}/worker{worker}.log"
+    assert str(layout.tuning_benchmark(r, "{task}", "warmup", "{fold}", "seed{seed}")) == \
+        "results/benchmarks/tune/{task}/warmup/fold{fold}/seed{seed}.tsv"
+    assert str(layout.stage_log(r, "report")) == "results/logs/report.log"
+    assert str(layout.stage_benchmark(r, "report")) == "results/benchmarks/report.tsv"
+    assert str(layout.job_log(r, "train", "T", "M", 0, 1)) == "results/logs/train/T/M/fold0_rep1.log"

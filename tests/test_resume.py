@@ -143,66 +143,7 @@ def test_staged_cases_of_other_options_or_another_model_are_discarded(
 
 # ----------------------------------------------------------------------------- tuning trials
 
-# A worker whose cheap objective resumes like a training: checkpoint_latest.pth holds the next
-# epoch, the epochs before it are reported again, every epoch it really runs is logged to
-# ran.txt in the trial folder; it SIGKILLs itself after epoch 0 of trial ``kill`` (once).
-RESUMING_WORKER = '''
-import json
-import os
-import signal
-import sys
-from pathlib import Path
-
-import optuna
-
-
-def value(params, epoch):
-    return -sum((v - 1.0) ** 2 for v in params.values()) - 0.5 / (epoch + 1)
-
-
-def make_objective(epochs, kill=-1, marker=None):
-    def run(trial, params, trial_dir):
-        trial_dir.mkdir(parents=True, exist_ok=True)
-        ckpt = trial_dir / "checkpoint_latest.pth"
-        start = int(ckpt.read_text()) if ckpt.is_file() else 0
-        for epoch in range(start):
-            trial.report(value(params, epoch), step=epoch)
-        for epoch in range(start, epochs):
-            with (trial_dir / "ran.txt").open("a") as f:
-                f.write(f"{trial.number} {epoch}\\n")
-            ckpt.write_text(str(epoch + 1))
-            trial.report(value(params, epoch), step=epoch)
-            if trial.number == kill and not Path(marker).exists():
-                Path(marker).touch()
-                os.kill(os.getpid(), signal.SIGKILL)
-        return value(params, epochs - 1)
-
-    return run
-
-
-if __name__ == "__main__":
-    from nnrobustloss.tuning import run_worker
-
-    cfg = json.loads(sys.argv[1])
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    run_worker(**cfg["worker"], run_trial=make_objective(cfg["epochs"], cfg["kill"],
-                                                         cfg["marker"]))
-'''
 EPOCHS = 3
-
-
-@pytest.fixture(scope="module")
-def resuming_worker(tmp_path_factory: pytest.TempPathFactory):
-    """RESUMING_WORKER as a file (for killed subprocesses) and imported (for in-process runs)."""
-    import importlib.util
-
-    path = tmp_path_factory.mktemp("resuming_worker") / "resuming_worker.py"
-    path.write_text(RESUMING_WORKER)
-    spec = importlib.util.spec_from_file_location("resuming_worker", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return path, mod
 
 
 def _worker_kwargs(study_dir: Path, **kw) -> dict:
@@ -225,29 +166,21 @@ def _ran(folder: Path) -> list[tuple[int, int]]:
             if line]
 
 
-def test_killed_trial_is_continued_from_its_checkpoint_in_its_folder(tmp_path, resuming_worker):
-    import json
-    import signal
-    import subprocess
-    import sys
-
+def test_killed_trial_is_continued_from_its_checkpoint_in_its_folder(tmp_path):
+    from cheap_worker import make_objective, run_killed_worker
     from optuna.trial import TrialState
 
     from nnrobustloss import tuning
 
-    path, mod = resuming_worker
-    tuning.run_worker(**_worker_kwargs(tmp_path / "ref"), run_trial=mod.make_objective(EPOCHS))
+    tuning.run_worker(**_worker_kwargs(tmp_path / "ref"), run_trial=make_objective(EPOCHS))
     ref = _load(tmp_path / "ref").trials
 
     kw, k = _worker_kwargs(tmp_path / "study"), 1
-    cfg = {"worker": kw, "epochs": EPOCHS, "kill": k, "marker": str(tmp_path / "marker")}
-    proc = subprocess.run([sys.executable, str(path), json.dumps(cfg)], capture_output=True,
-                          text=True, timeout=120)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    run_killed_worker(kw, EPOCHS, k, tmp_path / "marker")  # SIGKILLed at the start of epoch 1
     killed = tuning.trial_dir(tmp_path / "study", k)
     assert (killed / "checkpoint_latest.pth").read_text() == "1"  # epoch 0 done
 
-    summary = tuning.run_worker(**kw, run_trial=mod.make_objective(EPOCHS))
+    summary = tuning.run_worker(**kw, run_trial=make_objective(EPOCHS))
     assert (summary["recovered"], summary["ran"]) == (1, 2)
     trials = _load(tmp_path / "study").trials
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL,

@@ -9,18 +9,15 @@ training (``tuning.training_objective``) on the phantom task of tests/conftest.p
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import cheap_worker
 import optuna
 import pandas as pd
 import pytest
@@ -36,70 +33,12 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 TUNED_METHODS = [m for m, spec in METHODS.items() if spec.needs_tuning]
 UNTUNED_METHODS = [m for m, spec in METHODS.items() if not spec.needs_tuning]
 
-# The cheap objective and a command-line entry point, in one file so that the killed worker
-# (a subprocess) and the in-process reruns use exactly the same code.
-WORKER_SCRIPT = '''
-import json
-import os
-import signal
-import sys
-from pathlib import Path
-
-import optuna
-
-
-def quadratic(params, epoch):
-    """Deterministic objective: maximal at 1.0 for every parameter, rising with the epoch."""
-    return -sum((v - 1.0) ** 2 for v in params.values()) - 0.5 / (epoch + 1)
-
-
-def make_objective(epochs, kill_number=-1, marker=None):
-    """A run_trial callable; it SIGKILLs its own process at epoch 1 of trial ``kill_number``
-    unless ``marker`` exists (it creates the marker first, so only the first run dies)."""
-
-    def run(trial, params, trial_dir):
-        trial_dir.mkdir(parents=True, exist_ok=True)
-        (trial_dir / "checkpoint_latest.pth").write_text("weights")
-        (trial_dir / "progress.csv").write_text("epoch\\n")
-        value = float("nan")
-        for epoch in range(epochs):
-            if epoch == 1 and trial.number == kill_number and not Path(marker).exists():
-                Path(marker).touch()
-                os.kill(os.getpid(), signal.SIGKILL)
-            value = quadratic(params, epoch)
-            trial.report(value, step=epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned()
-        return value
-
-    return run
-
-
-if __name__ == "__main__":
-    from nnrobustloss.tuning import run_worker
-
-    cfg = json.loads(sys.argv[1])
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    run_worker(**cfg["worker"], run_trial=make_objective(cfg["epochs"], cfg["kill_number"],
-                                                         cfg["marker"]))
-'''
-
 
 @pytest.fixture(scope="module")
-def worker_script(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("worker_script") / "tuning_worker.py"
-    path.write_text(WORKER_SCRIPT)
-    return path
-
-
-@pytest.fixture(scope="module")
-def script(worker_script: Path) -> ModuleType:
-    """WORKER_SCRIPT imported in-process (its objective for the in-process workers)."""
-    spec = importlib.util.spec_from_file_location("tuning_worker_script", worker_script)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def script() -> ModuleType:
+    """tests/cheap_worker.py: the cheap objective of the in-process workers, and the same code
+    as a killed worker process (``script.run_killed_worker``)."""
+    return cheap_worker
 
 
 EPOCHS = 3
@@ -343,23 +282,14 @@ def test_workers_run_sequentially_and_fewer_workers_never_overshoot(tmp_path, sc
 # --------------------------------------------------------------------------- killed workers
 
 
-def _run_killed_worker(worker_script: Path, kw: dict[str, Any], kill_number: int,
-                       marker: Path) -> int:
-    cfg = {"worker": kw, "epochs": EPOCHS, "kill_number": kill_number, "marker": str(marker)}
-    proc = subprocess.run([sys.executable, str(worker_script), json.dumps(cfg)],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr
-    return proc.returncode
-
-
 @pytest.mark.parametrize("storage", ["journal", "sqlite"])
 def test_killed_worker_rerun_retries_the_same_point_and_loses_nothing(
-        tmp_path, worker_script, script, storage):
+        tmp_path, script, storage):
     n_trials, k = 6, 1  # killed in trial 1; trial 2 is a random start-up one, 3.. use TPE
     ref = finished(_tuned(script, tmp_path / "ref", storage, 0))
     kw = worker_kwargs(tmp_path / "study", storage=storage, n_trials=n_trials)
     marker = tmp_path / "killed.marker"
-    _run_killed_worker(worker_script, kw, k, marker)
+    script.run_killed_worker(kw, EPOCHS, k, marker)
     assert marker.is_file()
 
     study = load(tmp_path / "study", storage)
@@ -392,10 +322,10 @@ def test_killed_worker_rerun_retries_the_same_point_and_loses_nothing(
     assert len(load(tmp_path / "study", storage).trials) == n_trials + 1
 
 
-def test_worker_killed_twice_is_recovered_each_time(tmp_path, worker_script, script):
+def test_worker_killed_twice_is_recovered_each_time(tmp_path, script):
     kw = worker_kwargs(tmp_path / "study", n_trials=4)
-    _run_killed_worker(worker_script, kw, 1, tmp_path / "m1")
-    _run_killed_worker(worker_script, kw, 2, tmp_path / "m2")  # dies again, in the retry of 1
+    script.run_killed_worker(kw, EPOCHS, 1, tmp_path / "m1")
+    script.run_killed_worker(kw, EPOCHS, 2, tmp_path / "m2")  # dies again, in the retry of 1
     study = load(tmp_path / "study")
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL,
                                                TrialState.RUNNING]
@@ -410,11 +340,11 @@ def test_worker_killed_twice_is_recovered_each_time(tmp_path, worker_script, scr
     assert [t.params for t in finished(study)] == [t.params for t in ref]
 
 
-def test_journal_worker_recovers_only_its_own_leftover_trial(tmp_path, worker_script, script):
+def test_journal_worker_recovers_only_its_own_leftover_trial(tmp_path, script):
     """Journal (no heartbeat), 2 workers: worker 1 leaves worker 0's RUNNING trial alone; the
     rerun of worker 0 fails it and evaluates its point again."""
     kw0 = worker_kwargs(tmp_path, n_trials=5, worker=0, workers=2)
-    _run_killed_worker(worker_script, kw0, 0, tmp_path / "marker")
+    script.run_killed_worker(kw0, EPOCHS, 0, tmp_path / "marker")
     s1 = tuning.run_worker(**{**kw0, "worker": 1}, run_trial=script.make_objective(EPOCHS))
     assert (s1["recovered"], s1["ran"]) == (0, 2)
     study = load(tmp_path)
@@ -430,11 +360,11 @@ def test_journal_worker_recovers_only_its_own_leftover_trial(tmp_path, worker_sc
 
 
 def test_other_worker_takes_over_a_dead_workers_trial_by_heartbeat(
-        tmp_path, worker_script, script, monkeypatch):
+        tmp_path, script, monkeypatch):
     """SQLite: worker 0 dies in trial 0; after the grace period worker 1 fails it through the
     heartbeat, the retry callback re-enqueues the point and worker 1 evaluates it."""
     kw0 = worker_kwargs(tmp_path, storage="sqlite", n_trials=4, worker=0, workers=2)
-    _run_killed_worker(worker_script, kw0, 0, tmp_path / "marker")
+    script.run_killed_worker(kw0, EPOCHS, 0, tmp_path / "marker")
     killed = load(tmp_path, "sqlite").trials[0]
     assert killed.state == TrialState.RUNNING
 

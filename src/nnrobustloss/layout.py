@@ -20,7 +20,8 @@ __all__ = ["CHECKPOINT_FINAL", "CHECKPOINT_LATEST", "WARMUP_CHECKPOINT", "best_p
            "partial_dir", "replicate_of", "replicate_suffix",
            "predictions_dir", "preprocessed_dataset_dir", "preprocessed_dir",
            "preprocessed_manifest", "progress_csv", "raw_dir", "raw_manifest",
-           "reference_labels_dir", "reliability_csv", "splits_json", "study_dir", "tables_dir",
+           "reference_labels_dir", "reliability_csv", "splits_json", "stage_benchmark", "study_dir",
+           "stage_log", "tables_dir", "task_benchmark", "task_log", "tuning_benchmark", "tuning_log",
            "training_checkpoint", "training_dir", "trials_csv", "warmup_checkpoint",
            "warmup_dir", "worker_marker"]
 
@@ -223,6 +224,40 @@ def job_benchmark(results_dir: PathLike, stage: str, task: str, method: str, fol
     file of a per-training job."""
     return (Path(results_dir) / "benchmarks" / stage / task / method
             / f"{fold_name(fold, replicate)}.tsv")
+
+
+def task_log(results_dir: PathLike, stage: str, task: str) -> Path:
+    """``logs/<stage>/<Task>.log``: the log of a per-task job (convert, noise, splits, plan)."""
+    return Path(results_dir) / "logs" / stage / f"{task}.log"
+
+
+def task_benchmark(results_dir: PathLike, stage: str, task: str) -> Path:
+    """``benchmarks/<stage>/<Task>.tsv``: Snakemake's ``benchmark:`` file of a per-task job."""
+    return Path(results_dir) / "benchmarks" / stage / f"{task}.tsv"
+
+
+def tuning_log(results_dir: PathLike, task: str, method: str, fold: Fold, job: str) -> Path:
+    """``logs/tune/<Task>/<Method>/fold<k>/<job>.log``: the log of a tuning job of a study
+    (``worker<i>``, ``select_best``); the shared warm-up's method is ``warmup`` and its job
+    ``seed<s>``."""
+    return Path(results_dir) / "logs" / "tune" / task / method / fold_name(fold) / f"{job}.log"
+
+
+def tuning_benchmark(results_dir: PathLike, task: str, method: str, fold: Fold, job: str) -> Path:
+    """``benchmarks/tune/<Task>/<Method>/fold<k>/<job>.tsv``: Snakemake's ``benchmark:`` file
+    of a tuning job (the names of :func:`tuning_log`)."""
+    return (Path(results_dir) / "benchmarks" / "tune" / task / method / fold_name(fold)
+            / f"{job}.tsv")
+
+
+def stage_log(results_dir: PathLike, stage: str) -> Path:
+    """``logs/<stage>.log``: the log of a once-per-workflow job (report)."""
+    return Path(results_dir) / "logs" / f"{stage}.log"
+
+
+def stage_benchmark(results_dir: PathLike, stage: str) -> Path:
+    """``benchmarks/<stage>.tsv``: Snakemake's ``benchmark:`` file of a once-per-workflow job."""
+    return Path(results_dir) / "benchmarks" / f"{stage}.tsv"
 
 
 def tables_dir(results_dir: PathLike) -> Path:

@@ -107,8 +107,8 @@ class MethodOption:
     ``minimum``/``maximum``: the range of an ``int`` or ``float`` (``exclusive_minimum``: the
     minimum itself is not allowed); ``results``: whether the value changes a training's
     numbers (False: it only schedules the same updates, so it is no job's param, a run may
-    continue with another value, and the config passes it as a run option); ``doc``: one line
-    for the config schema.
+    continue with another value, and the config passes it as a run option); ``doc``: one line,
+    the key's ``description`` in the config schema (tests/test_one_source.py).
     """
 
     section: str
@@ -192,8 +192,9 @@ COTEACHING_OPTIONS = (
                  doc="cap of delay and of gradual as a share of a run's epochs"),
     MethodOption("coteaching", "peer_updates", "choice", "sequential",
                  choices=PEER_UPDATE_MODES, results=False,
-                 doc="sequential: one peer's forward graph in memory at a time (one extra "
-                     "no-grad forward); joint: both graphs at once; the same updates"),
+                 doc="sequential: one peer's forward graph in GPU memory at a time (one extra "
+                     "no-grad forward); joint: both graphs at once; the same updates, not a "
+                     "result setting"),
 )
 """The options of every two-peer trainer (:class:`~nnrobustloss.trainers.CoTeachingTrainer`)."""
 STOCOT_OPTIONS = (

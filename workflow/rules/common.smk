@@ -31,21 +31,23 @@ def report_outputs():
     files = []
     for stem in tables:
         files += [str(tables_dir / f"{stem}.{ext}") for ext in TABLE_FORMATS if ext != "html"]
-        files.append(report(str(tables_dir / f"{stem}.html"), caption=f"{CAPTIONS}/{stem}.rst",
-                            category="Tables", labels={"table": REPORT_LABELS[stem]}))
+        # (report( never starts a line: Snakemake and snakefmt would read the report: keyword)
+        html, labels = str(tables_dir / f"{stem}.html"), {"table": REPORT_LABELS[stem]}
+        files.append(report(html, caption=f"{CAPTIONS}/{stem}.rst", category="Tables", labels=labels))
     for stem in figures:
         files += [str(figures_dir / f"{stem}.{ext}") for ext in FIGURE_FORMATS if ext != "png"]
-        files.append(report(str(figures_dir / f"{stem}.png"),
-                            caption=f"{CAPTIONS}/{stem}_figure.rst",
-                            category="Figures", labels={"figure": REPORT_LABELS[stem]}))
+        png, labels = str(figures_dir / f"{stem}.png"), {"figure": REPORT_LABELS[stem]}
+        caption = f"{CAPTIONS}/{stem}_figure.rst"
+        files.append(report(png, caption=caption, category="Figures", labels=labels))
     return files
 
 
 def per_training(path_of):
     """``path_of(RESULTS, task, method, fold, replicate)`` (a nnrobustloss.layout function) of
     every task x method x fold x replicate of the config."""
-    return [str(path_of(RESULTS, t, m, f, r))
-            for t in TASKS for m in METHODS for f in FOLDS for r in REPLICATES]
+    return [
+        str(path_of(RESULTS, t, m, f, r)) for t in TASKS for m in METHODS for f in FOLDS for r in REPLICATES
+    ]
 
 
 def per_study(path_of):
@@ -59,13 +61,16 @@ def worker_markers(w):
     workers is nnrobustloss.cost.tuning_workers (tuning.workers: auto fits cluster.max_job_hours)."""
     study = layout.study_dir(RESULTS, w.task, w.method, w.fold)
     if layout.best_params_json(RESULTS, w.task, w.method, w.fold).exists():
-        done = sorted((str(p) for p in study.glob("worker*.done")
-                       if re.fullmatch(r"worker\d+\.done", p.name)),
-                      key=lambda p: int(re.search(r"(\d+)\.done$", p).group(1)))
+        done = sorted(
+            (str(p) for p in study.glob("worker*.done") if re.fullmatch(r"worker\d+\.done", p.name)),
+            key=lambda p: int(re.search(r"(\d+)\.done$", p).group(1)),
+        )
         if done:
             return done
-    return [str(layout.worker_marker(RESULTS, w.task, w.method, w.fold, i))
-            for i in range(tuning_workers(config, w.method))]
+    return [
+        str(layout.worker_marker(RESULTS, w.task, w.method, w.fold, i))
+        for i in range(tuning_workers(config, w.method))
+    ]
 
 
 def tune_worker_inputs(w):
@@ -91,7 +96,9 @@ def nnunet_results_inputs(w):
     the reference labels and the preprocessed dataset (plans, dataset.json, fingerprint)."""
     p = stages.nnunet_results_params(config, w.dataset, w.trainer, int(w.fold))
     task, method, fold = p["task"], p["method"], p["fold"]
-    return {"checkpoint": str(layout.training_checkpoint(RESULTS, task, method, fold)),
-            "predictions": str(layout.predictions_dir(RESULTS, task, method, fold)),
-            "reference": str(layout.reference_labels_dir(RESULTS, task)),
-            "plans": str(layout.preprocessed_manifest(RESULTS, task))}
+    return {
+        "checkpoint": str(layout.training_checkpoint(RESULTS, task, method, fold)),
+        "predictions": str(layout.predictions_dir(RESULTS, task, method, fold)),
+        "reference": str(layout.reference_labels_dir(RESULTS, task)),
+        "plans": str(layout.preprocessed_manifest(RESULTS, task)),
+    }

@@ -6,14 +6,14 @@ rule convert:
     output:
         manifest=str(layout.raw_manifest(RESULTS, "{task}")),
         reference=directory(str(layout.reference_labels_dir(RESULTS, "{task}"))),
-    params:
-        settings=lambda w: stages.convert_params(config, w.task),
     log:
-        f"{RESULTS}/logs/convert/{{task}}.log",
+        str(layout.task_log(RESULTS, "convert", "{task}")),
     benchmark:
-        f"{RESULTS}/benchmarks/convert/{{task}}.tsv",
+        str(layout.task_benchmark(RESULTS, "convert", "{task}"))
     conda:
         f"../../{ENV}"
+    params:
+        settings=lambda w: stages.convert_params(config, w.task),
     script:
         "../scripts/convert.py"
 
@@ -23,14 +23,14 @@ rule noise_report:
         manifest=str(layout.raw_manifest(RESULTS, "{task}")),
     output:
         csv=str(layout.noise_csv(RESULTS, "{task}")),
-    params:
-        settings=lambda w: stages.noise_params(config, w.task),
     log:
-        f"{RESULTS}/logs/noise/{{task}}.log",
+        str(layout.task_log(RESULTS, "noise", "{task}")),
     benchmark:
-        f"{RESULTS}/benchmarks/noise/{{task}}.tsv",
+        str(layout.task_benchmark(RESULTS, "noise", "{task}"))
     conda:
         f"../../{ENV}"
+    params:
+        settings=lambda w: stages.noise_params(config, w.task),
     script:
         "../scripts/noise_report.py"
 
@@ -40,13 +40,13 @@ rule splits:
         manifest=str(layout.raw_manifest(RESULTS, "{task}")),
     output:
         splits=str(layout.splits_json(RESULTS, "{task}")),
-    params:
-        settings=lambda w: stages.splits_params(config, w.task),
     log:
-        f"{RESULTS}/logs/splits/{{task}}.log",
+        str(layout.task_log(RESULTS, "splits", "{task}")),
     benchmark:
-        f"{RESULTS}/benchmarks/splits/{{task}}.tsv",
+        str(layout.task_benchmark(RESULTS, "splits", "{task}"))
     conda:
         f"../../{ENV}"
+    params:
+        settings=lambda w: stages.splits_params(config, w.task),
     script:
         "../scripts/splits.py"

@@ -9,16 +9,16 @@ rule evaluate:
     output:
         csv=str(layout.metrics_csv(RESULTS, "{task}", "{method}", "{fold}", REP)),
         reliability=str(layout.reliability_csv(RESULTS, "{task}", "{method}", "{fold}", REP)),
+    log:
+        str(layout.job_log(RESULTS, "evaluate", "{task}", "{method}", "{fold}", REP)),
+    benchmark:
+        str(layout.job_benchmark(RESULTS, "evaluate", "{task}", "{method}", "{fold}", REP))
+    conda:
+        f"../../{ENV}"
+    threads: config["evaluation"]["n_workers"]
     params:
         settings=lambda w: stages.evaluate_params(
             config, w.task, w.method, int(w.fold), layout.replicate_of(w.replicate)
         ),
-    threads: config["evaluation"]["n_workers"]
-    log:
-        str(layout.job_log(RESULTS, "evaluate", "{task}", "{method}", "{fold}", REP)),
-    benchmark:
-        str(layout.job_benchmark(RESULTS, "evaluate", "{task}", "{method}", "{fold}", REP)),
-    conda:
-        f"../../{ENV}"
     script:
         "../scripts/evaluate.py"

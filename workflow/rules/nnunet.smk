@@ -7,15 +7,17 @@ rule nnunet_results:
     input:
         unpack(nnunet_results_inputs),
     output:
-        summary=str(layout.nnunet_summary_json(RESULTS, "{dataset}", "{trainer}", PLANS, CONFIGURATION, "{fold}")),
-    params:
-        settings=lambda w: stages.nnunet_results_params(config, w.dataset, w.trainer, int(w.fold)),
+        summary=str(
+            layout.nnunet_summary_json(RESULTS, "{dataset}", "{trainer}", PLANS, CONFIGURATION, "{fold}")
+        ),
+    log:
+        str(layout.job_log(RESULTS, "nnunet_results", "{dataset}", "{trainer}", "{fold}")),
     wildcard_constraints:
         dataset=r"Dataset\d+_\w+",
         trainer=r"\w+",
-    log:
-        str(layout.job_log(RESULTS, "nnunet_results", "{dataset}", "{trainer}", "{fold}")),
     conda:
         f"../../{ENV}"
+    params:
+        settings=lambda w: stages.nnunet_results_params(config, w.dataset, w.trainer, int(w.fold)),
     script:
         "../scripts/nnunet_results.py"

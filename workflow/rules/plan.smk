@@ -8,14 +8,14 @@ rule plan:
         splits=str(layout.splits_json(RESULTS, "{task}")),
     output:
         manifest=str(layout.preprocessed_manifest(RESULTS, "{task}")),
-    params:
-        settings=lambda w: stages.plan_params(config, w.task),
-    threads: config["planning"]["num_processes"]
     log:
-        f"{RESULTS}/logs/plan/{{task}}.log",
+        str(layout.task_log(RESULTS, "plan", "{task}")),
     benchmark:
-        f"{RESULTS}/benchmarks/plan/{{task}}.tsv",
+        str(layout.task_benchmark(RESULTS, "plan", "{task}"))
     conda:
         f"../../{ENV}"
+    threads: config["planning"]["num_processes"]
+    params:
+        settings=lambda w: stages.plan_params(config, w.task),
     script:
         "../scripts/plan.py"

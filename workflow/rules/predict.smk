@@ -12,17 +12,17 @@ rule predict:
         reference=str(layout.reference_labels_dir(RESULTS, "{task}")),
     output:
         predictions=directory(str(layout.predictions_dir(RESULTS, "{task}", "{method}", "{fold}", REP))),
+    log:
+        str(layout.job_log(RESULTS, "predict", "{task}", "{method}", "{fold}", REP)),
+    benchmark:
+        str(layout.job_benchmark(RESULTS, "predict", "{task}", "{method}", "{fold}", REP))
+    conda:
+        f"../../{ENV}"
+    resources:
+        runtime=lambda w, attempt: runtime_minutes(config, "predict", w.method, attempt),
     params:
         settings=lambda w: stages.predict_params(
             config, w.task, w.method, int(w.fold), layout.replicate_of(w.replicate)
         ),
-    resources:
-        runtime=lambda w, attempt: runtime_minutes(config, "predict", w.method, attempt),
-    log:
-        str(layout.job_log(RESULTS, "predict", "{task}", "{method}", "{fold}", REP)),
-    benchmark:
-        str(layout.job_benchmark(RESULTS, "predict", "{task}", "{method}", "{fold}", REP)),
-    conda:
-        f"../../{ENV}"
     script:
         "../scripts/predict.py"

@@ -10,13 +10,13 @@ rule report:
         reliability=per_training(layout.reliability_csv),
     output:
         report_outputs(),
-    params:
-        settings=stages.report_params(config),
     log:
-        f"{RESULTS}/logs/report.log",
+        str(layout.stage_log(RESULTS, "report")),
     benchmark:
-        f"{RESULTS}/benchmarks/report.tsv",
+        str(layout.stage_benchmark(RESULTS, "report"))
     conda:
         f"../../{ENV}"
+    params:
+        settings=stages.report_params(config),
     script:
         "../scripts/report.py"

@@ -8,17 +8,17 @@ rule train:
     output:
         checkpoint=str(layout.training_checkpoint(RESULTS, "{task}", "{method}", "{fold}", REP)),
         progress=str(layout.progress_csv(RESULTS, "{task}", "{method}", "{fold}", REP)),
+    log:
+        str(layout.job_log(RESULTS, "train", "{task}", "{method}", "{fold}", REP)),
+    benchmark:
+        str(layout.job_benchmark(RESULTS, "train", "{task}", "{method}", "{fold}", REP))
+    conda:
+        f"../../{ENV}"
+    resources:
+        runtime=lambda w, attempt: runtime_minutes(config, "train", w.method, attempt),
     params:
         settings=lambda w: stages.train_params(
             config, w.task, w.method, int(w.fold), layout.replicate_of(w.replicate)
         ),
-    resources:
-        runtime=lambda w, attempt: runtime_minutes(config, "train", w.method, attempt),
-    log:
-        str(layout.job_log(RESULTS, "train", "{task}", "{method}", "{fold}", REP)),
-    benchmark:
-        str(layout.job_benchmark(RESULTS, "train", "{task}", "{method}", "{fold}", REP)),
-    conda:
-        f"../../{ENV}"
     script:
         "../scripts/train.py"

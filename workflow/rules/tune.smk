@@ -13,16 +13,16 @@ rule tune_worker:
         unpack(tune_worker_inputs),
     output:
         marker=str(layout.worker_marker(RESULTS, "{task}", "{method}", "{fold}", "{worker}")),
-    params:
-        settings=lambda w: stages.tune_params(config, w.task, w.method, int(w.fold)),
-    resources:
-        runtime=lambda w, attempt: runtime_minutes(config, "tune_worker", w.method, attempt),
     log:
-        f"{RESULTS}/logs/tune/{{task}}/{{method}}/fold{{fold}}/worker{{worker}}.log",
+        str(layout.tuning_log(RESULTS, "{task}", "{method}", "{fold}", "worker{worker}")),
     benchmark:
-        f"{RESULTS}/benchmarks/tune/{{task}}/{{method}}/fold{{fold}}/worker{{worker}}.tsv",
+        str(layout.tuning_benchmark(RESULTS, "{task}", "{method}", "{fold}", "worker{worker}"))
     conda:
         f"../../{ENV}"
+    resources:
+        runtime=lambda w, attempt: runtime_minutes(config, "tune_worker", w.method, attempt),
+    params:
+        settings=lambda w: stages.tune_params(config, w.task, w.method, int(w.fold)),
     script:
         "../scripts/tune_worker.py"
 
@@ -33,14 +33,14 @@ rule select_best:
     output:
         trials=str(layout.trials_csv(RESULTS, "{task}", "{method}", "{fold}")),
         best=str(layout.best_params_json(RESULTS, "{task}", "{method}", "{fold}")),
-    params:
-        settings=lambda w: stages.tune_params(config, w.task, w.method, int(w.fold)),
     log:
-        f"{RESULTS}/logs/tune/{{task}}/{{method}}/fold{{fold}}/select_best.log",
+        str(layout.tuning_log(RESULTS, "{task}", "{method}", "{fold}", "select_best")),
     benchmark:
-        f"{RESULTS}/benchmarks/tune/{{task}}/{{method}}/fold{{fold}}/select_best.tsv",
+        str(layout.tuning_benchmark(RESULTS, "{task}", "{method}", "{fold}", "select_best"))
     conda:
         f"../../{ENV}"
+    params:
+        settings=lambda w: stages.tune_params(config, w.task, w.method, int(w.fold)),
     script:
         "../scripts/select_best.py"
 
@@ -50,17 +50,17 @@ rule tune_warmup:
         plans=str(layout.preprocessed_manifest(RESULTS, "{task}")),
     output:
         checkpoint=str(layout.warmup_checkpoint(RESULTS, "{task}", "{fold}", "{seed}")),
+    log:
+        str(layout.tuning_log(RESULTS, "{task}", "warmup", "{fold}", "seed{seed}")),
+    benchmark:
+        str(layout.tuning_benchmark(RESULTS, "{task}", "warmup", "{fold}", "seed{seed}"))
     wildcard_constraints:
         seed=r"\d+",
-    params:
-        settings=lambda w: stages.warmup_params(config, w.task, int(w.fold)),
-    resources:
-        runtime=lambda w, attempt: runtime_minutes(config, "tune_warmup", WARMUP_METHOD, attempt),
-    log:
-        f"{RESULTS}/logs/tune/{{task}}/warmup/fold{{fold}}/seed{{seed}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/tune/{{task}}/warmup/fold{{fold}}/seed{{seed}}.tsv",
     conda:
         f"../../{ENV}"
+    resources:
+        runtime=lambda w, attempt: runtime_minutes(config, "tune_warmup", WARMUP_METHOD, attempt),
+    params:
+        settings=lambda w: stages.warmup_params(config, w.task, int(w.fold)),
     script:
         "../scripts/tune_warmup.py"

@@ -343,8 +343,17 @@ def test_training_curves_from_progress(study, tmp_path: Path) -> None:
     bad = tmp_path / "elsewhere" / "progress.csv"
     bad.parent.mkdir()
     bad.write_text(paths[0].read_text())
-    with pytest.raises(InputDataError, match="elsewhere/progress.csv: not a training"):
+    with pytest.raises(InputDataError, match="elsewhere/progress.csv: no task, method and fold "
+                                             "columns, and not a training"):
         read_progress([bad])
+    # a file that names its run (as the trainers write it) may live anywhere
+    named = pd.read_csv(paths[0])
+    named.insert(0, "replicate", 2)
+    for i, (k, v) in enumerate((("task", "Lung"), ("method", "APL1"), ("fold", 4))):
+        named.insert(i, k, v)
+    named.to_csv(bad, index=False)
+    df = read_progress([bad])
+    assert set(zip(df.task, df.method, df.fold, df.replicate)) == {("Lung", "APL1", 4, 2)}
 
 
 def _sweep_inputs(tmp_path: Path) -> tuple[list[Path], list[Path]]:

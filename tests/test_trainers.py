@@ -240,7 +240,13 @@ def test_finished_run_returns_immediately_and_settings_guard(phantom_dir, tmp_pa
     out = train(phantom_dir, "APL2", 0, tmp_path / "r", params={"w": 0.3}, epochs=1, **SHORT)
     final = out / "checkpoint_final.pth"
     stamp = final.stat().st_mtime_ns
-    assert train(phantom_dir, "APL2", 0, out, params={"w": 0.9}, epochs=1, **SHORT) == out
+    assert train(phantom_dir, "APL2", 0, out, params={"w": 0.3}, epochs=1, **SHORT) == out
+    assert final.stat().st_mtime_ns == stamp
+    # other settings: never taken as done (issue 22), and the finished model is kept
+    with pytest.raises(ConfigError, match=r"checkpoint_final.pth: written by another training "
+                                          r"\(other settings: params \(\{'w': 0.3\} -> "
+                                          r"\{'w': 0.9\}\)\). The finished model is kept"):
+        train(phantom_dir, "APL2", 0, out, params={"w": 0.9}, epochs=1, **SHORT)
     assert final.stat().st_mtime_ns == stamp
     assert json.loads((out / "settings.json").read_text())["params"] == {"w": 0.3}
     with pytest.raises(ConfigError, match="defines folds"):
@@ -470,9 +476,10 @@ def test_peer_updates_is_not_a_result_setting(tmp_path):
     settings = build_settings("CoT", coteaching={"peer_updates": "joint"})
     (tmp_path / "settings.json").write_text(json.dumps(settings.to_dict()))
     _check_resume_settings(tmp_path, build_settings("CoT"))  # sequential: same updates
-    with pytest.raises(ConfigError, match=r"different settings \(seed\)"):
+    with pytest.raises(ConfigError, match=r"different settings \(seed \(0 -> 1\)\)"):
         _check_resume_settings(tmp_path, build_settings("CoT", seed=1))
-    with pytest.raises(ConfigError, match=r"different settings \(coteaching.gradual\)"):
+    with pytest.raises(ConfigError, match=r"different settings "
+                                          r"\(coteaching.gradual \(20 -> 3\)\)"):
         _check_resume_settings(tmp_path, build_settings("CoT", coteaching={"gradual": 3}))
     # a run started before the methods declared their options: one line, not a list of keys
     legacy = {k: v for k, v in settings.to_dict().items() if k != "options"}
@@ -613,9 +620,9 @@ def test_start_from_refuses_a_warmup_that_does_not_fit(phantom_dir, tmp_path, wa
     kw = {**WARMUP_TRIAL, "start_from": warmup_checkpoint}
     with pytest.raises(ConfigError, match="HRL cannot start from a shared warm-up"):
         train(phantom_dir, "HRL", 0, tmp_path / "hrl", **kw)
-    with pytest.raises(ConfigError, match=r"different settings \(seed\)"):
+    with pytest.raises(ConfigError, match=r"other settings: seed \(3 -> 4\)"):
         train(phantom_dir, "StoCoT", 0, tmp_path / "seed", **{**kw, "seed": 4})
-    with pytest.raises(ConfigError, match=r"different settings \(num_epochs\)"):
+    with pytest.raises(ConfigError, match=r"other settings: num_epochs \("):
         train(phantom_dir, "CoT", 0, tmp_path / "epochs", **{**kw, "epochs": 6})
     with pytest.raises(InputDataError, match="warm-up checkpoint is missing"):
         train(phantom_dir, "CoT", 0, tmp_path / "none",

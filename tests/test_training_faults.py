@@ -521,6 +521,11 @@ def test_kills_before_each_commit_of_train(study) -> None:
 
     assert read_checkpoint(model / layout.CHECKPOINT_FINAL, "")["current_epoch"] == 2
     assert not (model / layout.CHECKPOINT_LATEST).exists()
+    # progress.csv names its run in its first columns, one row per epoch
+    rows = (model / "progress.csv").read_text().splitlines()
+    assert rows[0].startswith("task,method,fold,replicate,epoch,")
+    assert [r.split(",")[:5] for r in rows[1:]] == [["PhantomTest", "Baseline", "0", "0", "0"],
+                                                   ["PhantomTest", "Baseline", "0", "0", "1"]]
 
 
 def test_kills_before_each_commit_of_tune(study) -> None:

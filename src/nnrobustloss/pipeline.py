@@ -350,6 +350,7 @@ def run_tune_worker(params: Mapping[str, Any], worker: int, workers: int,
     call["device"] = device
     call["checkpoint_minutes"] = checkpoint_minutes
     call["augmentation_workers"] = augmentation_workers
+    call["run_keys"] = {"task": p["task"]}
     if warmup is not None:
         call["start_from"] = Path(warmup)
     summary = run_worker(
@@ -426,6 +427,7 @@ def run_train(params: Mapping[str, Any], results_dir: str | os.PathLike[str],
         remove_temporaries(out, None)  # what a killed run left (0.8-1.6 GB per checkpoint)
         return train(output_dir=out, params=hparams, device=device, continue_training=True,
                      checkpoint_minutes=checkpoint_minutes,
+                     run_keys={"task": p["task"], "replicate": int(p.get("replicate", 0))},
                      augmentation_workers=augmentation_workers,
                      **train_kwargs(p, results_dir, schedule_options))
 

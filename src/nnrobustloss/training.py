@@ -204,6 +204,7 @@ def train(preprocessed_dataset_dir: str | os.PathLike[str], method: str, fold: i
           continue_training: bool = True, checkpoint_minutes: float = 0.0,
           start_from: str | os.PathLike[str] | None = None,
           augmentation_workers: int | str = "auto",
+          run_keys: Mapping[str, Any] | None = None,
           **option_sections: Mapping[str, Any]) -> Path:
     """Train ``method`` on ``fold`` of ``preprocessed_dataset_dir``; return ``output_dir``.
 
@@ -227,6 +228,9 @@ def train(preprocessed_dataset_dir: str | os.PathLike[str], method: str, fold: i
     ``augmentation_workers``: seeded augmentation worker processes (0: in this process; "auto":
     nnU-Net's count on CUDA, ``nnUNet_n_proc_DA`` or 0 on the CPU; see
     :mod:`nnrobustloss.trainers.augmentation`: any N >= 1 gives the same batches).
+
+    ``run_keys``: the task (and replicate) that name the run in ``progress.csv``, whose first
+    columns are ``task, method, fold`` and then these keys' others (e.g. ``replicate``).
 
     ``start_from``: a shared warm-up checkpoint (:mod:`nnrobustloss.warmup`) to start from when
     there is nothing to resume: the run continues it exactly as a resumed run would, so that it
@@ -273,7 +277,7 @@ def train(preprocessed_dataset_dir: str | os.PathLike[str], method: str, fold: i
                               dataset_json=dataset_json, device=resolve_device(device))
         trainer.set_output_paths(out, pre)
     trainer.configure(settings, epoch_callback, checkpoint_minutes=float(checkpoint_minutes),
-                      augmentation_workers=augmentation_workers)
+                      augmentation_workers=augmentation_workers, run_keys=run_keys)
     if resume:
         trainer.load_checkpoint(str(latest))
         print(f"[train] continuing {out} from {latest.name} at epoch {trainer.current_epoch}",

@@ -117,13 +117,19 @@ PROGRESS_CLASS_PREFIXES = ("train_dice_class", "kept_fraction_class")
 kept fraction with the suffix ``_peer_a``: two-peer methods only)."""
 
 
+PROGRESS_KEYS = ("task", "method", "fold", "replicate")
+"""The columns that name the run, leading every row of progress.csv (``replicate`` only in
+final trainings' files)."""
+
+
 def read_progress(paths: Sequence[str | os.PathLike[str]]) -> pd.DataFrame:
-    """Read final trainings' ``training/<Task>/<Method>/fold<k>[_rep<r>]/progress.csv`` files.
+    """Read final trainings' ``progress.csv`` files.
 
     Returns columns epoch, train_loss, train_pseudo_dice_ema, the per-class columns of
-    :data:`PROGRESS_CLASS_PREFIXES` that the files have (NaN where a file lacks them), plus
-    task, method, fold, replicate taken from the path (InputDataError for a path that does not
-    follow that layout)."""
+    :data:`PROGRESS_CLASS_PREFIXES` that the files have (NaN where a file lacks them), and
+    :data:`PROGRESS_KEYS` from the file's own columns (replicate 0 where absent). A file written
+    before progress.csv had those columns is named by its path
+    (``training/<Task>/<Method>/fold<k>[_rep<r>]/progress.csv``; InputDataError otherwise)."""
     from nnrobustloss.layout import parse_fold_name
 
     df = read_csvs(paths, PROGRESS_NUMERIC, PROGRESS_NUMERIC, "progress")
@@ -131,18 +137,23 @@ def read_progress(paths: Sequence[str | os.PathLike[str]]) -> pd.DataFrame:
         table = pd.read_csv(f)
         for c in (c for c in table.columns if c.startswith(PROGRESS_CLASS_PREFIXES)):
             df.loc[index, c] = pd.to_numeric(table[c], errors="coerce").to_numpy(np.float64)
-    keys = []
-    for f in df["_file"]:
-        parts = Path(f).parts
-        parsed = parse_fold_name(parts[-2]) if len(parts) >= 4 else None
-        if parsed is None:
-            raise InputDataError(f"{f}: not a training/<Task>/<Method>/fold<k>[_rep<r>]/"
-                                 "progress.csv path; pass the train stage's progress files.")
-        keys.append((parts[-4], parts[-3], *parsed))
-    df["task"] = [k[0] for k in keys]
-    df["method"] = [k[1] for k in keys]
-    df["fold"] = [k[2] for k in keys]
-    df["replicate"] = [k[3] for k in keys]
+        if {"task", "method", "fold"} <= set(table.columns) and table["task"].notna().all():
+            keys = [table[k].to_numpy() if k in table.columns else np.zeros(len(table), int)
+                    for k in PROGRESS_KEYS]
+        else:
+            parts = Path(f).parts
+            parsed = parse_fold_name(parts[-2]) if len(parts) >= 4 else None
+            if parsed is None:
+                raise InputDataError(f"{f}: no task, method and fold columns, and not a "
+                                     "training/<Task>/<Method>/fold<k>[_rep<r>]/progress.csv "
+                                     "path; pass the train stage's progress files.")
+            keys = [[v] * len(index) for v in (parts[-4], parts[-3], *parsed)]
+        for k, values in zip(PROGRESS_KEYS, keys, strict=True):
+            df.loc[index, k] = list(values)
+    df["fold"] = df["fold"].astype(int)
+    df["replicate"] = df["replicate"].astype(int)
+    df["task"] = df["task"].astype(str)
+    df["method"] = df["method"].astype(str)
     return df
 RELIABILITY_NUMERIC = ("fold", "band_mm", "bin", "lower", "upper", "count", "confidence_sum",
                        "correct_sum")

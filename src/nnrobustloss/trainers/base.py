@@ -63,7 +63,7 @@ from nnrobustloss.errors import ConfigError, NNRobustLossError, user_error
 from nnrobustloss.fileio import write_json, write_torch
 from nnrobustloss.methods import get_method, methods_of_trainer
 from nnrobustloss.trainers.identity import IDENTITY_KEY, checkpoint_identity
-from nnrobustloss.trainers.progress import ProgressRecorder, write_progress_csv
+from nnrobustloss.trainers.progress import ProgressRecorder
 from nnrobustloss.trainers.resume import (
     CHECKPOINT_KEY,
     CheckpointSchedule,
@@ -150,14 +150,17 @@ class RobustTrainer(nnUNetTrainer):
     def configure(self, settings: TrainerSettings,
                   epoch_callback: EpochCallback | None = None,
                   checkpoint_minutes: float = 0.0,
-                  augmentation_workers: int | str = 0) -> None:
+                  augmentation_workers: int | str = 0,
+                  run_keys: Mapping[str, Any] | None = None) -> None:
         """Apply ``settings`` and seed every RNG; must precede ``initialize()``.
 
         The settings' method must be one that the registry trains with this class.
         ``checkpoint_minutes``: write ``checkpoint_latest.pth`` after every epoch (0) or at most
         once per that many minutes (never a result setting). ``augmentation_workers``: seeded
         augmentation worker processes (0: in this process; "auto": see
-        :func:`nnrobustloss.trainers.augmentation.resolve_workers`)."""
+        :func:`nnrobustloss.trainers.augmentation.resolve_workers`). ``run_keys``: what else
+        names the run in ``progress.csv`` besides its method and fold (``task``,
+        ``replicate``), written as its first columns."""
         from nnrobustloss.trainers.augmentation import resolve_workers
 
         if self.was_initialized:
@@ -169,6 +172,9 @@ class RobustTrainer(nnUNetTrainer):
                               f"{settings.method!r} (the registry's trainer of {settings.method} "
                               f"is {trainer}).")
         self.settings = settings
+        keys = dict(run_keys or {})
+        self.progress.keys = {"task": keys.pop("task", ""), "method": settings.method,
+                              "fold": self.fold, **keys}
         self.epoch_callback = epoch_callback
         self.checkpoints = CheckpointSchedule(checkpoint_minutes)
         self.augmentation_workers = resolve_workers(augmentation_workers, self.device.type)
@@ -377,7 +383,7 @@ class RobustTrainer(nnUNetTrainer):
         self.checkpoints.start()
         write_json(Path(self.output_folder) / "settings.json", self.settings.to_dict())
         if self.progress.history:
-            write_progress_csv(self.progress_csv, self.progress.history)
+            self.progress.write(self.progress_csv)
         # after the loaders' warm-up batch, exactly where the interrupted run stood
         self.resume_state.restore_pending()
 

@@ -126,10 +126,13 @@ class ProgressRecorder:
     after the last step (adds ``train_pseudo_dice`` and ``train_dice_class<k>`` to
     :attr:`extras`; trainers may add their own extras), then :meth:`record` with nnU-Net's
     logged values, which appends the row (replacing rows of that epoch or later: a resumed run
-    repeats nothing) and writes ``progress.csv``.
+    repeats nothing) and writes ``progress.csv``. :attr:`keys` (the run's task, method, fold and
+    replicate, as known) lead every written row, so that the file says which run it is; the
+    history and the rows passed on hold the epoch's values only.
     """
 
     def __init__(self) -> None:
+        self.keys: dict[str, Any] = {}
         self.history: list[dict[str, Any]] = []
         self.extras: dict[str, Any] = {}
         self._counts: np.ndarray | None = None
@@ -175,5 +178,9 @@ class ProgressRecorder:
         row["epoch_seconds"] = float(logged["epoch_seconds"])
         row.update({k: v for k, v in self.extras.items() if k != "train_pseudo_dice"})
         self.history = [r for r in self.history if r["epoch"] < epoch] + [row]
-        write_progress_csv(csv_path, self.history)
+        self.write(csv_path)
         return row
+
+    def write(self, csv_path: str | os.PathLike[str]) -> None:
+        """Write the history to ``csv_path``, each row led by the run's :attr:`keys`."""
+        write_progress_csv(csv_path, [{**self.keys, **r} for r in self.history])

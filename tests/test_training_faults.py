@@ -558,3 +558,44 @@ def test_kills_before_each_commit_of_predict(study) -> None:
                                   out.parent, complete_cases)
     assert kills >= 2 and not layout.partial_dir(out).exists()
     assert len(list(out.glob("*.nii.gz"))) == 2
+
+
+# --- 5b. planning checks its raw cases and the splits before it writes anything ------------
+
+def _plan_copy(trained: dict, tmp_path: Path) -> Path:
+    """A copy of the converted phantom task (raw datasets and splits, nothing planned)."""
+    results = tmp_path / "results"
+    shutil.copytree(trained["results_dir"], results, symlinks=True,
+                    ignore=shutil.ignore_patterns("preprocessed", "training", "tuning",
+                                                  "nnunet_results", "ResumeTest"))
+    return results
+
+
+def test_plan_names_a_missing_raw_case(trained, tmp_path) -> None:
+    from nnrobustloss.planning import plan_and_preprocess
+
+    results = _plan_copy(trained, tmp_path)
+    raw = layout.raw_dir(results, "PhantomTest", 981)
+    image = sorted((raw / "imagesTr").glob("*_0000.nii.gz"))[2]
+    image.resolve().unlink()
+    with pytest.raises(InputDataError, match=rf"^{image}: image of case .* is missing"):
+        plan_and_preprocess("PhantomTest", 981, 982, results, planner="cpu",
+                            cpu_plan=PHANTOM_TEST_CPU_PLAN, num_processes=1)
+    assert not (results / "preprocessed").exists() or not any(
+        (results / "preprocessed").iterdir())
+
+
+def test_plan_refuses_splits_naming_unknown_cases(trained, tmp_path) -> None:
+    from nnrobustloss.planning import plan_and_preprocess
+
+    results = _plan_copy(trained, tmp_path)
+    splits_file = results / "splits" / "PhantomTest.json"
+    splits = json.loads(splits_file.read_text())
+    splits[1]["val"].append("case_that_is_not_there")
+    splits_file.write_text(json.dumps(splits))
+    with pytest.raises(InputDataError, match=rf"^{splits_file}: fold 1 names case\(s\) "
+                                             r"case_that_is_not_there that Dataset981_PhantomTest "
+                                             r"does not have. Delete the splits file and rerun"):
+        plan_and_preprocess("PhantomTest", 981, 982, results, planner="cpu",
+                            cpu_plan=PHANTOM_TEST_CPU_PLAN, splits_file=splits_file,
+                            num_processes=1)

@@ -121,6 +121,41 @@ def apply_cpu_plan(plans: dict[str, Any], configuration: str, cpu_plan: Mapping[
     return out
 
 
+def raw_cases(raw: Path) -> list[str]:
+    """The case ids of nnU-Net raw dataset ``raw`` (its ``labelsTr``), after checking that every
+    case has its image for each channel of ``dataset.json`` and that ``numTraining`` counts them;
+    InputDataError naming the missing file or the inconsistent ``dataset.json``."""
+    info = read_json(raw / "dataset.json")
+    ending = info.get("file_ending", ".nii.gz")
+    labels = raw / "labelsTr"
+    cases = sorted(p.name[: -len(ending)] for p in labels.glob(f"*{ending}")) \
+        if labels.is_dir() else []
+    todo = "Rerun the convert stage of this task (delete its raw datasets if it says done)."
+    for case in cases:
+        for channel in sorted(int(c) for c in info.get("channel_names", {"0": ""})):
+            image = raw / "imagesTr" / f"{case}_{channel:04d}{ending}"
+            if not image.is_file():
+                raise InputDataError(f"{image}: image of case {case} is missing (its labels "
+                                     f"are in {labels}). {todo}")
+    if len(cases) != info.get("numTraining"):
+        raise InputDataError(f"{raw / 'dataset.json'}: numTraining is {info.get('numTraining')} "
+                             f"but {labels} holds {len(cases)} label files. {todo}")
+    return cases
+
+
+def _check_split_cases(splits: list[dict[str, list[str]]], cases: list[str], splits_file: Path,
+                       raw: Path) -> None:
+    """InputDataError naming ``splits_file`` when a fold names a case that ``raw`` lacks."""
+    known = set(cases)
+    for k, fold in enumerate(splits):
+        unknown = sorted(c for part in ("train", "val") for c in fold[part] if c not in known)
+        if unknown:
+            raise InputDataError(f"{splits_file}: fold {k} names case(s) {', '.join(unknown[:5])}"
+                                 f"{' ...' if len(unknown) > 5 else ''} that {raw.name} does not "
+                                 "have. Delete the splits file and rerun the splits stage (it "
+                                 "writes them from the converted dataset).")
+
+
 def plan_and_preprocess(task: str, dataset_id: int, reference_dataset_id: int,
                         results_dir: str | os.PathLike[str], planner: str = "default",
                         configuration: str = "3d_fullres",
@@ -146,8 +181,12 @@ def plan_and_preprocess(task: str, dataset_id: int, reference_dataset_id: int,
         if not (raw / "dataset.json").is_file():
             raise InputDataError(f"{raw / 'dataset.json'}: raw dataset not found. "
                                  f"Run the convert stage for task {task} first.")
+    cases = raw_cases(raw_dirs[0])  # every case with its images, before anything is written
+    raw_cases(raw_dirs[1])
     raw_root = raw_dirs[0].parent
     splits = read_splits(splits_file) if splits_file is not None else None
+    if splits is not None:
+        _check_split_cases(splits, cases, Path(splits_file), raw_dirs[0])
 
     finals = (layout.preprocessed_dir(results_dir, task, dataset_id),
               layout.preprocessed_dir(results_dir, task, reference_dataset_id, reference=True))

@@ -250,7 +250,8 @@ def train(preprocessed_dataset_dir: str | os.PathLike[str], method: str, fold: i
     plans, dataset_json = check_preprocessed(pre, plans_identifier, configuration, fold)
     final, latest = out / CHECKPOINT_FINAL, out / CHECKPOINT_LATEST
     if final.is_file():  # done, if it is this training
-        redo = f"all {settings.num_epochs} epochs are trained again"
+        n = settings.num_epochs
+        redo = f"all {n} epochs are trained again" if n > 1 else "its one epoch is trained again"
         check_identity(read_checkpoint(final, redo), final, spec=spec, plans=plans,
                        configuration=configuration, fold=fold, settings=settings.to_dict(),
                        todo=f"The finished model is kept: delete {out} and rerun to train this "

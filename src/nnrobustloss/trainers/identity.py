@@ -89,8 +89,10 @@ def read_checkpoint(path: str | os.PathLike[str], redo: str) -> dict[str, Any]:
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=False, mmap=True)
     except Exception as e:  # zero bytes, cut short, or another format
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputDataError(f"{p}: unreadable checkpoint ({p.stat().st_size} bytes; {reason}): "
+        size = p.stat().st_size
+        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = "empty" if size == 0 else text.split(". ")[0][:120]  # PyTorch's first sentence
+        raise InputDataError(f"{p}: unreadable checkpoint ({size} bytes; {reason}): "
                              f"cut short by a kill or a full disk, or not a checkpoint. Delete "
                              f"it and rerun; {redo}.") from e
     if not isinstance(ckpt, dict) or "network_weights" not in ckpt:

@@ -230,6 +230,11 @@ def _wait_for(condition, proc: subprocess.Popen, log: Path, timeout: float = 900
         time.sleep(1)
 
 
+def _epochs_logged(progress: Path, n: int):
+    """A condition for :func:`_wait_for`: ``progress`` (a progress.csv) holds ``n`` epochs."""
+    return lambda: progress.is_file() and len(progress.read_text().splitlines()) > n
+
+
 def _running_job(log: Path, rule: str) -> str:
     """The SLURM job id of the (last) submitted job of ``rule``."""
     return [j for j, r in submissions(log.read_text()).items() if r == rule][-1]
@@ -246,11 +251,7 @@ def test_scancel_of_a_tuning_worker_loses_no_trial(slurm, tmp_path: Path) -> Non
     proc, log = _start(tmp_path, slurm["profile"], overlay,
                        os.path.relpath(study / "best_params.json", tmp_path))
 
-    def second_trial_running() -> bool:
-        progress = study / "trials" / "trial1" / "progress.csv"
-        return progress.is_file() and len(progress.read_text().splitlines()) >= 3
-
-    _wait_for(second_trial_running, proc, log)
+    _wait_for(_epochs_logged(study / "trials" / "trial1" / "progress.csv", 2), proc, log)
     jobid = _running_job(log, "tune_worker")
     subprocess.run(["scancel", jobid], check=True)
     assert proc.wait(timeout=1500) == 0, log.read_text()[-5000:]
@@ -275,11 +276,7 @@ def test_requeued_training_finishes_from_its_checkpoint(slurm, tmp_path: Path) -
     proc, log = _start(tmp_path, slurm["profile"], overlay,
                        os.path.relpath(out / "checkpoint_final.pth", tmp_path))
 
-    def some_epochs_done() -> bool:
-        progress = out / "progress.csv"
-        return progress.is_file() and len(progress.read_text().splitlines()) >= 4
-
-    _wait_for(some_epochs_done, proc, log)
+    _wait_for(_epochs_logged(out / "progress.csv", 3), proc, log)
     jobid = _running_job(log, "train")
     subprocess.run(["scontrol", "requeue", jobid], check=True)
     assert proc.wait(timeout=1500) == 0, log.read_text()[-5000:]

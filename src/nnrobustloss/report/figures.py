@@ -34,12 +34,7 @@ def figure1(trials: pd.DataFrame, tasks: Sequence[str], methods: Sequence[str],
 
     present = [t for t in tasks if not trials[trials.task == t].empty]
     if not present:  # one message panel instead of empty axes
-        fig = Figure(figsize=(7.0, 2.0), layout="constrained")
-        ax = fig.subplots()
-        ax.set_axis_off()
-        ax.text(0.5, 0.5, "No completed tuning trials found", ha="center", va="center",
-                fontsize=11, transform=ax.transAxes)
-        save_figure(fig, png, pdf)
+        message_figure("No completed tuning trials found", png, pdf)
         return
     n = len(tasks)
     ncols = min(n, 3)
@@ -88,6 +83,18 @@ def figure1(trials: pd.DataFrame, tasks: Sequence[str], methods: Sequence[str],
     save_figure(fig, png, pdf)
 
 
+def message_figure(text: str, png: Path, pdf: Path) -> None:
+    """A 7 x 2 in figure holding only ``text``, written as :func:`save_figure` does: what a
+    figure shows when its inputs hold nothing to plot."""
+    from matplotlib.figure import Figure  # noqa: F811 (runtime import: matplotlib is slow)
+
+    fig = Figure(figsize=(7.0, 2.0), layout="constrained")
+    ax = fig.subplots()
+    ax.set_axis_off()
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=11, transform=ax.transAxes)
+    save_figure(fig, png, pdf)
+
+
 def save_figure(fig: Figure, png: Path, pdf: Path) -> None:
     """Write the figure atomically as a 200-dpi PNG and a vector PDF."""
     for path, kw in ((png, {"dpi": 200}), (pdf, {})):
@@ -121,12 +128,7 @@ def training_curves_figure(progress: pd.DataFrame, tasks: Sequence[str], methods
 
     present = [t for t in tasks if not progress[progress.task == t].empty]
     if not present:
-        fig = Figure(figsize=(7.0, 2.0), layout="constrained")
-        ax = fig.subplots()
-        ax.set_axis_off()
-        ax.text(0.5, 0.5, "No training progress found", ha="center", va="center", fontsize=11,
-                transform=ax.transAxes)
-        save_figure(fig, png, pdf)
+        message_figure("No training progress found", png, pdf)
         return
     colours = method_colours(methods)
 
@@ -240,12 +242,7 @@ def reliability_figure(reliability: pd.DataFrame, tasks: Sequence[str], methods:
 
     curves = reliability_curves(reliability)
     if curves.empty:
-        fig = Figure(figsize=(7.0, 2.0), layout="constrained")
-        ax = fig.subplots()
-        ax.set_axis_off()
-        ax.text(0.5, 0.5, "Calibration not measured (evaluation.calibration: false)",
-                ha="center", va="center", fontsize=11, transform=ax.transAxes)
-        save_figure(fig, png, pdf)
+        message_figure("Calibration not measured (evaluation.calibration: false)", png, pdf)
         return
     n = len(tasks)
     ncols = min(n, 3)

@@ -241,7 +241,12 @@ def test_finished_run_returns_immediately_and_settings_guard(phantom_dir, tmp_pa
     out = train(phantom_dir, "APL2", 0, tmp_path / "r", params={"w": 0.3}, epochs=1, **SHORT)
     final = out / "checkpoint_final.pth"
     stamp = final.stat().st_mtime_ns
-    assert train(phantom_dir, "APL2", 0, out, params={"w": 0.9}, epochs=1, **SHORT) == out
+    assert train(phantom_dir, "APL2", 0, out, params={"w": 0.3}, epochs=1, **SHORT) == out
+    assert final.stat().st_mtime_ns == stamp
+    # other settings: refused, the finished model kept (tests/test_training_faults.py)
+    with pytest.raises(ConfigError, match=r"written by another training \(other settings: "
+                                          r"params \(\{'w': 0.3\} -> \{'w': 0.9\}\)\)"):
+        train(phantom_dir, "APL2", 0, out, params={"w": 0.9}, epochs=1, **SHORT)
     assert final.stat().st_mtime_ns == stamp
     assert json.loads((out / "settings.json").read_text())["params"] == {"w": 0.3}
     with pytest.raises(ConfigError, match="defines folds"):

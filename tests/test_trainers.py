@@ -476,9 +476,9 @@ def test_peer_updates_is_not_a_result_setting(tmp_path):
     settings = build_settings("CoT", coteaching={"peer_updates": "joint"})
     (tmp_path / "settings.json").write_text(json.dumps(settings.to_dict()))
     _check_resume_settings(tmp_path, build_settings("CoT"))  # sequential: same updates
-    with pytest.raises(ConfigError, match=r"different settings \(seed\)"):
+    with pytest.raises(ConfigError, match=r"different settings \(seed \(0 -> 1\)\)"):
         _check_resume_settings(tmp_path, build_settings("CoT", seed=1))
-    with pytest.raises(ConfigError, match=r"different settings \(coteaching.gradual\)"):
+    with pytest.raises(ConfigError, match=r"different settings \(coteaching.gradual \(20 -> 3\)\)"):
         _check_resume_settings(tmp_path, build_settings("CoT", coteaching={"gradual": 3}))
     # a run started before the methods declared their options: one line, not a list of keys
     legacy = {k: v for k, v in settings.to_dict().items() if k != "options"}
@@ -619,9 +619,9 @@ def test_start_from_refuses_a_warmup_that_does_not_fit(phantom_dir, tmp_path, wa
     kw = {**WARMUP_TRIAL, "start_from": warmup_checkpoint}
     with pytest.raises(ConfigError, match="HRL cannot start from a shared warm-up"):
         train(phantom_dir, "HRL", 0, tmp_path / "hrl", **kw)
-    with pytest.raises(ConfigError, match=r"different settings \(seed\)"):
+    with pytest.raises(ConfigError, match=r"another training \(other settings: seed \(3 -> 4\)\)"):
         train(phantom_dir, "StoCoT", 0, tmp_path / "seed", **{**kw, "seed": 4})
-    with pytest.raises(ConfigError, match=r"different settings \(num_epochs\)"):
+    with pytest.raises(ConfigError, match=r"another training \(other settings: num_epochs \(\d+ -> 6\)"):
         train(phantom_dir, "CoT", 0, tmp_path / "epochs", **{**kw, "epochs": 6})
     with pytest.raises(InputDataError, match="warm-up checkpoint is missing"):
         train(phantom_dir, "CoT", 0, tmp_path / "none",

@@ -61,14 +61,14 @@ def _mode(mode: str, workers: int):
 
 def _trainer(pre: Path, out: Path, workers: int, iterations: int, epochs: int):
     from nnrobustloss.fileio import read_json
-    from nnrobustloss.methods import get_method
     from nnrobustloss.planning import nnunet_paths
+    from nnrobustloss.trainers.loading import load_trainer_class
     from nnrobustloss.training import build_settings, resolve_device
 
     plans = read_json(pre / "nnUNetPlans.json")
     plans["continue_training"] = False
     with nnunet_paths(results=str(out)):
-        trainer = get_method("Baseline").load_trainer_class()(
+        trainer = load_trainer_class("Baseline")(
             plans=plans, configuration="3d_fullres", fold=0,
             dataset_json=read_json(pre / "dataset.json"), device=resolve_device("cpu"))
         trainer.set_output_paths(out, pre)

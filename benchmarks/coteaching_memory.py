@@ -56,8 +56,8 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     from nnrobustloss.fileio import read_json
-    from nnrobustloss.methods import METHODS
     from nnrobustloss.trainers.coteaching import CoTeachingTrainer
+    from nnrobustloss.trainers.loading import load_trainer_class
     from nnrobustloss.training import build_settings
 
     torch.set_num_threads(args.threads)
@@ -68,7 +68,7 @@ def child(args: argparse.Namespace) -> None:
     batch = int(args.batch or conf["batch_size"])
     conf["patch_size"], conf["batch_size"] = patch, batch
     plans["continue_training"] = False
-    cls = METHODS[args.method].load_trainer_class()
+    cls = load_trainer_class(args.method)
     device = torch.device(args.device)
     trainer = cls(plans, "3d_fullres", 0, read_json(pre / "dataset.json"), device)
     with tempfile.TemporaryDirectory() as out:

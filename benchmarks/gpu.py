@@ -74,13 +74,13 @@ def timed_train_steps(cls: type, seconds: list[float], cuda: bool) -> Iterator[N
 
 def runs(methods: list[str]) -> list[tuple[str, str]]:
     """(method, peer schedule) pairs: both schedules for two-peer methods, '-' otherwise."""
-    from nnrobustloss.methods import METHODS
     from nnrobustloss.trainers.coteaching import CoTeachingTrainer
+    from nnrobustloss.trainers.loading import load_trainer_class
     from nnrobustloss.trainers.settings import PEER_UPDATE_MODES
 
     out = []
     for m in methods:
-        two_peer = issubclass(METHODS[m].load_trainer_class(), CoTeachingTrainer)
+        two_peer = issubclass(load_trainer_class(m), CoTeachingTrainer)
         out += [(m, s) for s in (PEER_UPDATE_MODES if two_peer else ("-",))]
     return out
 
@@ -90,6 +90,7 @@ def train_one(pre: Path, pre_ref: Path, method: str, schedule: str, out: Path, i
     """Train one method briefly on the noisy (or, for BaselineRef, the reference) dataset;
     return s/it, epoch s and peak memory (bytes)."""
     from nnrobustloss.methods import METHODS
+    from nnrobustloss.trainers.loading import load_trainer_class
     from nnrobustloss.trainers.progress import read_progress_csv
     from nnrobustloss.training import train
 
@@ -98,7 +99,7 @@ def train_one(pre: Path, pre_ref: Path, method: str, schedule: str, out: Path, i
     if schedule != "-":
         co["peer_updates"] = schedule
     steps: list[float] = []
-    with timed_train_steps(spec.load_trainer_class(), steps, device == "cuda"), \
+    with timed_train_steps(load_trainer_class(spec), steps, device == "cuda"), \
             peak_memory(device) as mem, contextlib.redirect_stdout(io.StringIO()):
         train(pre_ref if spec.uses_reference else pre, method, 0, out, epochs=1,
               iterations_per_epoch=iterations, val_iterations_per_epoch=1, coteaching=co,

@@ -318,12 +318,12 @@ def _trainer(pre: Path, method: str, out: Path) -> Any:
     import torch
 
     from nnrobustloss.fileio import read_json
-    from nnrobustloss.methods import METHODS as REGISTRY
+    from nnrobustloss.trainers.loading import load_trainer_class
     from nnrobustloss.training import build_settings
 
     plans = read_json(pre / "nnUNetPlans.json")
     plans["continue_training"] = False
-    cls = REGISTRY[method].load_trainer_class()
+    cls = load_trainer_class(method)
     trainer = cls(plans, "3d_fullres", 0, read_json(pre / "dataset.json"), torch.device("cpu"))
     trainer.set_output_paths(out / method, pre)
     trainer.configure(build_settings(method, params=PARAMS.get(method), epochs=20,

@@ -159,9 +159,10 @@ def test_plan_cost_command_reports_a_study_that_cannot_be_split(tmp_path, capsys
 
 def test_peers_are_the_coteaching_trainers():
     from nnrobustloss.trainers.coteaching import CoTeachingTrainer
+    from nnrobustloss.trainers.loading import load_trainer_class
 
     for spec in METHODS.values():
-        assert spec.peers == (2 if issubclass(spec.load_trainer_class(), CoTeachingTrainer) else 1)
+        assert spec.peers == (2 if issubclass(load_trainer_class(spec), CoTeachingTrainer) else 1)
 
 
 def test_cost_plan_counts_replicates_of_the_final_trainings_only(paper):

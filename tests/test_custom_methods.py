@@ -62,18 +62,19 @@ def test_a_plain_nnunet_trainer_is_wrapped_and_listed_by_default():
     )
 
     from nnrobustloss.trainers import RobustTrainer
+    from nnrobustloss.trainers.loading import load_trainer_class
 
     cfg = _config({"TopK10": {"trainer": TOPK, "display": "TopK 10 %"}})
     assert cfg["methods"] == [*default_study_methods(), "TopK10"]
     assert "TopK10" not in builtin_methods()
     spec = METHODS["TopK10"]
     assert spec.display_name == "TopK 10 %" and not spec.needs_tuning and spec.peers == 1
-    cls = spec.load_trainer_class()
+    cls = load_trainer_class(spec)
     # RobustTrainer's overrides first, then nnU-Net's class (its _build_loss), same name
     assert cls.__mro__[1:3] == (RobustTrainer, nnUNetTrainerTopk10Loss)
     assert cls.__name__ == "nnUNetTrainerTopk10Loss"
     assert cls._build_loss is nnUNetTrainerTopk10Loss._build_loss
-    assert spec.load_trainer_class() is cls  # one wrapper per class
+    assert load_trainer_class(spec) is cls  # one wrapper per class
     # the definition travels in the params of its jobs only
     assert P.train_params(cfg, "PhantomTest", "TopK10", 0)["custom_methods"] == {
         "TopK10": cfg["custom_methods"]["TopK10"]}
@@ -92,7 +93,9 @@ def test_a_user_file_trainer_with_a_search_space(user_file, monkeypatch):
     spec = METHODS["User"]
     assert spec.param_names == ("t",) and spec.search_space[0].default_value() == \
         pytest.approx(20 ** 0.5)  # the geometric midpoint of [1, 20]
-    assert spec.load_trainer_class().__name__ == "nnUNetTrainer_User"
+    from nnrobustloss.trainers.loading import load_trainer_class
+
+    assert load_trainer_class(spec).__name__ == "nnUNetTrainer_User"
     # another process registers it from the params alone
     params = P.tune_params(cfg, "PhantomTest", "User", 0)
     METHODS.pop("User")

@@ -99,9 +99,11 @@ def test_resolve_params_fills_defaults_and_checks():
 def test_trainer_classes_resolve_with_nnunet_signature():
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+    from nnrobustloss.trainers.loading import load_trainer_class
+
     ref = inspect.signature(nnUNetTrainer.__init__)
     for spec in METHODS.values():
-        cls = spec.load_trainer_class()
+        cls = load_trainer_class(spec)
         assert issubclass(cls, nnUNetTrainer)
         assert inspect.signature(cls.__init__) == ref
         assert spec.id in methods_of_trainer(cls)  # the trainer accepts the method it trains

@@ -19,6 +19,7 @@ import torch
 
 from nnrobustloss.errors import ConfigError, InputDataError
 from nnrobustloss.methods import METHODS
+from nnrobustloss.trainers.loading import load_trainer_class
 from nnrobustloss.trainers.progress import (
     confusion_counts,
     ema_update,
@@ -156,7 +157,7 @@ def test_trainer_init_signature_is_nnunets():
 
     ref = inspect.signature(nnUNetTrainer.__init__)
     for spec in METHODS.values():
-        assert inspect.signature(spec.load_trainer_class().__init__) == ref
+        assert inspect.signature(load_trainer_class(spec).__init__) == ref
 
 
 def test_train_rejects_missing_dataset_and_unknown_method(tmp_path):
@@ -214,7 +215,7 @@ def test_every_method_trains_one_epoch(phantom_dir, tmp_path, method):
     assert float(row["train_pseudo_dice_ema"]) == float(row["train_pseudo_dice"])
     assert float(row["lr"]) == pytest.approx(0.01)
     ckpt = torch.load(out / "checkpoint_final.pth", map_location="cpu", weights_only=False)
-    assert ckpt["trainer_name"] == METHODS[method].load_trainer_class().__name__
+    assert ckpt["trainer_name"] == load_trainer_class(method).__name__
     assert ckpt["nnrobustloss"]["settings"]["method"] == method
     if method in COTEACHING:
         assert "network_weights_peer_b" in ckpt and "optimizer_state_peer_b" in ckpt
@@ -353,7 +354,7 @@ def _make_trainer(phantom_dir: Path, tmp_path: Path, method: str, **settings):
 
     plans = read_json(phantom_dir / "nnUNetPlans.json")
     plans["continue_training"] = False
-    cls = METHODS[method].load_trainer_class()
+    cls = load_trainer_class(method)
     trainer = cls(plans, "3d_fullres", 0, read_json(phantom_dir / "dataset.json"),
                   torch.device("cpu"))
     trainer.set_output_paths(tmp_path / method, phantom_dir)

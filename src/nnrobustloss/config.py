@@ -147,7 +147,7 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
     if "folds" not in cfg:  # the schema's static default would not follow n_folds
         cfg["folds"] = list(range(int(cfg.get("n_folds", 3))))
     if cfg.get("custom_methods"):  # imported and checked here; a file path made absolute
-        from nnrobustloss.methods import register_custom_methods
+        from nnrobustloss.trainers.loading import register_custom_methods
 
         for method, spec in register_custom_methods(cfg["custom_methods"]).items():
             cfg["custom_methods"][method] = dict(cfg["custom_methods"][method],

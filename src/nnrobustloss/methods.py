@@ -35,18 +35,17 @@ Defaults (:func:`default_params`, used when a method is trained without tuning) 
 midpoint of each range, the geometric midpoint for log-scale parameters (a = b = 2), and
 ``w = 0.5`` (the midpoint of the paper's (0, 1]).
 
-Trainer classes are stored as import paths ``"module:ClassName"`` and resolved on demand
-(:meth:`MethodSpec.load_trainer_class`) so that importing the registry does not import nnU-Net
-(the Snakefile and the cost plan read it); a class object is accepted too.
+Trainer classes are stored as import paths ``"module:ClassName"`` (a class object is accepted
+too); the registry is data and imports no trainer, so that importing it does not import nnU-Net
+(the Snakefile and the cost plan read it) and the trainers can read it. Loading a method's class,
+wrapping a plain nnU-Net trainer and checking a custom method's trainer is
+:mod:`nnrobustloss.trainers.loading`'s job (docs/packages.md).
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import math
 import numbers
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -251,14 +250,6 @@ class MethodSpec:
             raise ConfigError(f"method {self.id}: only a two-peer method can share the "
                               "co-teaching warm-up.")
 
-    def load_trainer_class(self) -> type:
-        """Import and return the ``nnUNetTrainer`` subclass of this method; a plain nnU-Net
-        trainer comes wrapped (:func:`wrapped_trainer`). ConfigError when the import fails or
-        the class is not an ``nnUNetTrainer``."""
-        cls = self.trainer_class if isinstance(self.trainer_class, type) \
-            else _import_trainer(self.trainer_class)
-        return wrapped_trainer(cls)
-
     @property
     def trainer_name(self) -> str:
         """The trainer's class name (as nnU-Net's checkpoints record it), without importing it."""
@@ -433,18 +424,9 @@ def methods_of_trainer(trainer: type) -> list[str]:
     return [m.id for m in METHODS.values() if m.trainer_name == trainer.__name__]
 
 
-def trainer_by_name(name: str) -> type | None:
-    """The trainer class called ``name`` of a registered method (as a checkpoint's
-    ``trainer_name`` records it), or None when no registered method uses such a trainer."""
-    for spec in METHODS.values():
-        if spec.trainer_name == name:
-            return spec.load_trainer_class()
-    return None
-
-
 # --- methods from the config (custom_methods) -----------------------------------------------
 
-_CUSTOM_IDS: set[str] = set()  # ids that register_custom_methods added to METHODS
+_CUSTOM_IDS: set[str] = set()  # ids that add_custom_methods added to METHODS
 
 
 def builtin_methods() -> list[str]:
@@ -456,7 +438,8 @@ SEARCH_SPACE_TYPES = ("float",)
 """Values of ``custom_methods.<Id>.search_space.<name>.type``."""
 
 
-def _custom_key(method: str, key: str) -> str:
+def custom_key(method: str, key: str) -> str:
+    """``config key custom_methods.<method>.<key>``, as the custom methods' errors name it."""
     return f"config key custom_methods.{method}.{key}"
 
 
@@ -466,7 +449,7 @@ def _search_space(method: str, space: Mapping[str, Any] | None) -> tuple[FloatPa
     outside the range."""
     params = []
     for name, p in (space or {}).items():
-        key = _custom_key(method, f"search_space.{name}")
+        key = custom_key(method, f"search_space.{name}")
         if not isinstance(p, Mapping) or p.get("type", "float") not in SEARCH_SPACE_TYPES:
             raise ConfigError(f"{key}: give {{type: float, low: L, high: H}} (types: "
                               f"{', '.join(SEARCH_SPACE_TYPES)}).")
@@ -490,7 +473,7 @@ def _search_space(method: str, space: Mapping[str, Any] | None) -> tuple[FloatPa
 
 def _check_trainer_path(method: str, path: Any) -> str:
     """``module:Class`` or ``file.py:Class`` (a file made absolute); ConfigError otherwise."""
-    key = _custom_key(method, "trainer")
+    key = custom_key(method, "trainer")
     if not isinstance(path, str) or path.count(":") != 1 or not all(path.split(":")):
         raise ConfigError(f"{key}: {path!r} is not 'module:Class' or 'path/to/file.py:Class'.")
     where, name = path.split(":")
@@ -505,96 +488,26 @@ def _check_trainer_path(method: str, path: Any) -> str:
 
 def custom_spec(method: str, definition: Mapping[str, Any]) -> MethodSpec:
     """The :class:`MethodSpec` of ``custom_methods.<method>`` (README, "Adding a loss"):
-    ``trainer`` (``module:Class`` or ``path/to/file.py:Class``), ``display`` (default: the
-    id), ``search_space`` ({name: {type: float, low, high, log, default}}), ``peers`` (1 or 2),
-    ``table2`` (shown in Table 2).
-    The trainer is imported and checked here; ConfigError (one line naming the key) for an id
-    of a built-in method, a failing import, a class that is not an ``nnUNetTrainer``, a two-peer
-    method whose class is not a ``CoTeachingTrainer``, a bad search space."""
+    ``trainer`` (``module:Class`` or ``path/to/file.py:Class``, a file made absolute),
+    ``display`` (default: the id), ``search_space`` ({name: {type: float, low, high, log,
+    default}}), ``peers`` (1 or 2), ``table2`` (shown in Table 2).
+    The definition is checked as data only; ConfigError (one line naming the key) for an id of
+    a built-in method, a malformed trainer path or a missing file, a bad search space. The
+    trainer class itself is imported and checked by
+    :func:`nnrobustloss.trainers.loading.register_custom_methods`."""
     if method in builtin_methods():
         raise ConfigError(f"config key custom_methods.{method}: {method} is a built-in method; "
                           "give the custom method another id.")
     peers = int(definition.get("peers", 1))
-    spec = MethodSpec(method, str(definition.get("display") or method),
+    return MethodSpec(method, str(definition.get("display") or method),
                       _check_trainer_path(method, definition.get("trainer")),
                       search_space=_search_space(method, definition.get("search_space")),
                       peers=peers, table2=bool(definition.get("table2", False)),
                       options=COTEACHING_OPTIONS if peers == 2 else ())
-    cls = _import_trainer(spec.trainer_class, _custom_key(method, "trainer"))
-    from nnrobustloss.trainers.coteaching import CoTeachingTrainer
-
-    if spec.peers == 2 and not issubclass(cls, CoTeachingTrainer):
-        raise ConfigError(f"{_custom_key(method, 'peers')}: 2 needs a subclass of "
-                          "nnrobustloss.trainers.CoTeachingTrainer; "
-                          f"{spec.trainer_name} trains one network.")
-    if spec.search_space and not _is_robust(cls):
-        raise ConfigError(f"{_custom_key(method, 'search_space')}: {spec.trainer_name} is a "
-                          "plain nnU-Net trainer and reads no hyper-parameters; subclass "
-                          "nnrobustloss.trainers.RobustTrainer to read self.settings.params.")
-    return spec
 
 
-def register_custom_methods(definitions: Mapping[str, Mapping[str, Any]] | None
-                            ) -> dict[str, MethodSpec]:
-    """Add the config's ``custom_methods`` to :data:`METHODS` (after the built-in ones; a
-    method registered again is replaced) and return their specs by id. Every process that
-    handles a custom method calls this with the definitions its stage params carry
-    (:func:`nnrobustloss.pipeline.register_methods`)."""
-    specs = {m: custom_spec(m, d) for m, d in (definitions or {}).items()}
+def add_custom_methods(specs: Mapping[str, MethodSpec]) -> None:
+    """Add checked custom specs to :data:`METHODS` (after the built-in ones; a method added
+    again is replaced) and note their ids as not built-in (:func:`builtin_methods`)."""
     METHODS.update(specs)
     _CUSTOM_IDS.update(specs)
-    return specs
-
-
-def _is_robust(cls: type) -> bool:
-    from nnrobustloss.trainers.base import RobustTrainer
-
-    return issubclass(cls, RobustTrainer)
-
-
-def _import_trainer(path: str, key: str = "trainer") -> type:
-    """The class of ``module:Class`` or ``/abs/file.py:Class``; ConfigError naming ``key`` if
-    it cannot be imported or is not an ``nnUNetTrainer`` subclass."""
-    where, name = path.rsplit(":", 1)
-    try:
-        if where.endswith(".py"):
-            module_name = f"nnrobustloss_custom_{Path(where).stem}"
-            module = sys.modules.get(module_name)
-            if module is None or getattr(module, "__file__", None) != where:
-                spec = importlib.util.spec_from_file_location(module_name, where)
-                module = importlib.util.module_from_spec(spec)
-                sys.modules[module_name] = module
-                spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(where)
-        cls = getattr(module, name)
-    except Exception as e:  # noqa: BLE001 (any import failure is the user's file)
-        why = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
-        raise ConfigError(f"{key}: {path}: cannot be imported ({type(e).__name__}: {why}). Fix "
-                          "the import path or the module.") from None
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-
-    if not (isinstance(cls, type) and issubclass(cls, nnUNetTrainer)):
-        raise ConfigError(f"{key}: {path}: {name} is not a subclass of nnunetv2's "
-                          "nnUNetTrainer.")
-    return cls
-
-
-_WRAPPED: dict[type, type] = {}
-
-
-def wrapped_trainer(cls: type) -> type:
-    """``cls`` itself when it subclasses our ``RobustTrainer``, else a subclass of
-    (``RobustTrainer``, ``cls``) with ``cls``'s name: the plain nnU-Net trainer's loss, network
-    and optimiser with our settings, ``progress.csv``, ``settings.json``, resume and checkpoint
-    schedule (``RobustTrainer``'s overrides come first). The same name is recorded in its
-    checkpoints, so stock nnU-Net finds ``cls`` for prediction. One class per ``cls``."""
-    if _is_robust(cls):
-        return cls
-    if cls not in _WRAPPED:
-        from nnrobustloss.trainers.base import RobustTrainer
-
-        _WRAPPED[cls] = type(cls.__name__, (RobustTrainer, cls),
-                             {"__module__": cls.__module__, "__doc__": cls.__doc__,
-                              "__qualname__": cls.__qualname__})
-    return _WRAPPED[cls]

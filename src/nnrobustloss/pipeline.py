@@ -186,7 +186,7 @@ def register_methods(params: Mapping[str, Any]) -> None:
     """Register the custom methods a stage's params carry (:func:`custom_definitions`) in this
     process's registry; nothing for built-in methods. Every ``run_<stage>`` that looks a method
     up calls it first."""
-    from nnrobustloss.methods import register_custom_methods
+    from nnrobustloss.trainers.loading import register_custom_methods
 
     register_custom_methods(params.get("custom_methods"))
 

@@ -63,6 +63,7 @@ from nnrobustloss.methods import METHODS, flat_options, get_method
 from nnrobustloss.planning import nnunet_paths
 from nnrobustloss.trainers.base import EpochCallback
 from nnrobustloss.trainers.identity import check_identity, read_checkpoint, settings_diff
+from nnrobustloss.trainers.loading import load_trainer_class
 from nnrobustloss.trainers.resume import CHECKPOINT_KEY
 from nnrobustloss.trainers.settings import TrainerSettings
 
@@ -267,7 +268,7 @@ def train(preprocessed_dataset_dir: str | os.PathLike[str], method: str, fold: i
                        todo=f"Delete it and rerun; {redo}.")
     warmup_rows = _check_start_checkpoint(start, settings, plans, configuration, fold) \
         if start is not None else []
-    trainer_cls = spec.load_trainer_class()
+    trainer_cls = load_trainer_class(spec)
     plans["continue_training"] = resume  # nnU-Net 2.8.1 pops this key in __init__
     # nnU-Net's __init__ creates $nnUNet_results/<dataset>/<trainer>.../fold_<k> and its log
     # there: point the variable at a scratch folder meanwhile, so that nothing lands under a

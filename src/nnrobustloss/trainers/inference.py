@@ -27,15 +27,15 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from nnrobustloss.errors import InputDataError
 from nnrobustloss.fileio import read_json
 from nnrobustloss.layout import CHECKPOINT_FINAL
-from nnrobustloss.methods import trainer_by_name
+from nnrobustloss.trainers.loading import trainer_by_name
 
 PEER_KEYS = {"A": "network_weights", "B": "network_weights_peer_b"}
 
 
 def trainer_class_by_name(name: str) -> type:
     """The trainer class called ``name``: a registered method's
-    (:func:`nnrobustloss.methods.trainer_by_name`), else nnU-Net's (searched in nnunetv2 as
-    nnU-Net does)."""
+    (:func:`nnrobustloss.trainers.loading.trainer_by_name`), else nnU-Net's (searched in
+    nnunetv2 as nnU-Net does)."""
     cls = trainer_by_name(name)
     if cls is not None:
         return cls

@@ -262,11 +262,11 @@ def prepare_phantom(workdir: Path) -> Path:
     task = "Phantom"
     if not (r / "preprocessed" / f"{task}.json").is_file():
         with contextlib.redirect_stdout(io.StringIO()):
-            P.run_convert(**P.convert_params(cfg, task), results_dir=r,
+            P.run_convert(P.convert_params(cfg, task), results_dir=r,
                           manifest=r / "raw" / f"{task}.json")
-            P.run_splits(**P.splits_params(cfg, task), results_dir=r,
+            P.run_splits(P.splits_params(cfg, task), results_dir=r,
                          out_json=r / "splits" / f"{task}.json")
-            P.run_plan(**P.plan_params(cfg, task), results_dir=r,
+            P.run_plan(P.plan_params(cfg, task), results_dir=r,
                        splits_json=r / "splits" / f"{task}.json",
                        manifest=r / "preprocessed" / f"{task}.json", num_processes=1)
     manifest = json.loads((r / "preprocessed" / f"{task}.json").read_text())
@@ -295,7 +295,7 @@ def prepare_resenc(workdir: Path) -> Path:
     cfg["tasks"][task]["sources"] = [{"type": "kits23", "path": str(source)}]
     with contextlib.redirect_stdout(io.StringIO()):
         if not (r / "raw" / f"{task}.json").is_file():
-            P.run_convert(**P.convert_params(cfg, task), results_dir=r,
+            P.run_convert(P.convert_params(cfg, task), results_dir=r,
                           manifest=r / "raw" / f"{task}.json")
         from nnunetv2.experiment_planning.plan_and_preprocess_api import (
             extract_fingerprints,

@@ -78,11 +78,11 @@ def _prepare(cfg: dict[str, Any], task: str, r: Path) -> None:
     from nnrobustloss import layout
     from nnrobustloss import pipeline as stages
 
-    stages.run_convert(**stages.convert_params(cfg, task), results_dir=r,
+    stages.run_convert(stages.convert_params(cfg, task), results_dir=r,
                        manifest=layout.raw_manifest(r, task))
-    stages.run_splits(**stages.splits_params(cfg, task), results_dir=r,
+    stages.run_splits(stages.splits_params(cfg, task), results_dir=r,
                       out_json=layout.splits_json(r, task))
-    stages.run_plan(**stages.plan_params(cfg, task), results_dir=r,
+    stages.run_plan(stages.plan_params(cfg, task), results_dir=r,
                     splits_json=layout.splits_json(r, task),
                     manifest=layout.preprocessed_manifest(r, task), num_processes=1)
 

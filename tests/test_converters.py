@@ -464,7 +464,7 @@ def test_make_dataset_json_and_dataset_name() -> None:
 def test_run_convert_writes_the_manifest_last(tmp_path: Path) -> None:
     cfg, _, _ = _heart_task(tmp_path)
     manifest = tmp_path / "results" / "raw" / "Heart.json"
-    run_convert("Heart", cfg, 0, tmp_path / "results", manifest)
+    run_convert({"task": "Heart", "task_cfg": cfg, "seed": 0}, tmp_path / "results", manifest=manifest)
     m = json.loads(manifest.read_text())
     assert m == {"task": "Heart", "noisy": "Dataset701_Heart", "reference": "Dataset702_HeartRef",
                  "case_ids": ["whs_ct_train_1001", "whs_ct_train_1002", "c2_a", "c2_b"]}
@@ -472,7 +472,7 @@ def test_run_convert_writes_the_manifest_last(tmp_path: Path) -> None:
     manifest2 = tmp_path / "results" / "raw" / "Heart2.json"
     bad = dict(cfg, sources=[{"type": "folder", "path": str(tmp_path / "missing")}])
     with pytest.raises(InputDataError):
-        run_convert("Heart2", bad, 0, tmp_path / "results", manifest2)
+        run_convert({"task": "Heart2", "task_cfg": bad, "seed": 0}, tmp_path / "results", manifest=manifest2)
     assert not manifest2.exists()
 
 
@@ -487,7 +487,9 @@ def test_noise_report_on_the_phantom(preprocessed_phantom: dict[str, Path], tmp_
 
     out = tmp_path / "noise" / "PhantomTest.csv"
     regions = {"organ": [1], "lesion": [2]}
-    df = run_noise_report("PhantomTest", 981, regions, 1.0, preprocessed_phantom["results_dir"], out)
+    df = run_noise_report(
+        {"task": "PhantomTest", "dataset_id": 981, "regions": regions, "tolerance_mm": 1.0},
+        preprocessed_phantom["results_dir"], out_csv=out)
     csv = pd.read_csv(out)
     assert list(csv.columns) == ["task", "case", "region", "metric", "value", "worst_case"]
     assert len(csv) == 6 * 2 * 3 and (csv["task"] == "PhantomTest").all()
@@ -522,11 +524,12 @@ def test_noise_report_without_converted_data(tmp_path: Path) -> None:
     from nnrobustloss.pipeline import run_noise_report
 
     out = tmp_path / "noise" / "T.csv"
+    params = {"task": "T", "dataset_id": 991, "regions": {"a": [1]}, "tolerance_mm": 1.0}
     with pytest.raises(InputDataError, match=r"Dataset991_T/labelsTr.*convert"):
-        run_noise_report("T", 991, {"a": [1]}, 1.0, tmp_path, out)
+        run_noise_report(params, tmp_path, out_csv=out)
     (tmp_path / "raw" / "Dataset991_T" / "labelsTr").mkdir(parents=True)
     with pytest.raises(InputDataError, match=r"Dataset991_T/labelsTr: no label files"):
-        run_noise_report("T", 991, {"a": [1]}, 1.0, tmp_path, out)
+        run_noise_report(params, tmp_path, out_csv=out)
     assert not out.exists()
 
 
@@ -538,5 +541,6 @@ def test_noise_report_missing_reference_label(tmp_path: Path) -> None:
     (raw.reference_labels / "c2_a.nii.gz").unlink()
     out = tmp_path / "results" / "noise" / "Heart.csv"
     with pytest.raises(InputDataError, match=r"reference/Heart/c2_a\.nii\.gz: file not found"):
-        run_noise_report("Heart", 701, {"LV": [1]}, 1.0, tmp_path / "results", out)
+        run_noise_report({"task": "Heart", "dataset_id": 701, "regions": {"LV": [1]},
+                          "tolerance_mm": 1.0}, tmp_path / "results", out_csv=out)
     assert not out.exists()

@@ -43,6 +43,15 @@ from nnrobustloss.logs import logged
 from nnrobustloss.pipeline import run_convert, run_splits
 from nnrobustloss.splits import fold_cases
 
+# The params of task T's splits stage (pipeline.splits_params of a config with task T).
+SPLITS_T = {"task": "T", "dataset_id": 901, "n_folds": 2, "seed": 0}
+
+
+def convert_t(cfg: dict, root: Path) -> None:
+    """The convert stage of task T defined by ``cfg`` into the results folder ``root``."""
+    run_convert({"task": "T", "task_cfg": cfg, "seed": 0}, root, manifest=root / "raw" / "T.json")
+
+
 LAUNCHER = ("import sys; from nnrobustloss.cli import main; "
             "sys.argv = ['nnrobustloss', *sys.argv[1:]]; sys.exit(main())")
 
@@ -222,7 +231,7 @@ def _killed_conversion(kill_at: int, root: Path, cfg: dict, count_file: Path,
 
             for name in OPS:
                 wrap(name)
-            run_convert("T", cfg, 0, root, root / "raw" / "T.json")
+            convert_t(cfg, root)
             for name in OPS:
                 setattr(os, name, getattr(os, f"_{name}_orig", getattr(os, name)))
             count_file.write_text(str(count["n"]))
@@ -270,18 +279,18 @@ def _two_conversions(tmp_path: Path) -> tuple[dict, dict, dict[str, dict[str, np
 def test_sigkill_at_every_step_of_the_commit_leaves_old_or_new_complete(tmp_path: Path) -> None:
     old_cfg, new_cfg, expected = _two_conversions(tmp_path)
     root, count_file = tmp_path / "results", tmp_path / "count"
-    run_convert("T", old_cfg, 0, root, root / "raw" / "T.json")
+    convert_t(old_cfg, root)
     assert os.WIFEXITED(_killed_conversion(10**9, root, new_cfg, count_file))
     n_ops = int(count_file.read_text())
     assert n_ops >= 10
     seen = []
     for k in range(1, n_ops + 1):
-        run_convert("T", old_cfg, 0, root, root / "raw" / "T.json")
+        convert_t(old_cfg, root)
         status = _killed_conversion(k, root, new_cfg, count_file)
         assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, (k, status)
         seen.append(_visible_state(root, expected))
         # The next run of the stage succeeds and removes what the killed one left.
-        run_convert("T", new_cfg, 0, root, root / "raw" / "T.json")
+        convert_t(new_cfg, root)
         assert _visible_state(root, expected) == "new"
         _no_leftovers(root)
     # Kills before the switch of 'current' show the old conversion, later ones the new one.
@@ -312,9 +321,9 @@ def test_other_stages_take_a_lock_per_task(tmp_path: Path) -> None:
     lock = tmp_path / ".locks" / "splits.T.lock"
     with stage_lock(lock, "splits stage of task T"):
         with pytest.raises(StageLockedError, match=r"splits stage of task T is already running"):
-            run_splits("T", 901, 2, 0, tmp_path, tmp_path / "splits" / "T.json")
+            run_splits(SPLITS_T, tmp_path, out_json=tmp_path / "splits" / "T.json")
     with stage_lock(tmp_path / ".locks" / "splits.U.lock", "splits stage of task U"):
-        run_splits("T", 901, 2, 0, tmp_path, tmp_path / "splits" / "T.json")  # another task
+        run_splits(SPLITS_T, tmp_path, out_json=tmp_path / "splits" / "T.json")  # another task
 
 
 # --- 7. temporaries of killed runs are removed by the next run of the stage ------------------
@@ -322,7 +331,7 @@ def test_other_stages_take_a_lock_per_task(tmp_path: Path) -> None:
 def test_staging_folder_of_a_killed_conversion_is_removed_on_the_next_run(tmp_path: Path) -> None:
     old_cfg, new_cfg, expected = _two_conversions(tmp_path)
     root = tmp_path / "results"
-    run_convert("T", old_cfg, 0, root, root / "raw" / "T.json")
+    convert_t(old_cfg, root)
     status = _killed_conversion(20, root, new_cfg, tmp_path / "count", from_start=True)
     assert os.WIFSIGNALED(status)
     staging = [p for p in (root / ".convert" / "T").iterdir() if p.name.startswith(".tmp-")]
@@ -333,7 +342,7 @@ def test_staging_folder_of_a_killed_conversion_is_removed_on_the_next_run(tmp_pa
     other = root / "raw" / ".tmp-4242-Dataset903_U-abcd1234"
     for d in (legacy, other):
         (d / "imagesTr").mkdir(parents=True)
-    run_convert("T", new_cfg, 0, root, root / "raw" / "T.json")
+    convert_t(new_cfg, root)
     assert _visible_state(root, expected) == "new"
     assert not any(p.exists() for p in staging) and not legacy.exists() and other.exists()
 
@@ -344,7 +353,7 @@ def test_file_stage_removes_its_own_temporaries_only(tmp_path: Path) -> None:
     for f in (mine, other):
         f.parent.mkdir(exist_ok=True)
         f.write_text("[half")
-    run_splits("T", 901, 2, 0, tmp_path, tmp_path / "splits" / "T.json")
+    run_splits(SPLITS_T, tmp_path, out_json=tmp_path / "splits" / "T.json")
     assert not mine.exists() and other.exists()
 
 
@@ -478,8 +487,7 @@ def test_results_folder_kept_clean_after_a_failed_first_conversion(tmp_path: Pat
     src = make_folder_source(tmp_path / "src")
     (src / "images" / "b.nii.gz").write_bytes(b"")
     with pytest.raises(InputDataError):
-        run_convert("T", task_cfg(src), 0, tmp_path / "results",
-                    tmp_path / "results" / "raw" / "T.json")
+        convert_t(task_cfg(src), tmp_path / "results")
     nothing_visible(tmp_path / "results")
     shutil.rmtree(tmp_path / "results", ignore_errors=True)
 

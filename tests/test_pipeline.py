@@ -55,6 +55,34 @@ def test_run_options_are_the_config_values_each_run_function_takes(config: dict)
         stages.run_options(cfg, "report")
 
 
+# The params function whose dict each stage function takes (the rule's params.settings).
+STAGE_PARAMS = {"convert": "convert", "noise_report": "noise", "splits": "splits", "plan": "plan",
+                "warmup": "warmup", "tune_worker": "tune", "select_best": "tune",
+                "train": "train", "predict": "predict", "evaluate": "evaluate",
+                "nnunet_results": "nnunet_results", "report": "report"}
+
+
+def test_every_stage_function_has_one_calling_convention() -> None:
+    """run_<stage>(params, results_dir, *, <inputs and outputs>, <run options>), ``params``
+    being what ``<stage>_params`` returns, passed as it is (docs/layout.md#stages)."""
+    runs = {name[4:]: fn for name, fn in inspect.getmembers(stages, inspect.isfunction)
+            if name.startswith("run_") and name != "run_options"}
+    assert set(runs) == set(STAGE_PARAMS)
+    for stage, run in runs.items():
+        sig = list(inspect.signature(run).parameters.values())
+        assert [p.name for p in sig[:2]] == ["params", "results_dir"], stage
+        assert all(p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty
+                   for p in sig[:2]), stage
+        assert all(p.kind is p.KEYWORD_ONLY for p in sig[2:]), stage
+        # the docstring states the contract, naming the params function
+        assert f":func:`{STAGE_PARAMS[stage]}_params`" in (run.__doc__ or ""), stage
+    for script in (REPO / "workflow" / "scripts").glob("*.py"):
+        text = script.read_text()
+        assert "**snakemake.params" not in text, script.name
+        if "run_" in text:
+            assert "(snakemake.params.settings, results_dir=" in text, script.name
+
+
 def test_result_relevant_settings_change_the_params(config: dict) -> None:
     longer = validate_config({**config, "training": {**config["training"], "epochs": 9}})
     assert stages.train_params(longer, "Phantom", "APL2", 0)["epochs"] == 9

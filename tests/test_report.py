@@ -413,7 +413,7 @@ def test_report_without_metrics_is_an_error(tmp_path: Path) -> None:
 
     params = {"tasks": TASKS, "methods": METHODS, "sweep": {}}
     with pytest.raises(InputDataError, match="no metrics files"):
-        run_report(params, [], [], [], tmp_path / "tables", tmp_path / "figures")
+        run_report(params, tmp_path, metrics_csvs=[], noise_csvs=[], trials_csvs=[])
     assert not (tmp_path / "tables").exists()
 
 

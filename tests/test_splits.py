@@ -129,10 +129,10 @@ def test_fold_cases(tmp_path: Path) -> None:
 def test_run_splits(tmp_path: Path) -> None:
     make_raw(tmp_path / "raw" / "Dataset123_Task", IDS[:9])
     out = tmp_path / "splits" / "Task.json"
-    run_splits("Task", 123, n_folds=3, seed=5, results_dir=tmp_path, out_json=out)
+    run_splits({"task": "Task", "dataset_id": 123, "n_folds": 3, "seed": 5}, tmp_path, out_json=out)
     assert json.loads(out.read_text()) == make_splits(IDS[:9], n_folds=3, seed=5)
     with pytest.raises(InputDataError, match="Dataset124_Task"):
-        run_splits("Task", 124, n_folds=3, seed=5, results_dir=tmp_path,
+        run_splits({"task": "Task", "dataset_id": 124, "n_folds": 3, "seed": 5}, tmp_path,
                    out_json=tmp_path / "splits" / "x.json")
 
 

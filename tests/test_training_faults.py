@@ -379,8 +379,8 @@ def test_tune_before_plan_creates_no_study(trained, tmp_path) -> None:
     cfg = load_config(_study_config(trained, results))
     with pytest.raises(InputDataError, match=r"preprocessed dataset folder not found. Run the "
                                              r"plan stage first"):
-        run_tune_worker(tune_params(cfg, "PhantomTest", "APL2", 0), 0, 1, results,
-                        tmp_path / "marker.json")
+        run_tune_worker(tune_params(cfg, "PhantomTest", "APL2", 0), results, worker=0, workers=1,
+                        marker=tmp_path / "marker.json")
     assert not (results / "tuning").exists() and not (tmp_path / "marker.json").exists()
 
 

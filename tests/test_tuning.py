@@ -469,9 +469,11 @@ def test_pipeline_select_best_after_the_workers(tmp_path, script):
     run(script, study_dir=study_dir, storage="sqlite", n_trials=2)
     out = tmp_path / "tuning" / "Phantom" / "StoCoT" / "fold0"
     with pytest.raises(NNRobustLossError, match="2 of 3 trials finished"):
-        pipeline.run_select_best(params, tmp_path, out / "trials.csv", out / "best_params.json")
+        pipeline.run_select_best(params, tmp_path, trials_csv=out / "trials.csv",
+                                 best_params_json=out / "best_params.json")
     run(script, study_dir=study_dir, storage="sqlite", n_trials=3)
-    best = pipeline.run_select_best(params, tmp_path, out / "trials.csv", out / "best_params.json")
+    best = pipeline.run_select_best(params, tmp_path, trials_csv=out / "trials.csv",
+                                 best_params_json=out / "best_params.json")
     trials = finished(load(study_dir, "sqlite"))
     top = max(trials, key=lambda t: t.value)
     assert (best["trial"], best["params"], best["value"]) == (top.number, top.params, top.value)

@@ -97,15 +97,15 @@ def run(args: argparse.Namespace) -> None:
     task = args.task
     splits = layout.splits_json(r, task)
     if s == "convert":
-        stages.run_convert(**stages.convert_params(cfg, task), results_dir=r,
+        stages.run_convert(stages.convert_params(cfg, task), results_dir=r,
                            manifest=layout.raw_manifest(r, task))
     elif s == "noise":
-        stages.run_noise_report(**stages.noise_params(cfg, task), results_dir=r,
+        stages.run_noise_report(stages.noise_params(cfg, task), results_dir=r,
                                 out_csv=layout.noise_csv(r, task))
     elif s == "splits":
-        stages.run_splits(**stages.splits_params(cfg, task), results_dir=r, out_json=splits)
+        stages.run_splits(stages.splits_params(cfg, task), results_dir=r, out_json=splits)
     elif s == "plan":
-        stages.run_plan(**stages.plan_params(cfg, task), results_dir=r, splits_json=splits,
+        stages.run_plan(stages.plan_params(cfg, task), results_dir=r, splits_json=splits,
                         manifest=layout.preprocessed_manifest(r, task),
                         num_processes=cfg["planning"]["num_processes"])
     elif s == "tune":
@@ -151,9 +151,9 @@ def _tune(cfg: dict[str, Any], r: str, task: str, args: argparse.Namespace) -> N
     if warmup is not None and not warmup.is_file():  # CoT, CoT+, StoCoT: train it once
         stages.run_warmup(stages.warmup_params(cfg, task, fold), results_dir=r,
                           checkpoint=warmup, **stages.run_options(cfg, "warmup"))
-    stages.run_tune_worker(settings, worker=args.worker, workers=workers, results_dir=r,
+    stages.run_tune_worker(settings, results_dir=r, worker=args.worker, workers=workers,
                            marker=layout.worker_marker(r, task, method, fold, args.worker),
-                           url_env=url_env, warmup=warmup, **stages.run_options(cfg, "tune"))
+                           warmup=warmup, url_env=url_env, **stages.run_options(cfg, "tune"))
     try:
         best = stages.run_select_best(settings, results_dir=r,
                                       trials_csv=layout.trials_csv(r, task, method, fold),
@@ -173,12 +173,11 @@ def _report(cfg: dict[str, Any], r: str) -> None:
 
     reliability = found(layout.reliability_csv(r, "*", "*", "*"))
     out = stages.run_report(
-        stages.report_params(cfg),
+        stages.report_params(cfg), results_dir=r,
         metrics_csvs=[f for f in found(layout.metrics_csv(r, "*", "*", "*")) if f not in reliability],
         reliability_csvs=reliability, noise_csvs=found(layout.noise_csv(r, "*")),
         trials_csvs=found(layout.trials_csv(r, "*", "*", "*")),
-        progress_csvs=found(layout.progress_csv(r, "*", "*", "*")),
-        tables_dir=layout.tables_dir(r), figures_dir=layout.figures_dir(r))
+        progress_csvs=found(layout.progress_csv(r, "*", "*", "*")))
     for path in out.values():
         print(path)
 

@@ -5,10 +5,13 @@ Each stage has two functions:
 - ``<stage>_params(config, ...)``: the result-relevant settings of the stage, taken from the
   validated config. The Snakefile puts exactly this dict into the rule's ``params:`` (so that
   Snakemake reruns a job when, and only when, one of them changes); the command line uses it too.
-- ``run_<stage>(**params, <outputs>)``: does the work and writes the outputs atomically.
+- ``run_<stage>(params, results_dir, *, <inputs and outputs>, <run options>)``: does the work
+  and writes the outputs atomically. ``params`` is the dict ``<stage>_params`` returned, as it
+  is (the rule's ``params.settings``); ``results_dir`` the results folder; everything else is a
+  keyword: the files the rule reads and writes, then the settings that change no result
+  (``device``, ``threads``, number of processes, ... :func:`run_options`).
 
-Settings that do not change results (``device``, ``tuning.workers``, number of processes) are
-passed separately. Output locations follow docs/layout.md (:mod:`nnrobustloss.layout`).
+Output locations follow docs/layout.md (:mod:`nnrobustloss.layout`).
 """
 
 from __future__ import annotations
@@ -60,14 +63,16 @@ def convert_params(config: Mapping[str, Any], task: str) -> dict[str, Any]:
     return {"task": task, "task_cfg": {k: t[k] for k in keys if k in t}, "seed": config["seed"]}
 
 
-def run_convert(task: str, task_cfg: Mapping[str, Any], seed: int,
-                results_dir: str | os.PathLike[str], manifest: str | os.PathLike[str]) -> None:
+def run_convert(params: Mapping[str, Any], results_dir: str | os.PathLike[str], *,
+                manifest: str | os.PathLike[str]) -> None:
     """Convert the task's sources into its raw datasets and reference labels, with the manifest
-    ``raw/<Task>.json`` (dataset folders and case ids), all committed as a whole: after a kill
-    either the old complete state or the new one is visible; one run per task at a time."""
+    ``manifest`` (``raw/<Task>.json``: dataset folders and case ids), all committed as a whole:
+    after a kill either the old complete state or the new one is visible; one run per task at a
+    time. ``params``: :func:`convert_params`."""
     from nnrobustloss.datasets.convert import convert_task
 
-    convert_task(task, task_cfg, results_dir, seed=seed, manifest=manifest)
+    convert_task(params["task"], params["task_cfg"], results_dir, seed=params["seed"],
+                 manifest=manifest)
 
 
 # --- noise report --------------------------------------------------------------------------
@@ -79,16 +84,19 @@ def noise_params(config: Mapping[str, Any], task: str) -> dict[str, Any]:
             "tolerance_mm": t["tolerance_mm"], "one_empty_rule": ONE_EMPTY_RULE}
 
 
-def run_noise_report(task: str, dataset_id: int, regions: Mapping[str, Sequence[int]],
-                     tolerance_mm: float | Mapping[str, float],
-                     results_dir: str | os.PathLike[str], out_csv: str | os.PathLike[str],
-                     one_empty_rule: str = ONE_EMPTY_RULE) -> pd.DataFrame:
-    """Write the task's label-noise report ``noise/<Task>.csv`` (tidy: ``task, case, region,
-    metric, value, worst_case``; see :func:`nnrobustloss.noise.report.measure_noise_levels`) and
-    print the means. ``one_empty_rule``: :data:`nnrobustloss.metrics.registry.ONE_EMPTY_RULE`
-    (in the settings so that a new rule reruns the report; another value is an error)."""
+def run_noise_report(params: Mapping[str, Any], results_dir: str | os.PathLike[str], *,
+                     out_csv: str | os.PathLike[str]) -> pd.DataFrame:
+    """Write the task's label-noise report ``out_csv`` (``noise/<Task>.csv``, tidy: ``task,
+    case, region, metric, value, worst_case``; see
+    :func:`nnrobustloss.noise.report.measure_noise_levels`) from the noisy dataset's labels and
+    the reference labels, print the means and return the table. ``params``:
+    :func:`noise_params`; its ``one_empty_rule`` (default
+    :data:`nnrobustloss.metrics.registry.ONE_EMPTY_RULE`) is there so that a new rule reruns
+    the report; another value is an error."""
     from nnrobustloss.noise.report import measure_noise_levels
 
+    task, dataset_id = params["task"], params["dataset_id"]
+    one_empty_rule = params.get("one_empty_rule", ONE_EMPTY_RULE)
     if one_empty_rule != ONE_EMPTY_RULE:
         raise ConfigError(f"one_empty_rule {one_empty_rule!r}: this version of nnrobustloss "
                           f"evaluates with {ONE_EMPTY_RULE!r}; rebuild the job's settings.")
@@ -99,7 +107,7 @@ def run_noise_report(task: str, dataset_id: int, regions: Mapping[str, Sequence[
                              f"stage for task {task} first.")
     with _one_run(results_dir, "noise", task, out_csv):
         df = measure_noise_levels(noisy_dir, layout.reference_labels_dir(results_dir, task),
-                                  regions, tolerance_mm, task=task)
+                                  params["regions"], params["tolerance_mm"], task=task)
         with atomic_path(out_csv) as tmp:
             df.to_csv(tmp, index=False, na_rep="NaN")
     means = df.groupby(["region", "metric"])["value"].mean().unstack()
@@ -117,14 +125,17 @@ def splits_params(config: Mapping[str, Any], task: str) -> dict[str, Any]:
             "seed": config["seed"]}
 
 
-def run_splits(task: str, dataset_id: int, n_folds: int, seed: int,
-               results_dir: str | os.PathLike[str], out_json: str | os.PathLike[str]) -> None:
-    """Write the task's k-fold splits (shared by the noisy and reference datasets)."""
+def run_splits(params: Mapping[str, Any], results_dir: str | os.PathLike[str], *,
+               out_json: str | os.PathLike[str]) -> None:
+    """Write the task's k-fold splits ``out_json`` (``splits/<Task>.json``, shared by the noisy
+    and reference datasets) from the case ids of the noisy raw dataset. ``params``:
+    :func:`splits_params`."""
     from nnrobustloss.splits import write_splits
 
+    task = params["task"]
     with _one_run(results_dir, "splits", task, out_json):
-        write_splits(layout.raw_dir(results_dir, task, dataset_id), out_json, n_folds=n_folds,
-                     seed=seed)
+        write_splits(layout.raw_dir(results_dir, task, params["dataset_id"]), out_json,
+                     n_folds=params["n_folds"], seed=params["seed"])
 
 
 # --- plan ----------------------------------------------------------------------------------
@@ -138,18 +149,21 @@ def plan_params(config: Mapping[str, Any], task: str) -> dict[str, Any]:
             "configuration": p["configuration"], "cpu_plan": p.get("cpu_plan")}
 
 
-def run_plan(task: str, dataset_id: int, reference_dataset_id: int, planner: str,
-             configuration: str, cpu_plan: Mapping[str, Any] | None,
-             results_dir: str | os.PathLike[str], splits_json: str | os.PathLike[str],
-             manifest: str | os.PathLike[str], num_processes: int = 2) -> None:
-    """Plan and preprocess both datasets with identical plans; write ``preprocessed/<Task>.json``."""
+def run_plan(params: Mapping[str, Any], results_dir: str | os.PathLike[str], *,
+             splits_json: str | os.PathLike[str], manifest: str | os.PathLike[str],
+             num_processes: int = 2) -> None:
+    """Plan and preprocess both raw datasets with identical plans and the splits
+    ``splits_json``; write the manifest ``manifest`` (``preprocessed/<Task>.json``).
+    ``params``: :func:`plan_params`; ``num_processes``: nnU-Net's preprocessing processes."""
     from nnrobustloss.planning import plan_and_preprocess
 
+    task, configuration = params["task"], params["configuration"]
     # The planner's temporary folder is preprocessed/.tmp-<pid>-<task>-<8 random>.
     with _one_run(results_dir, "plan", task, manifest, Path(manifest).parent / task):
-        noisy, ref = plan_and_preprocess(task, dataset_id, reference_dataset_id, results_dir,
-                                         planner=planner, configuration=configuration,
-                                         cpu_plan=cpu_plan, splits_file=splits_json,
+        noisy, ref = plan_and_preprocess(task, params["dataset_id"],
+                                         params["reference_dataset_id"], results_dir,
+                                         planner=params["planner"], configuration=configuration,
+                                         cpu_plan=params["cpu_plan"], splits_file=splits_json,
                                          num_processes=num_processes)
         write_json(manifest, {"task": task, "noisy": noisy.name, "reference": ref.name,
                               "plans": PLANS_IDENTIFIER, "configuration": configuration})
@@ -298,16 +312,16 @@ def warmup_checkpoint(config: Mapping[str, Any], task: str, method: str,
     return layout.warmup_checkpoint(config["results_dir"], task, fold, config["seed"])
 
 
-def run_warmup(params: Mapping[str, Any], results_dir: str | os.PathLike[str],
+def run_warmup(params: Mapping[str, Any], results_dir: str | os.PathLike[str], *,
                checkpoint: str | os.PathLike[str], device: str = "auto",
                threads: int | None = None,
                schedule_options: Mapping[str, Mapping[str, Any]] | None = None,
                augmentation_workers: int | str = "auto") -> Path:
     """Train the shared warm-up of a task x fold into the folder of ``checkpoint`` (a
     :func:`warmup_checkpoint` path); a killed run continues from its latest checkpoint; one run
-    per task x fold at a time (a lock). ``schedule_options``: method options that change no
-    result (the trials may use others, :func:`run_options`); ``augmentation_workers``:
-    ``training.augmentation_workers``."""
+    per task x fold at a time (a lock). ``params``: :func:`warmup_params`.
+    ``schedule_options``: method options that change no result (the trials may use others,
+    :func:`run_options`); ``augmentation_workers``: ``training.augmentation_workers``."""
     from nnrobustloss.warmup import WARMUP_METHOD, train_warmup
 
     p = dict(params)
@@ -321,21 +335,24 @@ def run_warmup(params: Mapping[str, Any], results_dir: str | os.PathLike[str],
                             augmentation_workers=augmentation_workers, **call)
 
 
-def run_tune_worker(params: Mapping[str, Any], worker: int, workers: int,
-                    results_dir: str | os.PathLike[str], marker: str | os.PathLike[str],
+def run_tune_worker(params: Mapping[str, Any], results_dir: str | os.PathLike[str], *,
+                    worker: int, workers: int, marker: str | os.PathLike[str],
+                    warmup: str | os.PathLike[str] | None = None,
                     url_env: str = "NNROBUSTLOSS_OPTUNA_URL", device: str = "auto",
                     threads: int | None = None, checkpoint_minutes: float = 0.0,
                     schedule_options: Mapping[str, Mapping[str, Any]] | None = None,
-                    warmup: str | os.PathLike[str] | None = None,
                     augmentation_workers: int | str = "auto") -> None:
-    """Run one worker's quota of a study; write the worker's marker JSON when done.
-    ``checkpoint_minutes``: see :func:`nnrobustloss.training.train`; ``schedule_options``: the
-    method options that change no result (:func:`run_options`); ``augmentation_workers``:
-    ``training.augmentation_workers``.
-    None is a result setting, so none is in ``params``.
+    """Run worker ``worker``'s quota (of ``workers``) of the trials of a study (in the
+    study's folder ``tuning/<Task>/<Method>/fold<k>/``); write the worker's marker JSON
+    ``marker`` when done. ``params``: :func:`tune_params`.
 
     ``warmup``: the shared warm-up checkpoint (:func:`warmup_checkpoint`) every trial starts
-    from; None trains every trial from scratch (the same results, more epochs)."""
+    from; None trains every trial from scratch (the same results, more epochs).
+    ``url_env``: the environment variable with the PostgreSQL URL (``storage: postgresql``).
+    ``checkpoint_minutes``: see :func:`nnrobustloss.training.train`; ``schedule_options``: the
+    method options that change no result (:func:`run_options`); ``augmentation_workers``:
+    ``training.augmentation_workers``. None of these is a result setting, so none is in
+    ``params``."""
     from nnrobustloss.training import check_preprocessed
     from nnrobustloss.tuning import run_worker, training_objective
 
@@ -363,10 +380,12 @@ def run_tune_worker(params: Mapping[str, Any], worker: int, workers: int,
     write_json(marker, summary)
 
 
-def run_select_best(params: Mapping[str, Any], results_dir: str | os.PathLike[str],
+def run_select_best(params: Mapping[str, Any], results_dir: str | os.PathLike[str], *,
                     trials_csv: str | os.PathLike[str], best_params_json: str | os.PathLike[str],
                     url_env: str = "NNROBUSTLOSS_OPTUNA_URL") -> dict[str, Any]:
-    """Write ``trials.csv`` and ``best_params.json`` of a complete study."""
+    """Write ``trials_csv`` (``trials.csv``) and ``best_params_json`` (``best_params.json``) of
+    a complete study and return the best parameters' record. ``params``: :func:`tune_params`
+    (the study's); ``url_env``: as in :func:`run_tune_worker`."""
     from nnrobustloss.tuning import select_best
 
     p = dict(params)
@@ -394,14 +413,17 @@ def _check_replicate(config: Mapping[str, Any], replicate: int) -> None:
                           f"are 0..{n - 1}. Raise training.replicates or pick one of them.")
 
 
-def run_train(params: Mapping[str, Any], results_dir: str | os.PathLike[str],
+def run_train(params: Mapping[str, Any], results_dir: str | os.PathLike[str], *,
               best_params_json: str | os.PathLike[str] | None = None,
               hparams: Mapping[str, Any] | None = None, device: str = "auto",
               threads: int | None = None, checkpoint_minutes: float = 0.0,
               schedule_options: Mapping[str, Mapping[str, Any]] | None = None,
               augmentation_workers: int | str = "auto") -> Path:
-    """Train the final model of a (task, method, fold, replicate), resuming from its latest
-    checkpoint (written as ``checkpoint_minutes`` says, see :func:`nnrobustloss.training.train`).
+    """Train the final model of a (task, method, fold, replicate) into its folder
+    ``training/<Task>/<Method>/fold<k>[_rep<r>]/`` (:func:`nnrobustloss.layout.training_dir`)
+    and return that folder, resuming from its latest checkpoint (written as
+    ``checkpoint_minutes`` says, see :func:`nnrobustloss.training.train`). ``params``:
+    :func:`train_params`.
 
     Hyper-parameters: ``hparams`` if given, else the ``params`` of ``best_params_json``, else the
     method's defaults (methods without any). ``schedule_options``: the method options that
@@ -458,11 +480,13 @@ def predict_params(config: Mapping[str, Any], task: str, method: str, fold: int,
             "calibration": calibration_params(config, task)}
 
 
-def run_predict(params: Mapping[str, Any], results_dir: str | os.PathLike[str],
+def run_predict(params: Mapping[str, Any], results_dir: str | os.PathLike[str], *,
                 splits_json: str | os.PathLike[str], out_dir: str | os.PathLike[str],
                 device: str = "auto", threads: int | None = None) -> None:
-    """Predict the held-out (``val``) cases of the fold with the final model (and measure their
-    calibration against the reference labels when ``params["calibration"]`` is set)."""
+    """Predict the held-out (``val``) cases of the fold (of ``splits_json``) with the final
+    model into ``out_dir`` (``predictions/<Task>/<Method>/fold<k>[_rep<r>]/``), and measure
+    their calibration against the reference labels when ``params["calibration"]`` is set.
+    ``params``: :func:`predict_params`."""
     from nnrobustloss.prediction import CalibrationSpec, predict_cases
     from nnrobustloss.splits import fold_cases
 
@@ -497,11 +521,14 @@ def evaluate_params(config: Mapping[str, Any], task: str, method: str, fold: int
             "calibration": calibration_params(config, task)}
 
 
-def run_evaluate(params: Mapping[str, Any], results_dir: str | os.PathLike[str],
+def run_evaluate(params: Mapping[str, Any], results_dir: str | os.PathLike[str], *,
                  splits_json: str | os.PathLike[str], pred_dir: str | os.PathLike[str],
-                 out_csv: str | os.PathLike[str], n_workers: int = 1,
-                 reliability_csv: str | os.PathLike[str] | None = None) -> None:
-    """Evaluate a fold's predictions against the reference labels (``metrics/.../fold<k>.csv``).
+                 out_csv: str | os.PathLike[str],
+                 reliability_csv: str | os.PathLike[str] | None = None,
+                 n_workers: int = 1) -> None:
+    """Evaluate a fold's predictions ``pred_dir`` (its held-out cases of ``splits_json``)
+    against the reference labels into ``out_csv`` (``metrics/.../fold<k>.csv``). ``params``:
+    :func:`evaluate_params`; ``n_workers``: evaluation processes.
 
     With ``params["calibration"]`` the CSV also holds the calibration rows (from the cases'
     ``<case>_calibration.npz``, see :func:`nnrobustloss.metrics.calibration.calibration_folder`).
@@ -558,8 +585,9 @@ def nnunet_results_params(config: Mapping[str, Any], dataset: str, trainer: str,
 
 def run_nnunet_results(params: Mapping[str, Any], results_dir: str | os.PathLike[str]) -> Path:
     """Link a fold's final training (replicate 0) and predictions into the nnU-Net results
-    tree and write its ``validation/summary.json``
-    (:func:`nnrobustloss.nnunet_results.link_fold`)."""
+    tree ``nnUNet_results/`` and write its ``validation/summary.json``
+    (:func:`nnrobustloss.nnunet_results.link_fold`); return that file. ``params``:
+    :func:`nnunet_results_params`; every path follows from them and ``results_dir``."""
     from nnrobustloss.nnunet_results import link_fold
 
     return link_fold(results_dir, **dict(params))
@@ -587,21 +615,29 @@ def report_params(config: Mapping[str, Any]) -> dict[str, Any]:
             "min_training_iterations": int(config["report"]["min_training_iterations"])}
 
 
-def run_report(params: Mapping[str, Any], metrics_csvs: Sequence[str], noise_csvs: Sequence[str],
-               trials_csvs: Sequence[str], tables_dir: str | os.PathLike[str],
-               figures_dir: str | os.PathLike[str],
-               reliability_csvs: Sequence[str] | None = None,
-               progress_csvs: Sequence[str] | None = None) -> dict[str, Path]:
+def run_report(params: Mapping[str, Any], results_dir: str | os.PathLike[str], *,
+               metrics_csvs: Sequence[str], noise_csvs: Sequence[str],
+               trials_csvs: Sequence[str], reliability_csvs: Sequence[str] | None = None,
+               progress_csvs: Sequence[str] | None = None,
+               tables_dir: str | os.PathLike[str] | None = None,
+               figures_dir: str | os.PathLike[str] | None = None) -> dict[str, Path]:
     """Regenerate the tables and figures from the stage CSVs: Table 1, Table 2, the noise
     table, Figure 1; with the evaluate stage's ``reliability_csvs`` Table 3 and the reliability
     diagrams; with the final trainings' ``progress_csvs`` the training curves; with a noise
-    sweep in ``params`` its table and figure."""
+    sweep in ``params`` its table and figure. ``params``: :func:`report_params`. The tables go
+    to ``tables_dir``, the figures to ``figures_dir``, by default ``tables/`` and ``figures/``
+    of ``results_dir`` (:func:`nnrobustloss.layout.tables_dir`,
+    :func:`nnrobustloss.layout.figures_dir`); returns the written files by name."""
     from nnrobustloss.report.build import build_report
 
     register_methods(params)
     if not metrics_csvs:
         raise InputDataError("report: no metrics files (metrics/<Task>/<Method>/fold<k>.csv) "
                              "were found. Run the evaluate stage first (snakemake builds it).")
+    if tables_dir is None:
+        tables_dir = layout.tables_dir(results_dir)
+    if figures_dir is None:
+        figures_dir = layout.figures_dir(results_dir)
     return build_report(metrics_csvs, noise_csvs, trials_csvs, tables_dir, figures_dir,
                         tasks=params["tasks"], methods=params["methods"],
                         reliability_csvs=reliability_csvs, progress_csvs=progress_csvs,

@@ -8,7 +8,8 @@ from nnrobustloss.pipeline import run_report
 if __name__ == "__main__":
     results = snakemake.config["results_dir"]
     with logged(snakemake.log[0]):
-        run_report(snakemake.params.settings, metrics_csvs=snakemake.input.metrics,
+        run_report(snakemake.params.settings, results_dir=results,
+                   metrics_csvs=snakemake.input.metrics,
                    noise_csvs=snakemake.input.noise, trials_csvs=snakemake.input.trials,
                    reliability_csvs=snakemake.input.reliability,
                    progress_csvs=snakemake.input.progress,

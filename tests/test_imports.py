@@ -124,6 +124,18 @@ def test_report_outputs_load_nothing_heavy() -> None:
     assert result.stdout.strip() == ""
 
 
+def test_light_stages_load_no_trainer() -> None:
+    """select_best and report look methods up (``register_methods``) but train nothing: without
+    custom methods they must not import the trainers (torch, nnU-Net: 5 s and 0.9 GB per job)."""
+    code = ("import sys; from nnrobustloss.pipeline import register_methods; "
+            "from nnrobustloss.tuning import select_best; from nnrobustloss.report import build; "
+            "register_methods({'task': 'T', 'method': 'APL2'}); "
+            "print(','.join(m for m in ('torch', 'nnunetv2') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"})
+    assert result.stdout.strip() == ""
+
+
 def test_import_graph_has_no_circle() -> None:
     """No circle, function-level imports included: the registry (``methods``) is data below the
     trainers; loading a method's trainer class is ``trainers.loading``'s job (docs/packages.md)."""

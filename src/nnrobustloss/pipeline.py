@@ -199,10 +199,13 @@ def custom_definitions(config: Mapping[str, Any], methods: Sequence[str]) -> dic
 def register_methods(params: Mapping[str, Any]) -> None:
     """Register the custom methods a stage's params carry (:func:`custom_definitions`) in this
     process's registry; nothing for built-in methods. Every ``run_<stage>`` that looks a method
-    up calls it first."""
+    up calls it first. Without custom methods it imports nothing (no trainer, no torch: the
+    select_best and report jobs stay light)."""
+    if not params.get("custom_methods"):
+        return
     from nnrobustloss.trainers.loading import register_custom_methods
 
-    register_custom_methods(params.get("custom_methods"))
+    register_custom_methods(params["custom_methods"])
 
 
 def _training_kwargs(config: Mapping[str, Any], task: str, method: str, fold: int,

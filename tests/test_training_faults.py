@@ -384,6 +384,17 @@ def test_tune_before_plan_creates_no_study(trained, tmp_path) -> None:
     assert not (results / "tuning").exists() and not (tmp_path / "marker.json").exists()
 
 
+def test_train_before_plan_creates_no_folder_or_lock(trained, tmp_path) -> None:
+    from nnrobustloss.config import load_config
+    from nnrobustloss.pipeline import run_train, train_params
+
+    results = tmp_path / "results"
+    cfg = load_config(_study_config(trained, results))
+    with pytest.raises(InputDataError, match=r"preprocessed dataset folder not found"):
+        run_train(train_params(cfg, "PhantomTest", "Baseline", 0), results)
+    assert not (results / "training").exists()
+
+
 def test_plan_of_two_stages_is_refused_by_schema_and_planner() -> None:
     from nnrobustloss.config import validate_config
     from nnrobustloss.planning import apply_cpu_plan

@@ -433,7 +433,7 @@ def run_train(params: Mapping[str, Any], results_dir: str | os.PathLike[str], *,
     change no result (:func:`run_options`); ``augmentation_workers``:
     ``training.augmentation_workers``.
     """
-    from nnrobustloss.training import train
+    from nnrobustloss.training import check_preprocessed, train
 
     p = dict(params)
     register_methods(p)
@@ -442,6 +442,10 @@ def run_train(params: Mapping[str, Any], results_dir: str | os.PathLike[str], *,
         from nnrobustloss.tuning import read_best_params
 
         hparams = read_best_params(best_params_json, p["task"], p["method"], p["fold"])
+    kwargs = train_kwargs(p, results_dir, schedule_options)
+    # before the lock file or any folder exists: train before plan leaves nothing behind
+    check_preprocessed(kwargs["preprocessed_dataset_dir"], PLANS_IDENTIFIER,
+                       kwargs["configuration"], kwargs["fold"])
     out = layout.training_dir(results_dir, p["task"], p["method"], p["fold"],
                               p.get("replicate", 0))
     # One run per training: a second job of the same training (Snakemake restarted while the
@@ -453,8 +457,7 @@ def run_train(params: Mapping[str, Any], results_dir: str | os.PathLike[str], *,
         return train(output_dir=out, params=hparams, device=device, continue_training=True,
                      checkpoint_minutes=checkpoint_minutes,
                      run_keys={"task": p["task"], "replicate": int(p.get("replicate", 0))},
-                     augmentation_workers=augmentation_workers,
-                     **train_kwargs(p, results_dir, schedule_options))
+                     augmentation_workers=augmentation_workers, **kwargs)
 
 
 # --- predict -------------------------------------------------------------------------------

@@ -530,8 +530,14 @@ def test_kills_before_each_commit_of_train(study) -> None:
     assert kills >= 4  # settings, progress rows, checkpoints of two epochs, the final one
     from nnrobustloss.trainers.identity import read_checkpoint
 
-    assert read_checkpoint(model / layout.CHECKPOINT_FINAL, "")["current_epoch"] == 2
+    final = read_checkpoint(model / layout.CHECKPOINT_FINAL, "")
+    assert final["current_epoch"] == 2 and final["nnrobustloss"]["identity"]["replicate"] == 0
     assert not (model / layout.CHECKPOINT_LATEST).exists()
+    from nnrobustloss.prediction import predict_cases
+
+    with pytest.raises(ConfigError, match=r"written by another training \(replicate 0, not 1\)"):
+        predict_cases(model, results / "raw", ["x"], results / "pred", method="Baseline",
+                      fold=0, replicate=1)
     # progress.csv names its run in its first columns, one row per epoch
     rows = (model / "progress.csv").read_text().splitlines()
     assert rows[0].startswith("task,method,fold,replicate,epoch,")

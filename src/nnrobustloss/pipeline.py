@@ -510,7 +510,8 @@ def run_predict(params: Mapping[str, Any], results_dir: str | os.PathLike[str], 
                   layout.raw_dir(results_dir, p["task"], p["dataset_id"]) / "imagesTr",
                   cases, out_dir, mirroring=p["mirroring"], tile_step_size=p["tile_step_size"],
                   average_peers=average, save_probabilities=p["save_probabilities"],
-                  calibration=spec_cal, device=device, method=spec.id, fold=p["fold"])
+                  calibration=spec_cal, device=device, method=spec.id, fold=p["fold"],
+                  replicate=int(p.get("replicate", 0)))
 
 
 # --- evaluate ------------------------------------------------------------------------------

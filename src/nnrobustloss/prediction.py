@@ -62,7 +62,8 @@ def predict_cases(training_dir: str | os.PathLike[str], images_dir: str | os.Pat
                   mirroring: bool = True, tile_step_size: float = 0.5,
                   average_peers: bool = False, save_probabilities: bool = False,
                   calibration: CalibrationSpec | None = None, device: str = "auto",
-                  method: str | None = None, fold: int | None = None) -> Path:
+                  method: str | None = None, fold: int | None = None,
+                  replicate: int | None = None) -> Path:
     """Segment ``images_dir/<case>_0000.nii.gz`` for every case with the trained network.
 
     Uses nnU-Net's ``nnUNetPredictor`` (sliding window with Gaussian weighting, tile step
@@ -81,9 +82,10 @@ def predict_cases(training_dir: str | os.PathLike[str], images_dir: str | os.Pat
     by the same ``checkpoint_final.pth`` (SHA-256) and options (else it is discarded). When all
     cases are staged they are linked into ``out_dir`` at once and the staging folder is removed.
 
-    ``method`` and ``fold`` (the pipeline gives both): the checkpoint must be a readable
-    checkpoint of that method's training of that fold, with the plans and settings recorded
-    beside it (ConfigError naming it otherwise: another method's model never serves this one).
+    ``method``, ``fold`` and ``replicate`` (the pipeline gives them): the checkpoint must be a
+    readable checkpoint of that method's training of that fold (and replicate), with the plans
+    and settings recorded beside it (ConfigError naming it otherwise: another method's model
+    never serves this one).
     """
     from nnrobustloss.trainers.inference import build_predictor
     from nnrobustloss.training import resolve_device
@@ -94,7 +96,7 @@ def predict_cases(training_dir: str | os.PathLike[str], images_dir: str | os.Pat
         raise InputDataError(f"{checkpoint}: not found. Run the train stage for this method and "
                              "fold first.")
     if method is not None:
-        _check_model(checkpoint, method, fold)
+        _check_model(checkpoint, method, fold, replicate)
     inputs = []
     for case in case_ids:
         img = images_dir / f"{case}_0000.nii.gz"
@@ -144,7 +146,8 @@ def predict_cases(training_dir: str | os.PathLike[str], images_dir: str | os.Pat
 STAGING_INFO = "staging.json"
 
 
-def _check_model(checkpoint: Path, method: str, fold: int | None) -> None:
+def _check_model(checkpoint: Path, method: str, fold: int | None,
+                 replicate: int | None = None) -> None:
     """ConfigError/InputDataError naming ``checkpoint`` unless it is a readable final checkpoint
     of ``method``'s training of ``fold`` with the plans and settings of its folder."""
     from nnrobustloss.methods import get_method
@@ -160,7 +163,7 @@ def _check_model(checkpoint: Path, method: str, fold: int | None) -> None:
                    plans=read_json(plans) if plans.is_file() else None, configuration=conf,
                    fold=ckpt["init_args"]["fold"] if fold is None else fold,
                    settings=read_json(settings) if settings.is_file() else None,
-                   todo=f"Delete {folder} and rerun; {redo}.")
+                   replicate=replicate, todo=f"Delete {folder} and rerun; {redo}.")
 
 
 def _sha256(path: Path) -> str:

@@ -255,6 +255,7 @@ def train(preprocessed_dataset_dir: str | os.PathLike[str], method: str, fold: i
         redo = f"all {n} epochs are trained again" if n > 1 else "its one epoch is trained again"
         check_identity(read_checkpoint(final, redo), final, spec=spec, plans=plans,
                        configuration=configuration, fold=fold, settings=settings.to_dict(),
+                       replicate=(run_keys or {}).get("replicate"),
                        todo=f"The finished model is kept: delete {out} and rerun to train this "
                             f"one ({redo}), or rerun with the settings it was trained with.")
         return out
@@ -265,6 +266,7 @@ def train(preprocessed_dataset_dir: str | os.PathLike[str], method: str, fold: i
         redo = "the training starts again from epoch 0"
         check_identity(read_checkpoint(latest, redo), latest, spec=spec, plans=plans,
                        configuration=configuration, fold=fold, settings=settings.to_dict(),
+                       replicate=(run_keys or {}).get("replicate"),
                        todo=f"Delete it and rerun; {redo}.")
     warmup_rows = _check_start_checkpoint(start, settings, plans, configuration, fold) \
         if start is not None else []

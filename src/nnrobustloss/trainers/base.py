@@ -418,7 +418,7 @@ class RobustTrainer(nnUNetTrainer):
         init = self.my_init_kwargs
         extras[CHECKPOINT_KEY][IDENTITY_KEY] = checkpoint_identity(
             type(self).__name__, self.settings.to_dict(), init["plans"], init["configuration"],
-            init["fold"])
+            init["fold"], self.progress.keys.get("replicate"))
         return extras
 
     def _load_checkpoint_extras(self, checkpoint: Mapping[str, Any]) -> None:

@@ -48,15 +48,17 @@ def plans_digest(plans: Mapping[str, Any], configuration: str) -> str:
 
 def checkpoint_identity(trainer_name: str, settings: Mapping[str, Any],
                         plans: Mapping[str, Any], configuration: str,
-                        fold: int) -> dict[str, Any]:
+                        fold: int, replicate: int | None = None) -> dict[str, Any]:
     """The identity recorded in a checkpoint: trainer class, method, settings digest (of
     ``TrainerSettings.to_dict()``), epochs, seed, plans identifier and digest, configuration,
-    fold."""
+    fold and the final training's replicate (None for a tuning trial, a warm-up or a training
+    started from Python without one)."""
     return {"trainer": trainer_name, "method": settings.get("method"),
             "settings_sha256": _digest(dict(settings)), "epochs": settings.get("num_epochs"),
             "seed": settings.get("seed"), "plans_identifier": plans.get("plans_name"),
             "plans_sha256": plans_digest(plans, configuration),
-            "configuration": configuration, "fold": int(fold)}
+            "configuration": configuration, "fold": int(fold),
+            "replicate": None if replicate is None else int(replicate)}
 
 
 def identity_of(checkpoint: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -125,12 +127,14 @@ def check_identity(checkpoint: Mapping[str, Any], path: str | os.PathLike[str], 
                    spec: MethodSpec, plans: Mapping[str, Any] | None, configuration: str,
                    fold: int, settings: Mapping[str, Any] | None, todo: str,
                    ignore: tuple[str, ...] = (), shared_options_only: bool = False,
-                   methods: tuple[str, ...] | None = None) -> None:
+                   methods: tuple[str, ...] | None = None,
+                   replicate: int | None = None) -> None:
     """ConfigError naming ``path`` unless ``checkpoint`` was written by a training of
     ``spec`` (or of one of ``methods``) with these plans (None: not compared), configuration,
     fold and settings (``TrainerSettings.to_dict()``; None: not compared; ``ignore`` and
-    ``shared_options_only`` as in :func:`settings_diff`). ``todo`` ends the message (what to
-    delete and rerun, and what that costs)."""
+    ``shared_options_only`` as in :func:`settings_diff`) and, when both it and the checkpoint
+    know one, replicate. ``todo`` ends the message (what to delete and rerun, and what that
+    costs)."""
     ident = identity_of(checkpoint)
     if ident is None:
         raise ConfigError(f"{path}: a checkpoint without nnRobustLoss's settings (not written by "
@@ -144,6 +148,8 @@ def check_identity(checkpoint: Mapping[str, Any], path: str | os.PathLike[str], 
         problems.append(f"trainer {ident.get('trainer')}, not {spec.trainer_name}")
     if ident.get("fold") != int(fold):
         problems.append(f"fold {ident.get('fold')}, not {fold}")
+    if None not in (replicate, ident.get("replicate")) and ident["replicate"] != replicate:
+        problems.append(f"replicate {ident['replicate']}, not {replicate}")
     if ident.get("configuration") != configuration:
         problems.append(f"configuration {ident.get('configuration')}, not {configuration}")
     if plans is not None and ident.get("plans_sha256") != plans_digest(plans, configuration):

@@ -27,6 +27,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from nnrobustloss.errors import InputDataError
 from nnrobustloss.fileio import read_json
 from nnrobustloss.layout import CHECKPOINT_FINAL
+from nnrobustloss.trainers.identity import read_checkpoint
 from nnrobustloss.trainers.loading import trainer_by_name
 
 PEER_KEYS = {"A": "network_weights", "B": "network_weights_peer_b"}
@@ -45,15 +46,9 @@ def trainer_class_by_name(name: str) -> type:
 
 
 def load_checkpoint_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """``torch.load`` a checkpoint on the CPU; InputDataError naming the file if unreadable."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputDataError(f"{p}: checkpoint not found. Run the train stage first.")
-    try:
-        return torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as e:  # a truncated or foreign file
-        raise InputDataError(f"{p}: not a readable PyTorch checkpoint ({e}). Delete it and rerun "
-                             "the train stage.") from e
+    """A checkpoint on the CPU; InputDataError naming the file if it is missing or unreadable
+    (:func:`nnrobustloss.trainers.identity.read_checkpoint`, the same check as every stage's)."""
+    return read_checkpoint(path, "the train stage trains it again")
 
 
 def build_predictor(output_dir: str | os.PathLike[str],
